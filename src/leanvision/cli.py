@@ -1,0 +1,285 @@
+"""The `leanvision` command: each subcommand parses its flags and calls one library function.
+
+`main(argv) -> int` returns an exit code (0 ok, 1 failed, 2 bad input, 130 interrupted) so tests can call it directly.
+User mistakes print one line, `error: ...`, never a traceback (set LEANVISION_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import json
+import os
+import re
+import sys
+import tokenize
+from typing import Any, get_type_hints
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from .config import DataConfig, RunConfig, TrainConfig
+from .errors import LeanvisionError
+
+ALIASES = {"learning_rate": ["--lr"]}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The trailing `# comment` of each dataclass field: help text declared once, next to the default."""
+    helps: dict[str, str] = {}
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    current = None
+    for tok in tokens:
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and current is None:
+            current = tok.string
+        elif tok.type == tokenize.COMMENT and current:
+            helps[current] = tok.string.lstrip("# ").strip()
+        elif tok.type in (tokenize.NEWLINE, tokenize.NL):
+            current = None
+    return helps
+
+
+def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field (`batch_size` -> `--batch-size`), default None so the dataclass default applies."""
+    helps = field_help(cls)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{helps.get(f.name, '')} (default: {default})"
+        if hints[f.name] is bool:
+            parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=text)
+        else:
+            base = hints[f.name]
+            kind = next((t for t in (int, float, str) if base is t or t in getattr(base, "__args__", ())), str)
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=text)
+
+
+def _values(ns: Any, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if getattr(ns, f.name, None) is not None}
+
+
+def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise LeanvisionError(f"Invalid {flag} {text!r}. Expected a JSON object, e.g. '{{\"width\": 16}}'.") from None
+    if not isinstance(value, dict):
+        raise LeanvisionError(f"Invalid {flag} {text!r}. Expected a JSON object, e.g. '{{\"width\": 16}}'.")
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_train(ns: Any) -> int:
+    from .runs import train_run
+
+    cfg = RunConfig(model=ns.model or RunConfig.model, model_kwargs=_json_arg(ns.model_kwargs, "--model-kwargs"),
+                    data=DataConfig(**_values(ns, DataConfig)), train=TrainConfig(**_values(ns, TrainConfig)))
+    out = ns.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(cfg.model)))
+    result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress)
+    if ns.json:
+        _print_json(result)
+    else:
+        acc = result.get("test_accuracy")
+        test = f"test accuracy {acc:.4f} ({result['test_correct']}/{result['test_total']})" if acc is not None else ""
+        print(f"{cfg.model} on {result['dataset']}: {test}, best val accuracy {result['best_val_accuracy']:.4f}, "
+              f"{result['epochs_run']} epochs in {result['train_time_s']:.1f} s (fp32 eval, {cfg.train.precision} "
+              f"training) -> {out}")
+    return 0
+
+
+def cmd_evaluate(ns: Any) -> int:
+    from .evaluate import evaluate_run
+    from .runs import load_run
+
+    run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
+    m = evaluate_run(run, split=ns.split, data_dir=ns.data_dir, plot=not ns.no_plot)
+    if ns.json:
+        _print_json(m)
+        return 0
+    print(f"{m['split']} accuracy: {m['accuracy']:.4f} ({m['correct']}/{m['total']}) on {m['dataset']}")
+    width = max(len(p["class"]) for p in m["per_class"])
+    print(f"{'class':<{width}}  precision  recall  support")
+    for p in m["per_class"]:
+        print(f"{p['class']:<{width}}  {p['precision']:9.4f}  {p['recall']:6.4f}  {p['support']:7d}")
+    if "confusion_matrix_png" in m:
+        print(f"confusion matrix: {m['confusion_matrix_png']}")
+    return 0
+
+
+def cmd_predict(ns: Any) -> int:
+    from .evaluate import predict_files
+    from .runs import load_run
+
+    if not ns.images:
+        raise LeanvisionError("No image files given. Usage: leanvision predict RUN_DIR IMAGE [IMAGE ...].")
+    run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
+    results = predict_files(run, ns.images, top_k=ns.top_k)
+    if ns.json:
+        _print_json(results)
+        return 0
+    for r in results:
+        preds = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+        print(f"{r['file']}: {preds}")
+    return 0
+
+
+def cmd_models(ns: Any) -> int:
+    from .measure import count_macs, count_params
+    from .models import create_model, list_models
+
+    shape = _shape(ns.input_shape)
+    rows = []
+    for name in list_models(ns.pattern):
+        model = create_model(name, num_classes=ns.num_classes, in_chans=shape[0], img_size=shape[1:])
+        rows.append({"model": name, "params": count_params(model), "macs_per_image": count_macs(model, shape)})
+    if ns.json:
+        _print_json({"input_shape": list(shape), "num_classes": ns.num_classes, "models": rows})
+        return 0
+    print(f"input {shape[0]}x{shape[1]}x{shape[2]} (CxHxW), {ns.num_classes} classes; MACs per image, batch 1")
+    print(f"{'model':<16}{'params':>12}{'MACs':>14}")
+    for r in rows:
+        print(f"{r['model']:<16}{r['params']:>12,}{r['macs_per_image']:>14,}")
+    return 0
+
+
+def cmd_datasets(ns: Any) -> int:
+    from .data import list_datasets
+
+    rows = list_datasets(ns.data_dir)
+    if ns.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        shape = "x".join(str(s) for s in r.get("image_shape") or r.get("shape") or [])
+        present = "present" if r.get("present") else "missing"
+        print(f"{r['name']:<14} train {r.get('num_train', '?'):>6}  test {r.get('num_test', '?'):>6}  {shape:<8} "
+              f"{present:<8} {r.get('location', '')}")
+        if r.get("description"):
+            print(f"{'':<14} {r['description']}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise LeanvisionError(f"Invalid --input-shape {text!r}. Expected C,H,W such as 1,28,28.")
+    return shape  # type: ignore[return-value]
+
+
+def _device(ns: Any):
+    from .device import resolve_device
+
+    return resolve_device(getattr(ns, "device", None) or "cpu")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="leanvision", description=__doc__.splitlines()[0], exit_on_error=False)
+    sub = parser.add_subcommands(dest="command", required=True)
+
+    train = ArgumentParser(description="Train a model on a dataset into a run directory.", exit_on_error=False)
+    train.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    train.add_argument("--model", type=str, default=None, help=f"registered name or spec .yaml/.json (default: "
+                                                                f"{RunConfig.model})")
+    train.add_argument("--model-kwargs", type=str, default=None, help="builder arguments as JSON, e.g. '{\"width\": 8}'")
+    add_dataclass_flags(train, DataConfig)
+    add_dataclass_flags(train, TrainConfig)
+    train.add_argument("--out", type=str, default=None, help="run directory (default: runs/<model>)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_subcommand("train", train, help="train a model")
+
+    evaluate = ArgumentParser(description="Test accuracy, per-class precision/recall, confusion matrix.",
+                              exit_on_error=False)
+    evaluate.add_argument("run_dir", type=str)
+    evaluate.add_argument("--split", type=str, default="test", choices=["test", "val", "train"])
+    evaluate.add_argument("--weights", type=str, default="best", choices=["best", "last"])
+    evaluate.add_argument("--data-dir", type=str, default=None)
+    evaluate.add_argument("--device", type=str, default="cpu")
+    evaluate.add_argument("--no-plot", action="store_true")
+    evaluate.add_argument("--json", action="store_true")
+    sub.add_subcommand("evaluate", evaluate, help="evaluate a run on its test split")
+
+    predict = ArgumentParser(description="Classify image files with a trained run.", exit_on_error=False)
+    predict.add_argument("run_dir", type=str)
+    predict.add_argument("images", nargs="*", type=str)
+    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--weights", type=str, default="best", choices=["best", "last"])
+    predict.add_argument("--device", type=str, default="cpu")
+    predict.add_argument("--json", action="store_true")
+    sub.add_subcommand("predict", predict, help="classify image files")
+
+    models = ArgumentParser(description="List registered models with parameters and MACs.", exit_on_error=False)
+    models.add_argument("pattern", nargs="?", type=str, default="*")
+    models.add_argument("--input-shape", type=str, default="1,28,28", help="C,H,W")
+    models.add_argument("--num-classes", type=int, default=10)
+    models.add_argument("--json", action="store_true")
+    sub.add_subcommand("models", models, help="list models")
+
+    datasets = ArgumentParser(description="List datasets, their sizes and where they are looked for.",
+                              exit_on_error=False)
+    datasets.add_argument("--data-dir", type=str, default=None)
+    datasets.add_argument("--json", action="store_true")
+    sub.add_subcommand("datasets", datasets, help="list datasets")
+
+    for name, register in _EXTRA_COMMANDS.items():
+        register(sub)
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
+            "datasets": cmd_datasets}
+_EXTRA_COMMANDS: dict[str, Any] = {}
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    given = next((line for line in lines if line.startswith("Given value:")), None)
+    first = lines[0]
+    return f"{first} ({given})" if given and given != first else first
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or jsonargparse's own exit
+        return int(e.code or 0)
+    except (argparse.ArgumentError, ValueError, TypeError) as e:
+        print(f"error: {_one_line(e)}. See `leanvision {argv[0] if argv else ''} --help`.", file=sys.stderr)
+        return 2
+    command = ns.command
+    try:
+        return COMMANDS[command](ns[command])
+    except LeanvisionError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        from .train import TrainingInterrupted
+
+        return 130 if isinstance(e, TrainingInterrupted) else 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if os.environ.get("LEANVISION_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)} (set LEANVISION_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

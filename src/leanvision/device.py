@@ -1,0 +1,46 @@
+"""Device resolution: `auto|cpu|cuda|cuda:N|mps`, with a one-line error when the device is not present."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import LeanvisionError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Return the torch device for `name`; `auto` picks CUDA, then MPS, then CPU.
+
+    Example: `resolve_device("cuda:1")` raises `LeanvisionError` on a machine without a second GPU.
+    """
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise LeanvisionError(
+                f"Device {name!r} requested but no CUDA GPU is visible to PyTorch "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use --device cpu or auto."
+            )
+        if name.startswith("cuda:"):
+            index_text = name.split(":", 1)[1]
+            if not index_text.isdigit():
+                raise LeanvisionError(f"Invalid device {name!r}. Expected one of: {DEVICE_CHOICES}.")
+            if int(index_text) >= torch.cuda.device_count():
+                raise LeanvisionError(
+                    f"Device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist. "
+                    f"Use cuda:0..cuda:{torch.cuda.device_count() - 1}."
+                )
+        return torch.device(name)
+    if name == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise LeanvisionError("Device 'mps' requested but Apple MPS is not available here. Use --device cpu or auto.")
+        return torch.device("mps")
+    raise LeanvisionError(f"Invalid device {name!r}. Expected one of: {DEVICE_CHOICES}.")

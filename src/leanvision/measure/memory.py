@@ -1,0 +1,77 @@
+"""Peak memory of one call: exact on CUDA (allocator statistics), approximate on CPU (sampled RSS)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+_STATM = "/proc/self/statm"
+_SAMPLE_INTERVAL_S = 0.001
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int | None:
+    """Extra memory, in bytes, that `fn()` used at its peak above what was in use before it ran.
+
+    On CUDA this is exact for tensors: the caching allocator's `max_memory_allocated` after
+    `reset_peak_memory_stats`, minus the bytes allocated before (it excludes the allocator's cache, cuDNN
+    workspaces outside it and the CUDA context). Note that it resets the device's peak counter.
+
+    On CPU it is an approximation: the process's resident set size (RSS, from `/proc/self/statm`) is sampled
+    about every millisecond by a background thread while `fn` runs, plus once after it returns, and the RSS
+    before the call is subtracted. Allocations shorter than a sample interval can be missed, memory freed
+    before `fn` and reused inside it is not counted, and other threads of the process are counted too.
+    Returns None where it cannot be measured (no `/proc`, e.g. macOS or Windows; MPS).
+
+    Example: `peak_memory(lambda: model(x), torch.device("cpu"))`.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _peak_cuda(fn, device)
+    if device.type == "cpu":
+        return _peak_cpu_rss(fn)
+    return None
+
+
+def _peak_cuda(fn: Callable[[], Any], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - before)
+
+
+def _read_rss_bytes(page_size: int) -> int:
+    with open(_STATM, "rb") as f:
+        return int(f.read().split()[1]) * page_size  # fields: size resident shared ... (in pages)
+
+
+def _peak_cpu_rss(fn: Callable[[], Any]) -> int | None:
+    try:
+        page_size = os.sysconf("SC_PAGE_SIZE")
+        before = _read_rss_bytes(page_size)
+    except (OSError, ValueError, AttributeError, IndexError):
+        return None
+    peak = before
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _read_rss_bytes(page_size))
+            stop.wait(_SAMPLE_INTERVAL_S)
+
+    sampler = threading.Thread(target=sample, name="leanvision-rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        result = fn()  # kept alive for the final sample: memory still held (or returned) when fn ends counts
+    finally:
+        stop.set()
+        sampler.join()
+    peak = max(peak, _read_rss_bytes(page_size))
+    del result
+    return max(0, peak - before)

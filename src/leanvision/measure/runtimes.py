@@ -1,0 +1,287 @@
+"""Inference runtimes behind one interface, so eager PyTorch, ONNX Runtime and later backends are timed alike.
+
+A runtime is a class registered in `RUNTIMES` with a `name`, `is_available() -> (ok, reason)` and
+`prepare(model, example, precision, device) -> predict`, where `predict(x)` maps a float batch `(N, C, H, W)` to
+logits `(N, num_classes)`. `measure_runtime` times any of them; `predict_batches` computes logits for a whole
+dataset through one, so accuracy and speed are measured on the same artefact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LeanvisionError
+from ..registry import Registry
+from .timing import measure_latency
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+PRECISIONS = ("fp32", "bf16", "fp16")
+ONNX_INPUT_NAME, ONNX_OUTPUT_NAME = "input", "logits"
+
+
+class Runtime:
+    """Base class of an inference runtime; subclass it and register it with `@RUNTIMES.register("<name>")`."""
+
+    name: ClassVar[str] = ""
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    host_input: ClassVar[bool] = False  # True: reads inputs from CPU memory, so benchmarks keep inputs on the CPU
+
+    def is_available(self) -> tuple[bool, str]:
+        """Whether the runtime can be used here, and why not (an install hint) when it cannot."""
+        return True, ""
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        """Build the inference function from `model`; `example` is a float batch `(N, C, H, W)` fixing C, H, W."""
+        raise NotImplementedError
+
+    def _check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise LeanvisionError(
+                f"Invalid precision {precision!r} for runtime {self.name!r}. "
+                f"Expected one of: {', '.join(self.precisions)}."
+            )
+
+
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
+
+
+def get_runtime(name: str) -> Runtime:
+    """An instance of the runtime registered as `name`. Example: `get_runtime("onnxruntime").is_available()`."""
+    return RUNTIMES.get(name)()
+
+
+@RUNTIMES.register("torch")
+class TorchRuntime(Runtime):
+    """Eager PyTorch on a private copy of the model, in eval mode under `torch.inference_mode`.
+
+    Precisions: `fp32`; `bf16` via autocast (CPU or CUDA); `fp16` via autocast, CUDA only. Logits come back as
+    float32 on `device`.
+    """
+
+    name = "torch"
+    precisions = PRECISIONS
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        self._check_precision(precision)
+        device = torch.device(device)
+        if precision == "fp16" and device.type != "cuda":
+            raise LeanvisionError(
+                f"precision='fp16' needs a CUDA device for the torch runtime. Received: device='{device}'. "
+                "Use precision='bf16' or 'fp32' on this device, or --device cuda."
+            )
+        net = copy.deepcopy(model).to(device).eval()  # a copy: the caller's model keeps its device and train flag
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                return net(x.to(device, non_blocking=True)).float()
+
+        return predict
+
+
+@RUNTIMES.register("onnxruntime")
+class OnnxRuntime(Runtime):
+    """ONNX Runtime on the model exported by `export_onnx` (fp32, dynamic batch).
+
+    Uses the CPU execution provider, or TensorRT/CUDA providers when `device` is CUDA and the installed build has
+    them. Inputs are copied to host memory as numpy arrays, so GPU timings include host<->device copies; logits
+    come back as float32 CPU tensors. `predict.providers` lists the providers the session actually uses.
+    """
+
+    name = "onnxruntime"
+    host_input = True
+
+    def is_available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False, "onnxruntime is not installed. Install it with: pip install 'leanvision[onnx]'"
+        return True, ""
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        self._check_precision(precision)
+        ok, reason = self.is_available()
+        if not ok:
+            raise LeanvisionError(reason)
+        import onnxruntime as ort
+
+        device = torch.device(device)
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            available = ort.get_available_providers()
+            gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+            if not gpu:
+                raise LeanvisionError(
+                    f"device='{device}' requested for onnxruntime, but this onnxruntime build has no CUDA or TensorRT "
+                    f"provider (available: {', '.join(available)}). Install onnxruntime-gpu or use --device cpu."
+                )
+            providers = [(p, {"device_id": device.index or 0}) for p in gpu] + providers
+        elif device.type != "cpu":
+            raise LeanvisionError(f"Runtime 'onnxruntime' supports devices cpu and cuda. Received: device='{device}'.")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()  # same thread budget as the torch runtime
+        options.log_severity_level = 3  # errors only: measurement never prints
+        with tempfile.TemporaryDirectory(prefix="leanvision-onnx-") as tmp:
+            path = export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        input_name = session.get_inputs()[0].name
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+            return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+        predict.providers = session.get_providers()  # type: ignore[attr-defined]
+        return predict
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path, opset: int = 17) -> Path:
+    """Export `model` (fp32, eval mode, on CPU) to an ONNX file with a dynamic batch dimension; returns the path.
+
+    The legacy TorchScript exporter (`dynamo=False`) is tried first, as it is the most robust for small CNNs; if it
+    fails, the `torch.export`-based exporter is used with opset `max(opset, 18)` (the lowest it implements). The
+    graph's input is named `input` `(batch, C, H, W)` and its output `logits` `(batch, num_classes)`. The caller's
+    model is not touched: a CPU copy is exported.
+
+    Example: `export_onnx(model, (3, 32, 32), "runs/latest/model.onnx")`.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"Invalid `input_shape`. Expected (C, H, W). Received: input_shape={input_shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = copy.deepcopy(model).cpu().float().eval()
+    example = torch.zeros((2, *input_shape))  # batch 2: a trace at batch 1 can bake the batch size into reshapes
+    names = {"input_names": [ONNX_INPUT_NAME], "output_names": [ONNX_OUTPUT_NAME]}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices; measurement never prints
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(
+                net,
+                (example,),
+                str(path),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
+                **names,
+                **legacy,
+            )
+        return path
+    except Exception as legacy_error:  # noqa: BLE001 - any exporter failure falls through to the other exporter
+        first_error = legacy_error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net,
+                (example,),
+                str(path),
+                opset_version=max(opset, 18),
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                **names,
+            )
+    except Exception as e:  # noqa: BLE001
+        raise LeanvisionError(
+            f"ONNX export of {type(model).__name__} failed with both exporters "
+            f"(legacy: {_first_line(first_error)}; dynamo: {_first_line(e)}). "
+            "Check that the model's forward uses only exportable ops, or skip the onnxruntime runtime."
+        ) from e
+    return path
+
+
+def measure_runtime(
+    model: nn.Module,
+    runtime_name: str,
+    input_shape: tuple[int, int, int],
+    *,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    batch_sizes: Sequence[int] = (1, 256),
+    warmup: int = 10,
+    repeats: int = 50,
+) -> list[dict[str, Any]]:
+    """Latency and throughput of `model` through one runtime, one record per batch size.
+
+    Inputs are seeded random images `(batch_size, C, H, W)` placed on `device` (on the CPU for runtimes that read
+    host memory); CUDA work is synchronized after each call. Each record has `runtime`, `precision`, `device`,
+    `batch_size`, `threads`, `latency_median_ms`, `latency_p95_ms`, `latency_mean_ms`, `latency_min_ms`,
+    `images_per_s` (from the median), `repeats`, `warmup`, `latency_unit` ("ms/batch"), `throughput_unit`
+    ("images/s"), and `providers` when the runtime reports them.
+
+    Example: `measure_runtime(model, "onnxruntime", (3, 32, 32), batch_sizes=(1, 256))`.
+    """
+    runtime = get_runtime(runtime_name)
+    ok, reason = runtime.is_available()
+    if not ok:
+        raise LeanvisionError(f"Runtime {runtime_name!r} is not available here: {reason}")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)  # private RNG: the global torch seed is left alone
+    example = torch.randn((2, *input_shape), generator=generator)
+    predict = runtime.prepare(model, example, precision=precision, device=device)
+    input_device = torch.device("cpu") if runtime.host_input else device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    records = []
+    for batch_size in batch_sizes:
+        x = torch.randn((batch_size, *input_shape), generator=generator).to(input_device)
+        stats = measure_latency(lambda: predict(x), warmup=warmup, repeats=repeats, sync=sync)
+        record = {
+            "runtime": runtime_name,
+            "precision": precision,
+            "device": str(device),
+            "batch_size": batch_size,
+            "threads": torch.get_num_threads(),
+            "latency_median_ms": stats.median_ms,
+            "latency_p95_ms": stats.p95_ms,
+            "latency_mean_ms": stats.mean_ms,
+            "latency_min_ms": stats.min_ms,
+            "images_per_s": batch_size / (stats.median_ms / 1e3) if stats.median_ms > 0 else float("inf"),
+            "repeats": stats.repeats,
+            "warmup": stats.warmup,
+            "latency_unit": "ms/batch",
+            "throughput_unit": "images/s",
+        }
+        if hasattr(predict, "providers"):
+            record["providers"] = list(predict.providers)
+        records.append(record)
+    return records
+
+
+def predict_batches(fn: Predict, images_float: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Logits for all of `images_float` `(N, C, H, W)`, computed `batch_size` images at a time; returned on the CPU.
+
+    Example: `acc = (predict_batches(predict, x_test).argmax(1) == y_test).float().mean()`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Invalid `batch_size`. Expected an integer >= 1. Received: batch_size={batch_size}")
+    images = torch.as_tensor(images_float)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"Invalid `images_float`. Expected a non-empty (N, C, H, W) batch. Received shape {tuple(images.shape)}"
+        )
+    chunks = [fn(images[i : i + batch_size].float()).detach().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]

@@ -1,0 +1,165 @@
+"""Run directories: create one by training (`train_run`), load one back (`load_run`).
+
+A run directory holds everything needed to rebuild, evaluate and deploy the model, with no pickle anywhere:
+  config.json      the resolved RunConfig plus the environment it ran in
+  model.json       how to rebuild the model (registry name or full spec, kwargs, input shape, classes, normalization)
+  metrics.jsonl    one line per epoch
+  best.safetensors / last.safetensors   weights (best validation accuracy / last epoch)
+  checkpoint.safetensors                resumable training state
+  result.json      final test metrics and timings
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import RunConfig
+from .data import load_dataset
+from .errors import LeanvisionError
+from .io import load_weights, read_json, write_json
+from .models import create_model
+from .train import CHECKPOINT, fit, predict_logits
+
+MODEL_FORMAT = "leanvision-model/1"
+
+
+@dataclass
+class Run:
+    """A trained model loaded from a run directory, with everything needed to feed it data."""
+
+    path: Path
+    model: nn.Module
+    meta: dict[str, Any]  # contents of model.json
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["input_shape"])
+
+    def load_dataset(self, data_dir: str | None = None):
+        source = dict(self.meta["dataset"])
+        if data_dir is not None:
+            source["data_dir"] = data_dir
+        return load_dataset(**source)
+
+
+def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.data
+    return dict(name=d.dataset, data_dir=d.data_dir, image_size=d.image_size, channels=d.channels,
+                val_fraction=d.val_fraction, strict=d.strict)
+
+
+def build_model(cfg: RunConfig, dataset) -> nn.Module:
+    c, h, w = dataset.input_shape
+    return create_model(cfg.model, num_classes=dataset.num_classes, in_chans=c, img_size=(h, w), **cfg.model_kwargs)
+
+
+def model_description(cfg: RunConfig, model: nn.Module, dataset) -> dict[str, Any]:
+    spec = getattr(model, "spec", None)
+    return {
+        "format": MODEL_FORMAT,
+        "model": None if spec is not None else cfg.model,
+        "spec": spec,
+        "model_kwargs": cfg.model_kwargs,
+        "num_classes": dataset.num_classes,
+        "input_shape": list(dataset.input_shape),
+        "classes": list(dataset.classes),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "dataset": dataset.source,
+        "num_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def environment() -> dict[str, Any]:
+    return {"leanvision": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "threads": torch.get_num_threads()}
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+              interrupt_at_step: int | None = None, dataset=None) -> dict[str, Any]:
+    """Train `cfg` into `out_dir` and evaluate the best weights on the test split; returns result.json's content.
+
+    Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
+    """
+    out = Path(out_dir)
+    if resume and not (out / CHECKPOINT).exists():
+        raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
+    if not resume and (out / CHECKPOINT).exists():
+        raise LeanvisionError(f"{out} already holds a run. Use --resume to continue it, or choose another --out.")
+    if resume:
+        saved = read_json(out / "config.json")["config"]
+        if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in cfg.to_dict().items() if k != "train"}:
+            raise LeanvisionError(f"Cannot resume {out}: its model or data config differs from the one given. "
+                                  "Resume with the same options, or start a new --out.")
+    torch.manual_seed(cfg.train.seed)
+    dataset = dataset if dataset is not None else load_dataset(**_data_kwargs(cfg))
+    model = build_model(cfg, dataset)
+    meta = model_description(cfg, model, dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_json(out / "config.json", {"config": cfg.to_dict(), "dataset_notes": dataset.notes,
+                                         "environment": environment()})
+        write_json(out / "model.json", meta)
+    start = time.perf_counter()
+    history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
+                  interrupt_at_step=interrupt_at_step)
+    wall = time.perf_counter() - start
+    model.load_state_dict(load_weights(out / "best.safetensors"))
+    result: dict[str, Any] = {
+        "model": cfg.model,
+        "dataset": dataset.name,
+        "epochs_run": len(history),
+        "best_val_accuracy": max((h["val_accuracy"] or 0.0 for h in history), default=None),
+        "train_time_s": sum(h["epoch_time_s"] for h in history),
+        "wall_time_s_this_call": wall,
+        "num_params": meta["num_params"],
+    }
+    if dataset.test is not None and len(dataset.test):
+        device = next(model.parameters()).device
+        logits, labels = predict_logits(model, dataset.test, dataset.mean, dataset.std, device)
+        correct = int((logits.argmax(1) == labels).sum())
+        result.update(test_accuracy=correct / len(labels), test_correct=correct, test_total=len(labels))
+    write_json(out / "result.json", result)
+    return result
+
+
+def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of a run directory from model.json and load its safetensors weights (no pickle).
+
+    Example: `run = load_run("runs/compact"); logits = run.model(x)`.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise LeanvisionError(f"Run directory {path} not found. Expected a folder written by `leanvision train`.")
+    meta = read_json(path / "model.json")
+    if meta.get("format") != MODEL_FORMAT:
+        raise LeanvisionError(f"{path / 'model.json'} has format {meta.get('format')!r}; expected {MODEL_FORMAT!r}.")
+    if weights not in ("best", "last"):
+        raise LeanvisionError(f"Invalid weights {weights!r}. Expected 'best' or 'last'.")
+    c, h, w = meta["input_shape"]
+    model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
+                         num_classes=meta["num_classes"], in_chans=c, img_size=(h, w), **meta.get("model_kwargs", {}))
+    state = load_weights(path / f"{weights}.safetensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise LeanvisionError(f"Weights in {path} do not fit the model in model.json ({first}).") from None
+    model.eval().to(device)
+    return Run(path=path, model=model, meta=meta)
+
+
+def config_from_run(run_dir: str | Path) -> RunConfig:
+    return RunConfig.from_dict(read_json(Path(run_dir) / "config.json")["config"])
+
+
+__all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description",
+           "dataclasses"]

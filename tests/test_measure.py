@@ -1,0 +1,300 @@
+"""Oracle tests for leanvision.measure: hand counts, known statistics, loose timing bounds, runtime parity."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from leanvision.errors import LeanvisionError
+from leanvision.measure import (
+    RUNTIMES,
+    LatencyStats,
+    count_flops,
+    count_macs,
+    count_params,
+    environment,
+    export_onnx,
+    file_bytes,
+    get_runtime,
+    mean_std,
+    measure_latency,
+    measure_runtime,
+    measure_throughput,
+    peak_memory,
+    predict_batches,
+    weight_bytes,
+    wilson_interval,
+)
+
+HAS_ORT = get_runtime("onnxruntime").is_available()[0]
+
+
+def keras_baseline() -> nn.Module:
+    """The Keras MNIST convnet example without pooling/dropout: the hand-checked 11.18 M MAC reference."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Flatten(), nn.Linear(36864, 10)
+    )
+
+
+def tiny_convnet() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+# ---- counts ---------------------------------------------------------------------------------------------------------
+
+
+def test_count_params_closed_form_and_trainable_only():
+    model = nn.Sequential(nn.Linear(10, 5), nn.Linear(5, 2))
+    assert count_params(model) == 10 * 5 + 5 + 5 * 2 + 2
+    model[0].requires_grad_(False)
+    assert count_params(model, trainable_only=True) == 5 * 2 + 2
+
+
+def test_count_macs_linear_equals_in_times_out():
+    assert count_macs(nn.Linear(64, 10), (1, 1, 64)) == 64 * 10
+
+
+def test_count_macs_conv2d_hand_count():
+    conv = nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1, groups=2)
+    h_out = w_out = (20 + 2 * 1 - 3) // 2 + 1
+    assert count_macs(conv, (8, 20, 20)) == h_out * w_out * 16 * 8 * 3 * 3 // 2
+
+
+def test_count_macs_keras_baseline_and_flops_are_twice_macs():
+    model = keras_baseline()
+    assert count_params(model) == 387_466
+    assert count_macs(model, (1, 28, 28)) == 11_180_160
+    assert count_flops(model, (1, 28, 28)) == 2 * 11_180_160
+
+
+def test_count_macs_restores_flags_and_leaves_weights_unchanged():
+    model = tiny_convnet().train()
+    model[1].eval()  # mixed flags must come back as they were
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    count_macs(model, (3, 8, 8))
+    assert model.training and not model[1].training and model[4].training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_count_macs_rejects_batched_shape():
+    with pytest.raises(ValueError, match="Expected \\(C, H, W\\)"):
+        count_macs(nn.Linear(4, 2), (1, 1, 1, 4))
+
+
+def test_weight_bytes_counts_params_and_buffers(tmp_path):
+    assert weight_bytes(nn.Linear(10, 5)) == 55 * 4
+    bn = nn.BatchNorm2d(4)  # weight, bias, running_mean, running_var (fp32) + num_batches_tracked (int64)
+    assert weight_bytes(bn) == 4 * 4 * 4 + 8
+    assert weight_bytes(nn.Linear(10, 5), dtype_bytes=1) == 55
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 123)
+    assert file_bytes(path) == 123
+
+
+# ---- statistics ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "correct,total,expected",
+    [(0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0)), (50, 100, (0.4038, 0.5962)), (95, 100, (0.8883, 0.9785))],
+)
+def test_wilson_interval_known_values(correct, total, expected):
+    low, high = wilson_interval(correct, total)
+    assert low == pytest.approx(expected[0], abs=1e-4) and high == pytest.approx(expected[1], abs=1e-4)
+
+
+def test_wilson_interval_rejects_bad_counts():
+    with pytest.raises(ValueError, match="Received: correct=11, total=10"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+
+
+def test_mean_std_sample_std_and_single_value():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([0.9]) == (0.9, 0.0)
+    mean, std = mean_std([0.91, 0.93, 0.92, 0.94])
+    assert mean == pytest.approx(0.925) and std == pytest.approx(0.0129099, abs=1e-6)
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+# ---- timing and memory -----------------------------------------------------------------------------------------------
+
+
+def test_measure_latency_on_known_sleep():
+    calls = {"fn": 0, "sync": 0}
+
+    def fn():
+        calls["fn"] += 1
+        time.sleep(0.002)
+
+    stats = measure_latency(fn, warmup=2, repeats=5, sync=lambda: calls.__setitem__("sync", calls["sync"] + 1))
+    assert isinstance(stats, LatencyStats)
+    assert calls == {"fn": 7, "sync": 7} and stats.repeats == 5 and stats.warmup == 2
+    assert 2.0 <= stats.min_ms <= stats.median_ms <= stats.p95_ms and stats.median_ms < 1000
+    assert stats.min_ms <= stats.mean_ms
+
+
+def test_measure_latency_min_time_extends_repeats():
+    stats = measure_latency(lambda: time.sleep(0.001), warmup=0, repeats=1, min_time_s=0.01)
+    assert stats.repeats >= 2
+
+
+def test_measure_throughput_uses_median_batch_time():
+    result = measure_throughput(lambda: time.sleep(0.002), 32, warmup=1, repeats=3)
+    assert result["batch_size"] == 32
+    assert result["images_per_s"] == pytest.approx(32 / (result["median_ms_per_batch"] / 1e3))
+    assert result["images_per_s"] <= 32 / 0.002
+
+
+def test_peak_memory_cpu_sees_200mb_allocation():
+    def allocate():
+        x = torch.ones(50_000_000)  # 200 MB of float32, pages touched by the fill
+        return float(x[-1])
+
+    peak = peak_memory(allocate, torch.device("cpu"))
+    if peak is None:
+        pytest.skip("no /proc/self/statm on this platform")
+    assert peak >= 150e6
+
+
+def test_peak_memory_unsupported_device_returns_none():
+    assert peak_memory(lambda: None, "meta") is None
+
+
+# ---- environment -----------------------------------------------------------------------------------------------------
+
+
+def test_environment_has_versions_and_no_hostname():
+    import platform
+    import socket
+
+    env = environment(torch.device("cpu"))
+    assert env["torch"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
+    assert env["gpu_name"] is None and env["cpu_count"] >= 1
+    for key in ("python", "numpy", "onnxruntime", "platform", "cpu_model"):
+        assert key in env
+    assert socket.gethostname() not in {str(v) for v in env.values()}
+    assert platform.node() not in {str(v) for v in env.values()}
+
+
+# ---- runtimes --------------------------------------------------------------------------------------------------------
+
+
+def test_runtime_registry_lists_builtins_and_suggests_names():
+    assert {"torch", "onnxruntime"} <= set(RUNTIMES.names())
+    with pytest.raises(LeanvisionError, match="Did you mean 'torch'"):
+        get_runtime("torhc")
+
+
+def test_torch_runtime_matches_eager_and_leaves_model_alone():
+    model = tiny_convnet().train()
+    x = torch.randn(4, 3, 8, 8)
+    predict = get_runtime("torch").prepare(model, x)
+    assert model.training  # prepare works on a copy
+    with torch.no_grad():
+        expected = model.eval()(x)
+    torch.testing.assert_close(predict(x), expected)
+
+
+def test_torch_runtime_bf16_close_and_fp16_needs_cuda():
+    model = tiny_convnet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    out = get_runtime("torch").prepare(model, x, precision="bf16")(x)
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), atol=0.1, rtol=0.1)
+    with pytest.raises(LeanvisionError, match="needs a CUDA device"):
+        get_runtime("torch").prepare(model, x, precision="fp16", device="cpu")
+    with pytest.raises(LeanvisionError, match="Invalid precision 'int3'"):
+        get_runtime("torch").prepare(model, x, precision="int3")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_matches_eager_with_dynamic_batch():
+    model = tiny_convnet().eval()
+    predict = get_runtime("onnxruntime").prepare(model, torch.randn(2, 3, 8, 8))
+    assert predict.providers == ["CPUExecutionProvider"]
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(predict(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_rejects_non_fp32():
+    with pytest.raises(LeanvisionError, match="Expected one of: fp32"):
+        get_runtime("onnxruntime").prepare(tiny_convnet(), torch.randn(2, 3, 8, 8), precision="bf16")
+
+
+def test_export_onnx_writes_file_with_dynamic_batch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    path = export_onnx(tiny_convnet(), (3, 8, 8), tmp_path / "sub" / "model.onnx")
+    assert path.exists() and file_bytes(path) > 0
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.mark.parametrize(
+    "runtime", ["torch", pytest.param("onnxruntime", marks=pytest.mark.skipif(not HAS_ORT, reason="no ort"))]
+)
+def test_measure_runtime_records_have_all_keys(runtime):
+    records = measure_runtime(tiny_convnet(), runtime, (3, 8, 8), batch_sizes=(1, 4), warmup=1, repeats=2)
+    assert [r["batch_size"] for r in records] == [1, 4]
+    keys = {
+        "runtime",
+        "precision",
+        "device",
+        "batch_size",
+        "threads",
+        "latency_median_ms",
+        "latency_p95_ms",
+        "images_per_s",
+        "latency_unit",
+        "throughput_unit",
+    }
+    for record in records:
+        assert keys <= set(record)
+        assert record["runtime"] == runtime and record["device"] == "cpu" and record["precision"] == "fp32"
+        assert record["images_per_s"] > 0 and math.isfinite(record["latency_median_ms"])
+
+
+def test_predict_batches_matches_one_big_batch():
+    model = tiny_convnet().eval()
+    x = torch.randn(10, 3, 8, 8)
+    predict = get_runtime("torch").prepare(model, x)
+    logits = predict_batches(predict, x, batch_size=3)
+    assert logits.shape == (10, 10) and logits.device.type == "cpu"
+    torch.testing.assert_close(logits, predict(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(predict_batches(predict, x.numpy(), batch_size=4), logits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runtime_fp16_and_peak_memory():
+    model = tiny_convnet().eval()
+    x = torch.randn(4, 3, 8, 8)
+    out = get_runtime("torch").prepare(model, x, precision="fp16", device="cuda")(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out.cpu(), model(x), atol=0.05, rtol=0.05)
+    peak = peak_memory(lambda: torch.empty(50_000_000, device="cuda"), torch.device("cuda"))
+    assert peak >= 200e6
+    records = measure_runtime(model, "torch", (3, 8, 8), device="cuda", batch_sizes=(2,), warmup=1, repeats=2)
+    assert records[0]["device"] == "cuda"
