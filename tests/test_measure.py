@@ -298,3 +298,34 @@ def test_cuda_runtime_fp16_and_peak_memory():
     assert peak >= 200e6
     records = measure_runtime(model, "torch", (3, 8, 8), device="cuda", batch_sizes=(2,), warmup=1, repeats=2)
     assert records[0]["device"] == "cuda"
+
+
+def test_export_onnx_falls_back_to_dynamo_exporter(tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    real_export = torch.onnx.export
+
+    def legacy_fails(*args, dynamo=True, **kwargs):
+        if not dynamo:
+            raise RuntimeError("simulated legacy exporter failure")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", legacy_fails)
+    model = tiny_convnet().eval()
+    path = export_onnx(model, (3, 8, 8), tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), model(x), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_export_onnx_both_exporters_failing_is_one_line_error(tmp_path, monkeypatch):
+    def always_fails(*args, **kwargs):
+        raise RuntimeError("unsupported op aten::weird\nlong traceback text")
+
+    monkeypatch.setattr(torch.onnx, "export", always_fails)
+    with pytest.raises(LeanvisionError, match="failed with both exporters") as info:
+        export_onnx(tiny_convnet(), (3, 8, 8), tmp_path / "model.onnx")
+    assert "\n" not in str(info.value)

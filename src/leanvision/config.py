@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3  # passes over the training split
+    epochs: int = 10  # passes over the training split
     batch_size: int = 128  # images per optimizer step
     optimizer: str = "adam"  # sgd (momentum, optional Nesterov) | adam | adamw
     learning_rate: float = 1e-3  # peak learning rate (reached after warm-up)

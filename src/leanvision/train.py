@@ -218,7 +218,6 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             model.train()
             order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # same order after a resume
             bar.start_epoch(epoch, start_step if epoch == start_epoch else 0)
-            loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             tick = time.perf_counter()
             batches = train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=drop_last,
@@ -235,10 +234,11 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 if regularized:
                     loss = loss + regularization_loss(model)
-                if not torch.isfinite(loss).item():
+                loss_value = loss.item()  # one host sync per step: the divergence check needs it anyway
+                if not math.isfinite(loss_value):
                     last_good = "the last good checkpoint (epoch %d) is kept" % epoch if epoch else "nothing was saved"
                     raise TrainingDiverged(
-                        f"Loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
+                        f"Loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
                         f"{last_good} in {out}. Lower --lr, or use --precision fp32."
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -249,14 +249,13 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                 else:
                     loss.backward()
                     optimizer.step()
-                loss_sum += loss.detach() * len(yb)
+                running["loss_sum"] += loss_value * len(yb)  # python float64, same sum however the epoch is split
                 correct += (logits.detach().argmax(1) == y).sum()
                 step += 1
                 global_step += 1
                 running["seen"] += len(yb)
                 bar.advance(loss, running["seen"], time.perf_counter() - tick + running["time"])
                 if sigint["hit"] or (interrupt_at_step is not None and global_step == interrupt_at_step):
-                    running["loss_sum"] += loss_sum.item()
                     running["correct"] += int(correct.item())
                     running["time"] += time.perf_counter() - tick
                     checkpoint(epoch, step)
@@ -264,7 +263,6 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                         f"Interrupted at epoch {epoch + 1}, step {step}; checkpoint saved in {out}. "
                         "Run the same command with --resume to continue."
                     )
-            running["loss_sum"] += loss_sum.item()
             running["correct"] += int(correct.item())
             running["time"] += time.perf_counter() - tick
             val = _evaluate(model, dataset.val, dataset.mean, dataset.std, device, cfg.precision)

@@ -11,13 +11,16 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from ..errors import DataError
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .streaming import StreamingImageSet
 
 #: Fraction of the images held out as the test split when a source has no test split of its own.
 TEST_FRACTION = 0.2
@@ -102,9 +105,12 @@ class ImageSet:
             yield self.images[idx], self.labels[idx]
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSet:
-        """Return a new `ImageSet` with the images at `indices` (copied)."""
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return ImageSet(self.images[idx].contiguous(), self.labels[idx].contiguous())
+        """A new `ImageSet` of the images at `indices`: a view for one ascending contiguous range, else a copy."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and idx[-1] - idx[0] == idx.size - 1 and (idx.size == 1 or (np.diff(idx) == 1).all()):
+            return ImageSet(self.images[idx[0]:idx[-1] + 1], self.labels[idx[0]:idx[-1] + 1])  # a view, no copy
+        t = torch.as_tensor(idx)
+        return ImageSet(self.images[t].contiguous(), self.labels[t].contiguous())
 
 
 class SplitLike(Protocol):
@@ -139,9 +145,9 @@ class Dataset:
 
     name: str
     classes: list[str]
-    train: Any
-    val: Any
-    test: Any
+    train: ImageSet | StreamingImageSet
+    val: ImageSet | StreamingImageSet
+    test: ImageSet | StreamingImageSet | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: dict

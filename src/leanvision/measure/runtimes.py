@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -171,8 +172,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     example = torch.zeros((2, *input_shape))  # batch 2: a trace at batch 1 can bake the batch size into reshapes
     names = {"input_names": [ONNX_INPUT_NAME], "output_names": [ONNX_OUTPUT_NAME]}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices; measurement never prints
+        with _quiet_exporter():
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             torch.onnx.export(
                 net,
@@ -188,8 +188,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     except Exception as legacy_error:  # noqa: BLE001 - any exporter failure falls through to the other exporter
         first_error = legacy_error
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_exporter():
             torch.onnx.export(
                 net,
                 (example,),
@@ -280,6 +279,20 @@ def predict_batches(fn: Predict, images_float: torch.Tensor | np.ndarray, batch_
         )
     chunks = [fn(images[i : i + batch_size].float()).detach().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(chunks)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' deprecation warnings and log chatter (measurement never prints); restored after."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(error: BaseException) -> str:

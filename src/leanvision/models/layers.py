@@ -126,3 +126,10 @@ class AvgPool2dSame(nn.Module):
         # Fraction of each window that lies inside the image; shape-only, so tracing and ONNX export stay static.
         inside = F.avg_pool2d(F.pad(torch.ones_like(x[:1, :1]), self.padding), self.kernel_size, self.stride)
         return total / inside
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, C, H, W) -> (N, C) mean over the spatial axes (Keras GlobalAveragePooling2D); exports as ONNX ReduceMean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
