@@ -223,6 +223,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             batches = train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=drop_last,
                                     start_batch=start_step if epoch == start_epoch else 0)
             step = start_step if epoch == start_epoch else 0
+            learning_rate = learning_rate_at(max(0, global_step - 1), total_steps, steps_per_epoch, cfg)
             for xb, yb in batches:
                 learning_rate = learning_rate_at(global_step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
