@@ -329,3 +329,19 @@ def test_export_onnx_both_exporters_failing_is_one_line_error(tmp_path, monkeypa
     with pytest.raises(LeanvisionError, match="failed with both exporters") as info:
         export_onnx(tiny_convnet(), (3, 8, 8), tmp_path / "model.onnx")
     assert "\n" not in str(info.value)
+
+
+def test_peak_tensor_memory_counts_live_tensors_exactly():
+    import torch
+
+    from leanvision.measure import peak_tensor_memory
+
+    assert peak_tensor_memory(lambda: torch.ones(1000, 1000)) == 4_000_000
+
+    def two_steps():
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 4 MB more while a is alive
+        del a
+        return b + 1  # a is freed: peak stays at 8 MB
+
+    assert peak_tensor_memory(two_steps) == 8_000_000

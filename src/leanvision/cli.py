@@ -168,6 +168,27 @@ def cmd_datasets(ns: Any) -> int:
     return 0
 
 
+def cmd_study(ns: Any) -> int:
+    from .study import run_study
+
+    runtimes = tuple(r.strip() for r in ns.runtimes.split(",") if r.strip())
+    study = run_study(dataset=ns.dataset, data_dir=ns.data_dir, plan=ns.plan, epochs=ns.epochs, seeds=ns.seeds,
+                      out=ns.out, device=ns.device, precision=ns.precision, runtimes=runtimes, repeats=ns.repeats,
+                      progress=not ns.no_progress)
+    ok = [v for v in study["variants"] if v.get("status") == "ok"]
+    print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
+    print(f"{'variant':<16}{'accuracy':>10}{'params':>10}{'MACs':>13}{'b1 ms':>9}{'img/s@256':>11}")
+    for v in sorted(ok, key=lambda v: -v["accuracy"]):
+        print(f"{v['name']:<16}{v['accuracy']:>10.4f}{v['params']:>10,}{v['macs']:>13,}"
+              f"{v['latency_b1_median_ms']:>9.3f}{v['throughput_images_per_s']:>11,.0f}")
+    print("(latency: median of batch-1 calls, torch eager fp32 on " + study["settings"]["device"] + ", "
+          f"{study['environment'].get('torch_threads')} threads)")
+    for line in study["findings"]:
+        print(f"- {line}")
+    print(f"report: {ns.out}/report.html")
+    return 0
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -234,13 +255,29 @@ def build_parser() -> ArgumentParser:
     datasets.add_argument("--json", action="store_true")
     sub.add_subcommand("datasets", datasets, help="list datasets")
 
+    study = ArgumentParser(description="Train, measure and compare a plan of variants; write an HTML/MD report.",
+                           exit_on_error=False)
+    study.add_argument("--dataset", type=str, default="digits")
+    study.add_argument("--data-dir", type=str, default=None)
+    study.add_argument("--plan", type=str, default="reference", help="reference | quick | plan.yaml")
+    study.add_argument("--epochs", type=int, default=None, help="same for every variant (default: 12 for small "
+                                                                "datasets, 3 for large)")
+    study.add_argument("--seeds", type=int, default=1, help="train each variant with this many seeds")
+    study.add_argument("--out", type=str, default="study")
+    study.add_argument("--device", type=str, default="cpu")
+    study.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"])
+    study.add_argument("--runtimes", type=str, default="torch,onnxruntime")
+    study.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per runtime (after warm-up)")
+    study.add_argument("--no-progress", action="store_true")
+    sub.add_subcommand("study", study, help="train and compare a plan of variants (the main job)")
+
     for name, register in _EXTRA_COMMANDS.items():
         register(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "datasets": cmd_datasets}
+            "datasets": cmd_datasets, "study": cmd_study}
 _EXTRA_COMMANDS: dict[str, Any] = {}
 
 

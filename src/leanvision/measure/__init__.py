@@ -6,7 +6,7 @@ Sizes and compute (`counts`), accuracy statistics (`stats`), latency/throughput 
 
 from .counts import count_flops, count_macs, count_params, file_bytes, weight_bytes
 from .env import environment
-from .memory import peak_memory
+from .memory import peak_memory, peak_tensor_memory
 from .runtimes import (
     RUNTIMES,
     OnnxRuntime,
@@ -38,6 +38,7 @@ __all__ = [
     "measure_runtime",
     "measure_throughput",
     "peak_memory",
+    "peak_tensor_memory",
     "predict_batches",
     "wilson_interval",
     "weight_bytes",

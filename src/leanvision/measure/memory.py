@@ -75,3 +75,46 @@ def _peak_cpu_rss(fn: Callable[[], Any]) -> int | None:
     peak = max(peak, _read_rss_bytes(page_size))
     del result
     return max(0, peak - before)
+
+
+def peak_tensor_memory(fn: Callable[[], Any]) -> int:
+    """Peak bytes of tensors created by `fn()` and alive at the same time (activations, outputs, workspaces that
+    PyTorch allocates as tensors), on any device.
+
+    Unlike the RSS delta this does not depend on what the allocator cached earlier in the process, so variants
+    measured one after another are comparable. Tensors that existed before `fn` (weights, inputs) are not counted;
+    memory allocated inside fused kernels without a tensor (e.g. oneDNN scratch) is not seen.
+
+    Example: `peak_tensor_memory(lambda: model(x))`.
+    """
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    state = {"live": 0, "peak": 0}
+    live_ptrs: set[int] = set()
+
+    def release(ptr: int, nbytes: int) -> None:
+        if ptr in live_ptrs:
+            live_ptrs.discard(ptr)
+            state["live"] -= nbytes
+
+    class _Tracker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and not t.is_meta:
+                    storage = t.untyped_storage()
+                    ptr, nbytes = storage.data_ptr(), storage.nbytes()
+                    if nbytes and ptr not in live_ptrs:  # views and in-place results share a known storage
+                        live_ptrs.add(ptr)
+                        state["live"] += nbytes
+                        state["peak"] = max(state["peak"], state["live"])
+                        weakref.finalize(t, release, ptr, nbytes)
+            return out
+
+    with _Tracker():
+        result = fn()
+    del result
+    return state["peak"]

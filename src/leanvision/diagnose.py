@@ -1,0 +1,123 @@
+"""Plain-language diagnosis of a study: what each variant bought or cost relative to its base, measured.
+
+Rules (all from numbers in the study, none typed in):
+- "faster" means the variant's batch-1 median latency is below its base's by more than the measured spread: the
+  larger of the two p95 - median gaps, and at least NOISE_FLOOR of the base's median (variants are timed one after
+  another, so drift between their timing windows is noise too); otherwise the difference is "within the measured
+  spread".
+- Accuracy differences are "within noise" when the two 95% Wilson intervals overlap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NOISE_FLOOR = 0.10  # relative: latency differences under 10% between separately timed variants are not claimed
+
+
+def _pp(a: float, b: float) -> str:
+    return f"{(a - b) * 100:+.2f} pp"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    (lo1, hi1), (lo2, hi2) = a["accuracy_ci95"], b["accuracy_ci95"]
+    return lo1 <= hi2 and lo2 <= hi1
+
+
+def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, float]:
+    """('faster' | 'slower' | 'same', base/variant latency ratio) on `runtime`'s batch-1 latency."""
+    rv, rb = v["runtimes"].get(runtime), base["runtimes"].get(runtime)
+    if not rv or not rb:
+        return "unknown", float("nan")
+    spread = max(rv["latency_b1_p95_ms"] - rv["latency_b1_median_ms"], rb["latency_b1_p95_ms"] - rb["latency_b1_median_ms"],
+                 NOISE_FLOOR * rb["latency_b1_median_ms"])
+    delta = rb["latency_b1_median_ms"] - rv["latency_b1_median_ms"]
+    ratio = rb["latency_b1_median_ms"] / rv["latency_b1_median_ms"]
+    if abs(delta) <= spread:
+        return "same", ratio
+    return ("faster" if delta > 0 else "slower"), ratio
+
+
+def diagnose_variant(v: dict, base: dict) -> list[str]:
+    """Sentences on accuracy, size, compute and speed of `v` against `base`, with reasons when known."""
+    out = []
+    acc = f"accuracy {_pp(v['accuracy'], base['accuracy'])} vs {base['name']}"
+    acc += " (within the 95% intervals: not a measurable difference)" if _overlap(v, base) else " (outside the 95% intervals)"
+    out.append(acc + ".")
+    same_arch = v["params"] == base["params"] and v["macs"] == base["macs"]
+    if same_arch:
+        out.append(f"Same parameters ({v['params']:,}) and MACs ({v['macs']:,}) as {base['name']}: this technique "
+                   "changes training only, so it cannot change inference cost.")
+    else:
+        out.append(f"{_ratio(base['params'], v['params'])} fewer parameters ({v['params']:,} vs {base['params']:,}), "
+                   f"{_ratio(base['macs'], v['macs'])} fewer MACs ({v['macs']:,} vs {base['macs']:,}).")
+    for runtime in v["runtimes"]:
+        verdict, ratio = latency_verdict(v, base, runtime)
+        lat = v["runtimes"][runtime]["latency_b1_median_ms"]
+        blat = base["runtimes"].get(runtime, {}).get("latency_b1_median_ms")
+        if verdict == "unknown" or blat is None:
+            continue
+        text = f"{runtime} batch-1 latency {lat:.3f} ms vs {blat:.3f} ms"
+        if verdict == "faster":
+            out.append(f"{text}: {ratio:.2f}x faster.")
+        elif verdict == "slower":
+            reason = ""
+            if v["macs"] > base["macs"]:
+                reason = " Reason: more MACs than the base."
+            elif v["macs"] < base["macs"]:
+                reason = (" Reason: fewer MACs but more, smaller layers; at batch 1 the per-layer overhead of the "
+                          "runtime outweighs the arithmetic saved.")
+            out.append(f"{text}: {1 / ratio:.2f}x SLOWER.{reason}")
+        else:
+            meant_cheaper = v["params"] < base["params"] or v["macs"] < base["macs"]
+            if meant_cheaper:
+                reason = " more MACs than the base." if v["macs"] >= base["macs"] else (
+                    " fewer MACs, but at this size batch-1 time is dominated by per-layer overhead, not arithmetic.")
+                out.append(f"{text}: NOT measurably faster (difference within the measured spread). Reason:{reason}")
+            elif not same_arch:
+                out.append(f"{text}: no measurable difference.")
+            else:
+                out.append(f"{text}: no measurable difference, as expected for the same architecture.")
+        if verdict in ("faster", "slower") and same_arch:
+            out[-1] = (f"{text}: the same inference graph as the base, so this {ratio:.2f}x gap is run-to-run timing "
+                       "noise, not a speed-up.")
+    return out
+
+
+def diagnose(study: dict[str, Any]) -> dict[str, Any]:
+    """Fill `variant["diagnosis"]` for every ok variant with a base, and `study["findings"]`; returns `study`."""
+    ok = {v["name"]: v for v in study["variants"] if v.get("status") == "ok"}
+    findings: list[str] = []
+    for v in study["variants"]:
+        v.setdefault("diagnosis", [])
+        base = ok.get(v.get("base") or "")
+        if v.get("status") == "ok" and base is not None:
+            v["diagnosis"] = diagnose_variant(v, base)
+    if ok:
+        best = max(ok.values(), key=lambda v: v["accuracy"])
+        fastest = min(ok.values(), key=lambda v: v["latency_b1_median_ms"])
+        findings.append(f"Most accurate: {best['name']} at {best['accuracy']:.2%} test accuracy "
+                        f"({best['params']:,} parameters, {best['macs']:,} MACs per image).")
+        findings.append(f"Fastest at batch 1 (torch eager, fp32, CPU): {fastest['name']} at "
+                        f"{fastest['latency_b1_median_ms']:.3f} ms median, {fastest['accuracy']:.2%} accuracy.")
+    for v in study["variants"]:
+        base = ok.get(v.get("base") or "")
+        if v.get("status") != "ok" or base is None or not v["name"].startswith("seed-"):
+            continue
+        verdict, ratio = latency_verdict(v, base)
+        if v["params"] == base["params"] and v["macs"] == base["macs"]:
+            verdict = "same"  # identical inference graph: a measured gap can only be timing noise
+        speed = {"faster": f"{ratio:.2f}x faster", "slower": f"{1 / ratio:.2f}x slower",
+                 "same": "no measurable speed change", "unknown": "speed not measured"}[verdict]
+        findings.append(f"{v['name']} ({v.get('description', '')}): accuracy {_pp(v['accuracy'], base['accuracy'])}"
+                        f"{' (within noise)' if _overlap(v, base) else ''}, parameters {v['params']:,} vs "
+                        f"{base['params']:,}, {speed} at batch 1 on this data.")
+    failed = [v["name"] for v in study["variants"] if v.get("status") != "ok"]
+    if failed:
+        findings.append(f"Failed variants (see their errors): {', '.join(failed)}.")
+    study["findings"] = findings
+    return study

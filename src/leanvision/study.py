@@ -1,0 +1,241 @@
+"""`leanvision study`: train a plan of variants, measure each the same way, diagnose, and report.
+
+A plan is a list of variants (model or spec + training overrides) sharing one training budget. Each variant is
+trained into `OUT/variants/<name>/seed<k>/`, measured on every available runtime (same inputs, same repeats), and
+summarised in `OUT/variants/<name>/record.json`. Re-running the same command skips variants whose record matches
+the config; a variant that fails is recorded as failed and the study goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import DataConfig, RunConfig, TrainConfig
+from .data import load_dataset
+from .errors import LeanvisionError
+from .io import read_json, write_json
+from .measure import (
+    count_macs,
+    count_params,
+    environment,
+    file_bytes,
+    get_runtime,
+    mean_std,
+    measure_latency,
+    peak_tensor_memory,
+    predict_batches,
+    weight_bytes,
+    wilson_interval,
+)
+from .runs import load_run, train_run
+from .train import normalizer
+
+PLAN_NAMES = ("reference", "quick")
+VARIANT_KEYS = {"name", "model", "model_kwargs", "base", "description", "train"}
+
+
+def load_plan(plan: str | dict) -> dict[str, Any]:
+    """Load a built-in plan by name or a YAML file; validate it.
+
+    Example: `load_plan("reference")["variants"][0]["model"] == "seed-baseline"`.
+    """
+    if isinstance(plan, dict):
+        data, where = plan, "plan"
+    elif plan in PLAN_NAMES:
+        data, where = yaml.safe_load(resources.files("leanvision").joinpath(f"plans/{plan}.yaml").read_text()), plan
+    else:
+        path = Path(plan)
+        if not path.is_file():
+            raise LeanvisionError(f"Unknown plan {plan!r}. Expected one of {', '.join(PLAN_NAMES)} or a plan .yaml file.")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise LeanvisionError(f"Invalid YAML in plan {path}: {str(e).splitlines()[0]}.") from None
+        where = str(path)
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), list) or not data["variants"]:
+        raise LeanvisionError(f"Plan {where} must be a mapping with a non-empty `variants` list.")
+    seen = set()
+    for i, v in enumerate(data["variants"]):
+        if isinstance(v, str):
+            v = data["variants"][i] = {"name": v, "model": v}
+        if not isinstance(v, dict) or "model" not in v:
+            raise LeanvisionError(f"Plan {where}: variant {i} must be a mapping with at least `model`.")
+        unknown = set(v) - VARIANT_KEYS
+        if unknown:
+            raise LeanvisionError(f"Plan {where}: variant {i} has unknown key(s) {sorted(unknown)}; "
+                                  f"expected some of {sorted(VARIANT_KEYS)}.")
+        v.setdefault("name", Path(str(v["model"])).stem)
+        if v["name"] in seen:
+            raise LeanvisionError(f"Plan {where}: duplicate variant name {v['name']!r}.")
+        seen.add(v["name"])
+    for v in data["variants"]:
+        if v.get("base") is not None and v["base"] not in seen:
+            raise LeanvisionError(f"Plan {where}: variant {v['name']!r} has base {v['base']!r}, which is not in the plan.")
+    data.setdefault("name", Path(where).stem)
+    data.setdefault("train", {})
+    return data
+
+
+def default_epochs(num_train: int) -> int:
+    """Same budget for every variant: more passes over small datasets (digits: 12), few over large (MNIST: 3)."""
+    return 12 if num_train < 10_000 else 3
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str | dict = "reference",
+              epochs: int | None = None, seeds: int = 1, out: str | Path = "study", device: str = "cpu",
+              precision: str = "fp32", runtimes: tuple[str, ...] = ("torch", "onnxruntime"), repeats: int = 50,
+              progress: bool = True) -> dict[str, Any]:
+    """Train and measure every variant of `plan` on `dataset`, write the report into `out`; returns the study dict.
+
+    Example: `run_study(dataset="digits", plan="quick", epochs=2, out="study-quick")`.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress)
+    if seeds < 1:
+        raise LeanvisionError(f"Invalid --seeds {seeds}. Expected an integer >= 1.")
+    plan_data = load_plan(plan)
+    out = Path(out)
+    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir)
+    ds = load_dataset(dataset, data_dir)
+    epochs = epochs or default_epochs(len(ds.train))
+    started, tick = datetime.now(timezone.utc), time.perf_counter()
+    available = []
+    for name in runtimes:
+        ok, reason = get_runtime(name).is_available()
+        if ok:
+            available.append(name)
+        else:
+            console.print(f"runtime {name} skipped: {reason}")
+    variants = []
+    for index, variant in enumerate(plan_data["variants"]):
+        train_kwargs = {**plan_data["train"], **(variant.get("train") or {}), "epochs": epochs, "device": device,
+                        "precision": precision}
+        console.rule(f"[{index + 1}/{len(plan_data['variants'])}] {variant['name']}")
+        try:
+            record = _run_variant(variant, data_cfg, train_kwargs, ds, seeds, out / "variants" / variant["name"],
+                                  available, repeats, progress, console)
+        except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            console.print(f"[red]{variant['name']} failed: {message}")
+            record = {"name": variant["name"], "model": str(variant["model"]), "base": variant.get("base"),
+                      "description": variant.get("description", ""), "status": "failed",
+                      "error": f"{type(e).__name__}: {message}"}
+        variants.append(record)
+    study = {
+        "title": f"leanvision study: {ds.name} ({plan_data['name']} plan)",
+        "plan": plan_data["name"],
+        "dataset": {"name": ds.name, "num_train": len(ds.train), "num_val": len(ds.val),
+                    "num_test": len(ds.test) if ds.test is not None else 0, "input_shape": list(ds.input_shape),
+                    "num_classes": ds.num_classes, "notes": ds.notes},
+        "settings": {**{k: v for k, v in plan_data["train"].items()}, "epochs": epochs, "seeds": seeds,
+                     "precision": precision, "device": device, "latency_batch_size": 1, "throughput_batch_size": 256,
+                     "repeats": repeats, "warmup": 10, "runtimes": available, "runtime": "torch"},
+        "environment": environment(torch.device(device)),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": time.perf_counter() - tick,
+        "variants": variants,
+    }
+    from .diagnose import diagnose
+
+    diagnose(study)
+    from .report import write_report
+
+    files = write_report(study, out)
+    console.print(f"report: {files.get('html')}")
+    return study
+
+
+def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtimes, repeats, progress, console):
+    key = {"variant": variant, "data": data_cfg.__dict__, "train": train_kwargs, "seeds": seeds,
+           "runtimes": runtimes, "repeats": repeats}
+    record_path = vdir / "record.json"
+    if record_path.exists():
+        old = read_json(record_path)
+        if old.get("config_hash") == _hash(key) and old.get("status") == "ok":
+            console.print(f"{variant['name']}: already done with the same config, skipped")
+            return old
+    accuracies, results = [], []
+    for seed in range(seeds):
+        cfg = RunConfig(model=str(variant["model"]), model_kwargs=dict(variant.get("model_kwargs") or {}),
+                        data=data_cfg, train=TrainConfig(**{**train_kwargs, "seed": seed}))
+        run_dir = vdir / f"seed{seed}"
+        if (run_dir / "result.json").exists() and (run_dir / "config.json").exists() and \
+                read_json(run_dir / "config.json")["config"] == cfg.to_dict():
+            result = read_json(run_dir / "result.json")
+        else:
+            resume = (run_dir / "checkpoint.safetensors").exists()
+            if resume and read_json(run_dir / "config.json")["config"] != cfg.to_dict():
+                raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another --out.")
+            result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
+        results.append(result)
+        accuracies.append(result["test_accuracy"])
+    run = load_run(vdir / "seed0")
+    record = measure_variant(run, ds, runtimes, repeats)
+    first = results[0]
+    mean, std = mean_std(accuracies)
+    record.update(
+        name=variant["name"], model=str(variant["model"]), base=variant.get("base"),
+        description=variant.get("description", ""), status="ok", error=None,
+        accuracy=accuracies[0] if seeds == 1 else mean, accuracy_mean=mean, accuracy_std=std, accuracies=accuracies,
+        accuracy_ci95=list(wilson_interval(first["test_correct"], first["test_total"])), test_total=first["test_total"],
+        train_time_s=first["train_time_s"], epochs=first["epochs_run"],
+        train_images_per_s=len(ds.train) * first["epochs_run"] / max(first["train_time_s"], 1e-9),
+        history=[{k: h[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+                 for h in (read_json_lines(vdir / "seed0" / "metrics.jsonl"))],
+        run_dir=str((vdir / "seed0").as_posix()), config_hash=_hash(key),
+    )
+    write_json(record_path, record)
+    return record
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str, Any]:
+    """Size, compute, per-runtime latency/throughput/accuracy and peak memory of a trained run (CPU, fp32)."""
+    model, shape = run.model.eval().cpu(), run.input_shape
+    normalize = normalizer(ds.mean, ds.std, torch.device("cpu"))
+    x_test = normalize(ds.test.images)
+    generator = torch.Generator().manual_seed(0)
+    x1 = torch.randn((1, *shape), generator=generator)
+    x256 = torch.randn((256, *shape), generator=generator)
+    record: dict[str, Any] = {
+        "params": count_params(model), "trainable_params": count_params(model, trainable_only=True),
+        "macs": count_macs(model, shape), "weight_bytes_fp32": weight_bytes(model, dtype_bytes=4),
+        "file_bytes": file_bytes(run.path / "best.safetensors"), "runtimes": {},
+    }
+    for name in runtimes:
+        predict = get_runtime(name).prepare(model, x1, precision="fp32", device=torch.device("cpu"))
+        lat = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
+        thr = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
+        logits = predict_batches(predict, x_test, batch_size=256)
+        record["runtimes"][name] = {
+            "latency_b1_median_ms": lat.median_ms, "latency_b1_p95_ms": lat.p95_ms,
+            "throughput_images_per_s": 256 / (thr.median_ms / 1e3),
+            "accuracy": (logits.argmax(1) == ds.test.labels).float().mean().item(),
+            "precision": "fp32", "device": "cpu", "threads": torch.get_num_threads(),
+        }
+    torch_metrics = record["runtimes"].get("torch") or next(iter(record["runtimes"].values()), {})
+    record.update(latency_b1_median_ms=torch_metrics.get("latency_b1_median_ms"),
+                  latency_b1_p95_ms=torch_metrics.get("latency_b1_p95_ms"),
+                  throughput_images_per_s=torch_metrics.get("throughput_images_per_s"))
+    with torch.no_grad():
+        # tensors alive at once during a batch-256 forward (weights and input excluded); see peak_tensor_memory
+        record["peak_memory_bytes"] = peak_tensor_memory(lambda: model(x256))
+    return record
