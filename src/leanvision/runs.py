@@ -162,4 +162,4 @@ def config_from_run(run_dir: str | Path) -> RunConfig:
 
 
 __all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description",
-           "dataclasses"]
+]

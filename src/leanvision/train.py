@@ -237,7 +237,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                     loss = loss + regularization_loss(model)
                 loss_value = loss.item()  # one host sync per step: the divergence check needs it anyway
                 if not math.isfinite(loss_value):
-                    last_good = "the last good checkpoint (epoch %d) is kept" % epoch if epoch else "nothing was saved"
+                    last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "nothing was saved"
                     raise TrainingDiverged(
                         f"Loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
                         f"{last_good} in {out}. Lower --lr, or use --precision fp32."
