@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
+from .data.core import ImageSet, batch_order
 from .device import resolve_device
 from .errors import LeanvisionError, TrainingDiverged
 from .io import append_jsonl, load_state, save_state, save_weights
 from .models import regularization_loss
 
 CHECKPOINT = "checkpoint.safetensors"
+PRENORMALIZE_MAX_BYTES = 2 * 1024**3  # normalize the train split once into float32 when it fits in this much
 METRICS = "metrics.jsonl"
 
 
@@ -93,6 +95,24 @@ def normalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch.de
         return x.to(device, non_blocking=True).float().mul_(scale).sub_(shift)
 
     return normalize
+
+
+class _NormalizedSplit:
+    """An in-memory train split normalized once into float32 on the training device, batched exactly like ImageSet
+    (same order for the same generator), so no step pays for uint8 -> float conversion."""
+
+    def __init__(self, split: ImageSet, normalize, device: torch.device):
+        self.images, self.labels = normalize(split.images), split.labels.to(device)
+        self.num_batches = split.num_batches
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False, start_batch: int = 0):
+        for idx in batch_order(len(self), batch_size, shuffle, generator, drop_last, start_batch):
+            idx = idx.to(self.images.device) if isinstance(idx, torch.Tensor) else idx
+            yield self.images[idx], self.labels[idx]
 
 
 def autocast(device: torch.device, precision: str):
@@ -176,6 +196,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     aug_gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(cfg.seed + 17)
     train = dataset.train
+    if isinstance(train, ImageSet) and train.images.numel() * 4 <= PRENORMALIZE_MAX_BYTES:
+        train = _NormalizedSplit(train, normalize, device)
     if len(train) == 0:
         raise LeanvisionError("The training split is empty. Expected at least one training image.")
     drop_last = len(train) % cfg.batch_size == 1 and len(train) > 1  # BatchNorm cannot train on a batch of one
@@ -228,7 +250,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                 learning_rate = learning_rate_at(global_step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate
-                x = augment_batch(normalize(xb), augment, aug_gen) if augment != "none" else normalize(xb)
+                x = normalize(xb) if xb.dtype == torch.uint8 else xb
+                x = augment_batch(x, augment, aug_gen) if augment != "none" else x
                 y = yb.to(device, non_blocking=True)
                 with autocast(device, cfg.precision):
                     logits = model(x)
