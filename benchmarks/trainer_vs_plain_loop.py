@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -73,17 +74,23 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating; medians are reported")
     args = parser.parse_args()
     # val_fraction=0: both loops see the same 60,000 training images
     dataset = load_dataset("mnist", args.data_dir, val_fraction=0.0, download=False)
     rows = []
     for precision in args.precisions.split(","):
-        plain_s, plain_acc = plain_loop(dataset, precision, args.seed)
-        lv_s, lv_acc = leanvision_fit(dataset, precision, args.seed)
+        plain, lv = [], []
+        for r in range(args.repeats):  # alternate which goes first so drift hits both alike
+            pair = [("plain", plain_loop), ("lv", leanvision_fit)]
+            for tag, fn in pair if r % 2 == 0 else pair[::-1]:
+                (plain if tag == "plain" else lv).append(fn(dataset, precision, args.seed))
+        plain_s, lv_s = float(np.median([t for t, _ in plain])), float(np.median([t for t, _ in lv]))
         rows.append({"precision": precision, "plain_loop_s": plain_s, "leanvision_s": lv_s,
-                     "ratio_leanvision_over_plain": lv_s / plain_s, "plain_test_accuracy": plain_acc,
-                     "leanvision_test_accuracy": lv_acc})
-    print(f"seed-baseline, MNIST 60,000 train images, 1 epoch, batch 128, Adam 1e-3, CPU, "
+                     "ratio_leanvision_over_plain": lv_s / plain_s, "plain_test_accuracy": plain[0][1],
+                     "leanvision_test_accuracy": lv[0][1], "repeats": args.repeats,
+                     "plain_loop_s_all": [t for t, _ in plain], "leanvision_s_all": [t for t, _ in lv]})
+    print(f"seed-baseline, MNIST 60,000 train images, 1 epoch, batch 128, Adam 1e-3, CPU, median of {args.repeats}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'precision':<10}{'plain loop s':>14}{'leanvision s':>14}{'ratio':>8}{'plain acc':>11}{'lv acc':>9}")
     for r in rows:

@@ -31,6 +31,13 @@ def test_fit_compact_on_digits_reaches_floor(digits, tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 8
 
 
+def test_fit_on_epoch_end_sees_every_epoch(digits, tmp_path):
+    seen = []
+    fit(_model("seed-shallow"), digits, TrainConfig(epochs=2, device="cpu"), tmp_path, progress=False,
+        on_epoch_end=lambda record, model: seen.append((record["epoch"], model.training)))
+    assert seen == [(1, True), (2, True)]
+
+
 def test_fit_same_seed_identical_metrics(digits, tmp_path):
     cfg = TrainConfig(epochs=2, seed=3, device="cpu", augment="crop-flip")
     a = fit(_model("seed-dropout", seed=3), digits, cfg, tmp_path / "a", progress=False)

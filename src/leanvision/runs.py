@@ -84,7 +84,7 @@ def environment() -> dict[str, Any]:
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-              interrupt_at_step: int | None = None, dataset=None) -> dict[str, Any]:
+              interrupt_at_step: int | None = None, dataset=None, loss_fn=None) -> dict[str, Any]:
     """Train `cfg` into `out_dir` and evaluate the best weights on the test split; returns result.json's content.
 
     Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
@@ -110,7 +110,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
         write_json(out / "model.json", meta)
     start = time.perf_counter()
     history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
-                  interrupt_at_step=interrupt_at_step)
+                  interrupt_at_step=interrupt_at_step, loss_fn=loss_fn)
     wall = time.perf_counter() - start
     model.load_state_dict(load_weights(out / "best.safetensors"))
     result: dict[str, Any] = {

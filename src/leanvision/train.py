@@ -15,6 +15,7 @@ import signal
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -178,11 +179,17 @@ def _resolve_augment(cfg: TrainConfig, channels: int) -> str:
 
 
 def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-        progress: bool = True, interrupt_at_step: int | None = None) -> list[dict[str, Any]]:
+        progress: bool = True, interrupt_at_step: int | None = None,
+        on_epoch_end: Callable[[dict[str, Any], nn.Module], None] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        ) -> list[dict[str, Any]]:
     """Train `model` on `dataset.train`, validating on `dataset.val` each epoch; returns the per-epoch history.
 
     Writes into `out_dir`: metrics.jsonl, last.safetensors, best.safetensors (best validation accuracy) and
     checkpoint.safetensors. `interrupt_at_step` simulates Ctrl-C after that many optimizer steps (for tests).
+    `on_epoch_end(record, model)` runs after each epoch's files are written (its time is not in `epoch_time_s`).
+    `loss_fn(logits, labels, inputs)` replaces the cross-entropy (with label smoothing) data loss, e.g. for
+    distillation; per-layer L1/L2 penalties are still added.
 
     Example: `history = fit(create_model("compact"), load_dataset("digits"), TrainConfig(epochs=2), "runs/a")`.
     """
@@ -255,7 +262,10 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                 y = yb.to(device, non_blocking=True)
                 with autocast(device, cfg.precision):
                     logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if loss_fn is None:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                else:
+                    loss = loss_fn(logits.float(), y, x)
                 if regularized:
                     loss = loss + regularization_loss(model)
                 loss_value = loss.item()  # one host sync per step: the divergence check needs it anyway
@@ -313,6 +323,9 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             start_step = 0
             checkpoint(epoch + 1, 0)
             append_jsonl(out / METRICS, record)
+            if on_epoch_end is not None:
+                on_epoch_end(record, model)
+                model.train()
             if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
                 bar.note(f"early stopping: no better validation accuracy for {bad_epochs} epochs")
                 break
