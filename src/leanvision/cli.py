@@ -85,6 +85,10 @@ def cmd_train(ns: Any) -> int:
                     data=DataConfig(**_values(ns, DataConfig)), train=TrainConfig(**_values(ns, TrainConfig)))
     out = ns.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(cfg.model)))
     result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress)
+    from .distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 alone reports
+        return 0
     if ns.json:
         _print_json(result)
     else:
@@ -174,7 +178,7 @@ def cmd_study(ns: Any) -> int:
     runtimes = tuple(r.strip() for r in ns.runtimes.split(",") if r.strip())
     study = run_study(dataset=ns.dataset, data_dir=ns.data_dir, plan=ns.plan, epochs=ns.epochs, seeds=ns.seeds,
                       out=ns.out, device=ns.device, precision=ns.precision, runtimes=runtimes, repeats=ns.repeats,
-                      progress=not ns.no_progress)
+                      progress=not ns.no_progress, remeasure=ns.remeasure)
     ok = [v for v in study["variants"] if v.get("status") == "ok"]
     print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
     print(f"{'variant':<16}{'accuracy':>10}{'params':>10}{'MACs':>13}{'b1 ms':>9}{'img/s@256':>11}")
@@ -269,6 +273,7 @@ def build_parser() -> ArgumentParser:
     study.add_argument("--runtimes", type=str, default="torch,onnxruntime")
     study.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per runtime (after warm-up)")
     study.add_argument("--no-progress", action="store_true")
+    study.add_argument("--remeasure", action="store_true", help="re-time finished variants, keeping their weights")
     sub.add_subcommand("study", study, help="train and compare a plan of variants (the main job)")
 
     for name, register in _EXTRA_COMMANDS.items():

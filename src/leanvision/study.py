@@ -97,8 +97,10 @@ def _hash(obj: Any) -> str:
 def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str | dict = "reference",
               epochs: int | None = None, seeds: int = 1, out: str | Path = "study", device: str = "cpu",
               precision: str = "fp32", runtimes: tuple[str, ...] = ("torch", "onnxruntime"), repeats: int = 50,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, remeasure: bool = False) -> dict[str, Any]:
     """Train and measure every variant of `plan` on `dataset`, write the report into `out`; returns the study dict.
+
+    `remeasure=True` re-times finished variants (keeping their trained weights), e.g. on a quieter machine.
 
     Example: `run_study(dataset="digits", plan="quick", epochs=2, out="study-quick")`.
     """
@@ -127,7 +129,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
         console.rule(f"[{index + 1}/{len(plan_data['variants'])}] {variant['name']}")
         try:
             record = _run_variant(variant, data_cfg, train_kwargs, ds, seeds, out / "variants" / variant["name"],
-                                  available, repeats, progress, console)
+                                  available, repeats, progress, console, remeasure)
         except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             console.print(f"[red]{variant['name']} failed: {message}")
@@ -160,13 +162,14 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     return study
 
 
-def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtimes, repeats, progress, console):
+def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtimes, repeats, progress, console,
+                 remeasure=False):
     key = {"variant": variant, "data": data_cfg.__dict__, "train": train_kwargs, "seeds": seeds,
            "runtimes": runtimes, "repeats": repeats}
     record_path = vdir / "record.json"
     if record_path.exists():
         old = read_json(record_path)
-        if old.get("config_hash") == _hash(key) and old.get("status") == "ok":
+        if old.get("config_hash") == _hash(key) and old.get("status") == "ok" and not remeasure:
             console.print(f"{variant['name']}: already done with the same config, skipped")
             return old
     accuracies, results = [], []
