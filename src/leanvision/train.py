@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
+from .accel.compile import compile_for_training
+from .accel.devices import LossTracker, prepare_input, prepare_model, setup_train_device, step_done
 from .config import TrainConfig
 from .data.core import ImageSet, batch_order
-from .device import resolve_device
 from .errors import LeanvisionError, TrainingDiverged
 from .io import append_jsonl, load_state, save_state, save_weights
 from .models import regularization_loss
@@ -195,20 +197,33 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    model.to(device)
+    device = setup_train_device(cfg)  # CUDA allocator/cuDNN options, TPU via XLA; this rank's GPU under torchrun
+    prepare_model(model, device, channels_last=cfg.channels_last)
+    # -- data parallelism (torchrun, see distributed.py): `net` runs the training forward, `model` holds the weights
+    dp = distributed.DataParallel(model, device, cfg.batch_size) if distributed.active() else None
+    net, main = (dp.ddp, dp.rank == 0) if dp is not None else (model, True)  # only rank 0 writes files
+    # -- end data parallelism
     augment = _resolve_augment(cfg, dataset.input_shape[0])
     normalize = normalizer(dataset.mean, dataset.std, device)
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
-    aug_gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(cfg.seed + 17)
+    aug_seed = cfg.seed + 17 + (7919 * dp.rank if dp is not None else 0)  # each rank its own augmentation stream
+    aug_gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(aug_seed)
     train = dataset.train
     if isinstance(train, ImageSet) and train.images.numel() * 4 <= PRENORMALIZE_MAX_BYTES:
         train = _NormalizedSplit(train, normalize, device)
     if len(train) == 0:
         raise LeanvisionError("The training split is empty. Expected at least one training image.")
-    drop_last = len(train) % cfg.batch_size == 1 and len(train) > 1  # BatchNorm cannot train on a batch of one
+    remainder = len(train) % cfg.batch_size  # BatchNorm cannot train on a batch of one (per rank under torchrun)
+    drop_last = 0 < remainder < 2 * (dp.world_size if dp is not None else 1) and len(train) > remainder
     steps_per_epoch = train.num_batches(cfg.batch_size, drop_last=drop_last)
+    compile_time_s = None
+    if cfg.compile:  # compile now, timed apart, one static graph per batch shape (the last batch may be smaller)
+        sizes = [min(cfg.batch_size, len(train))] + ([remainder] if remainder and not drop_last else [])
+        shapes = [((dp.local_size(s) if dp is not None else s), *dataset.input_shape) for s in sizes]
+        net, compile_time_s = compile_for_training(net, device, shapes, lambda: autocast(device, cfg.precision),
+                                                   channels_last=cfg.channels_last)
+    val_split = dp.shard_split(dataset.val) if dp is not None else dataset.val
     total_steps = steps_per_epoch * cfg.epochs
     regularized = any(hasattr(m, "kernel_regularizer") for m in model.modules())
 
@@ -239,8 +254,9 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             "bad_epochs": bad_epochs, "history": history, "running": running, "config": _config_for_compare(cfg),
         })
 
-    bar = _Progress(enabled=progress, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
-    with _sigint_flag() as sigint, bar:
+    bar = _Progress(enabled=progress and main, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+    flag = _sigint_flag() if dp is None else nullcontext({"hit": False})  # torchrun: Ctrl-C stops all ranks
+    with flag as sigint, bar:
         for epoch in range(start_epoch, cfg.epochs):
             if epoch > start_epoch or start_step == 0:
                 running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
@@ -248,9 +264,11 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # same order after a resume
             bar.start_epoch(epoch, start_step if epoch == start_epoch else 0)
             correct = torch.zeros((), dtype=torch.long, device=device)
+            losses = LossTracker(device)  # reads the loss every step, every 50 on XLA (no per-step host sync)
             tick = time.perf_counter()
             batches = train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=drop_last,
                                     start_batch=start_step if epoch == start_epoch else 0)
+            batches = dp.shard(batches) if dp is not None else batches  # this rank's slice of each global batch
             step = start_step if epoch == start_epoch else 0
             learning_rate = learning_rate_at(max(0, global_step - 1), total_steps, steps_per_epoch, cfg)
             for xb, yb in batches:
@@ -259,16 +277,17 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                     group["lr"] = learning_rate
                 x = normalize(xb) if xb.dtype == torch.uint8 else xb
                 x = augment_batch(x, augment, aug_gen) if augment != "none" else x
+                x = prepare_input(x, cfg.channels_last)
                 y = yb.to(device, non_blocking=True)
                 with autocast(device, cfg.precision):
-                    logits = model(x)
+                    logits = net(x)
                 if loss_fn is None:
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 else:
                     loss = loss_fn(logits.float(), y, x)
                 if regularized:
                     loss = loss + regularization_loss(model)
-                loss_value = loss.item()  # one host sync per step: the divergence check needs it anyway
+                loss_value = losses.add(loss, len(yb))
                 if not math.isfinite(loss_value):
                     last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "nothing was saved"
                     raise TrainingDiverged(
@@ -276,6 +295,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                         f"{last_good} in {out}. Lower --lr, or use --precision fp32."
                     )
                 optimizer.zero_grad(set_to_none=True)
+                if dp is not None:
+                    loss = loss * dp.loss_weight(len(yb))  # DDP averages gradients over ranks
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -283,58 +304,77 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                 else:
                     loss.backward()
                     optimizer.step()
-                running["loss_sum"] += loss_value * len(yb)  # python float64, same sum however the epoch is split
+                step_done(device)  # XLA: run the traced step now
+                running["loss_sum"] += losses.pop()  # python float64, same sum however the epoch is split
                 correct += (logits.detach().argmax(1) == y).sum()
                 step += 1
                 global_step += 1
                 running["seen"] += len(yb)
-                bar.advance(loss, running["seen"], time.perf_counter() - tick + running["time"])
+                bar.advance(loss_value, correct, running, time.perf_counter() - tick + running["time"])
                 if sigint["hit"] or (interrupt_at_step is not None and global_step == interrupt_at_step):
+                    running["loss_sum"] += losses.flush()
                     running["correct"] += int(correct.item())
                     running["time"] += time.perf_counter() - tick
-                    checkpoint(epoch, step)
+                    if main:
+                        checkpoint(epoch, step)
                     raise TrainingInterrupted(
                         f"Interrupted at epoch {epoch + 1}, step {step}; checkpoint saved in {out}. "
                         "Run the same command with --resume to continue."
                     )
+            running["loss_sum"] += losses.flush()
+            if not math.isfinite(running["loss_sum"]):  # XLA: the last steps' losses are only read here
+                raise TrainingDiverged(f"Loss became {running['loss_sum']} in epoch {epoch + 1}; the last good "
+                                       f"checkpoint is kept in {out}. Lower --lr, or use --precision fp32.")
             running["correct"] += int(correct.item())
             running["time"] += time.perf_counter() - tick
-            val = _evaluate(model, dataset.val, dataset.mean, dataset.std, device, cfg.precision)
+            totals = running
+            if dp is not None:  # every rank gets rank 0's BatchNorm statistics; train metrics summed over ranks
+                dp.sync_buffers(model)
+                totals = dp.reduce_running(running)
+            val = _evaluate(model, val_split, dataset.mean, dataset.std, device, cfg.precision)
+            if dp is not None:  # each rank validated its shard
+                val = dp.reduce_means(val, len(val_split) if val_split is not None else 0)
             record = {
                 "epoch": epoch + 1,
-                "train_loss": running["loss_sum"] / max(1, running["seen"]),
-                "train_accuracy": running["correct"] / max(1, running["seen"]),
+                "train_loss": totals["loss_sum"] / max(1, totals["seen"]),
+                "train_accuracy": totals["correct"] / max(1, totals["seen"]),
                 "val_loss": val.get("loss"),
                 "val_accuracy": val.get("accuracy"),
                 "learning_rate": learning_rate,
                 "epoch_time_s": running["time"],
-                "train_images_per_s": running["seen"] / max(running["time"], 1e-9),
+                "train_images_per_s": totals["seen"] / max(running["time"], 1e-9),
             }
+            if compile_time_s is not None:  # compiled before the first epoch of this call, not in epoch_time_s
+                record["compile_time_s"], compile_time_s = compile_time_s, None
             history.append(record)
             bar.end_epoch(record)
             score = record["val_accuracy"] if record["val_accuracy"] is not None else record["train_accuracy"]
             improved = score > best_acc
             if improved:
                 best_acc, bad_epochs = score, 0
-                save_weights(out / "best.safetensors", model.state_dict(), {"epoch": epoch + 1})
+                if main:
+                    save_weights(out / "best.safetensors", model.state_dict(), {"epoch": epoch + 1})
             else:
                 bad_epochs += 1
-            save_weights(out / "last.safetensors", model.state_dict(), {"epoch": epoch + 1})
             start_step = 0
-            checkpoint(epoch + 1, 0)
-            append_jsonl(out / METRICS, record)
-            if on_epoch_end is not None:
+            if main:
+                save_weights(out / "last.safetensors", model.state_dict(), {"epoch": epoch + 1})
+                checkpoint(epoch + 1, 0)
+                append_jsonl(out / METRICS, record)
+            if on_epoch_end is not None and main:
                 on_epoch_end(record, model)
                 model.train()
             if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
                 bar.note(f"early stopping: no better validation accuracy for {bad_epochs} epochs")
                 break
+    distributed.barrier()  # torchrun: rank 0's files are complete before any rank goes on
     return history
 
 
 def _config_for_compare(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    d.pop("device")  # a run may resume on another device
+    for key in ("device", "compile", "channels_last", "memory_fraction", "expandable_segments"):
+        d.pop(key, None)  # a run may resume on another device, with other speed options
     return d
 
 
@@ -370,13 +410,15 @@ class _Progress:
             self.task = self.progress.add_task(f"epoch {epoch + 1}/{self.total_epochs}", total=self.steps_per_epoch,
                                                completed=done, info="")
 
-    def advance(self, loss: torch.Tensor, seen: int, elapsed: float) -> None:
+    def advance(self, loss: float, correct: torch.Tensor, running: dict[str, Any], elapsed: float) -> None:
         if self.progress is None:
             return
         now = time.perf_counter()
-        if now - self._last > 0.25:  # reading the loss syncs the device: only a few times per second
+        if now - self._last > 0.25:  # reading the accuracy syncs the device: only a few times per second
             self._last = now
-            info = f"loss {loss.item():.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
+            seen = running["seen"]
+            accuracy = (running["correct"] + int(correct.item())) / max(1, seen)
+            info = f"loss {loss:.4f}  acc {accuracy:.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
             self.progress.update(self.task, advance=1, info=info)
         else:
             self.progress.update(self.task, advance=1)
