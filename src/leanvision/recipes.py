@@ -1,0 +1,69 @@
+"""Named training recipes: model, optimizer, schedule, batch size, precision and epochs chosen together.
+
+`leanvision train --dataset mnist --recipe fast --out RUN_DIR` fills every setting the user did not give from the
+recipe; flags given explicitly still win. Recipes pick by input shape (grayscale 28x28-like vs colour 32x32-like)
+and were tuned on validation splits only (benchmarks/time_to_accuracy.py measures them on the test sets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A complete training setup for one kind of input.
+
+    Args:
+        model: registered model name.
+        model_kwargs: builder arguments.
+        train: TrainConfig fields.
+        data: DataConfig fields (e.g. val_fraction).
+    """
+
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: Registry = Registry("recipe")
+
+
+def fast_precision(device: str = "auto") -> str:
+    """bf16 where the hardware has native bf16 math (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else fp32."""
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    cpu = getattr(torch, "cpu", None)
+    has_bf16 = bool(cpu and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    has_amx = bool(cpu and getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return "bf16" if has_bf16 or has_amx else "fp32"
+
+
+@RECIPES.register("fast")
+def fast(input_shape: tuple[int, int, int], device: str = "auto") -> Recipe:
+    """Fastest route to a good model: MNIST-like grayscale -> fastnet, 2 epochs; colour photos -> fastnet-32 with
+    crop+flip augmentation.
+
+    Example: `fast((1, 28, 28)).train["epochs"] == 2`.
+    """
+    channels = input_shape[0]
+    common = dict(optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle", label_smoothing=0.1,
+                  precision=fast_precision(device))
+    if channels == 1:
+        return Recipe(model="fastnet", model_kwargs={"width": 16},
+                      train=dict(common, epochs=2, batch_size=128, learning_rate=0.1, weight_decay=5e-4,
+                                 augment="none"))
+    return Recipe(model="fastnet", model_kwargs={"width": 32},
+                  train=dict(common, epochs=15, batch_size=128, learning_rate=0.1, weight_decay=5e-4,
+                             augment="crop-flip"))
+
+
+def resolve_recipe(name: str, input_shape: tuple[int, int, int], device: str = "auto") -> Recipe:
+    """The recipe `name` for inputs of `input_shape` (C, H, W). Unknown names list the available ones."""
+    return RECIPES.get(name)(input_shape, device)

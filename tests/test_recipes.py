@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from leanvision.cli import main
+from leanvision.recipes import fast_precision, resolve_recipe
+
+
+def test_fast_recipe_on_digits_reaches_floor(tmp_path, capsys):
+    out = tmp_path / "fast"
+    assert main(["train", "--recipe", "fast", "--dataset", "digits", "--device", "cpu", "--out", str(out),
+                 "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_accuracy"] >= 0.85
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["model"] == "fastnet" and config["train"]["optimizer"] == "sgd" and config["train"]["nesterov"]
+    assert config["train"]["precision"] == fast_precision("cpu")
+
+
+def test_explicit_flags_override_the_recipe(tmp_path, capsys):
+    out = tmp_path / "fast"
+    assert main(["train", "--recipe", "fast", "--dataset", "digits", "--device", "cpu", "--epochs", "1",
+                 "--model", "seed-shallow", "--out", str(out), "--no-progress", "--json"]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["model"] == "seed-shallow" and config["train"]["epochs"] == 1
+    assert config["train"]["schedule"] == "onecycle"  # the rest still comes from the recipe
+
+
+def test_fast_recipe_picks_by_input_shape():
+    gray, colour = resolve_recipe("fast", (1, 28, 28)), resolve_recipe("fast", (3, 32, 32))
+    assert gray.train["augment"] == "none" and colour.train["augment"] == "crop-flip"
+    assert colour.model_kwargs["width"] > gray.model_kwargs["width"]
+
+
+def test_unknown_recipe_is_one_line_error(tmp_path, capsys):
+    assert main(["train", "--recipe", "fastest", "--dataset", "digits", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Did you mean 'fast'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("device", ["cpu"])
+def test_fast_precision_is_a_known_precision(device):
+    assert fast_precision(device) in ("bf16", "fp32")
