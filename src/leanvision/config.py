@@ -63,7 +63,11 @@ class TrainConfig:
     augment: str = "auto"  # auto (crop-flip for 3-channel photos, none for grayscale) | none | flip | crop | crop-flip
     early_stopping: int = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     seed: int = 0  # seeds weights, shuffling, augmentation and dropout
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps | tpu (needs torch_xla); under torchrun: one per rank
+    compile: bool = False  # torch.compile the training step; its compile time is recorded apart (compile_time_s)
+    channels_last: bool = False  # NHWC memory format for weights and batches (faster convs under autocast on GPUs)
+    memory_fraction: float | None = None  # CUDA only: cap this process's share of the GPU's memory, in (0, 1]
+    expandable_segments: bool = False  # CUDA only: allocator grows segments on demand (like TF memory growth)
 
     def __post_init__(self) -> None:
         _check_range("epochs", self.epochs, 1)
@@ -78,6 +82,9 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("augment", self.augment, AUGMENTS)
+        if self.memory_fraction is not None and not 0.0 < self.memory_fraction <= 1.0:
+            raise LeanvisionError(f"Invalid value for `memory_fraction`. Expected a number > 0 and <= 1. "
+                                  f"Received: memory_fraction={self.memory_fraction}")
         if self.nesterov and self.optimizer != "sgd":
             raise LeanvisionError(f"`nesterov` applies to optimizer sgd only. Received: optimizer={self.optimizer!r}")
 

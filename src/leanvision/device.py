@@ -1,4 +1,4 @@
-"""Device resolution: `auto|cpu|cuda|cuda:N|mps`, with a one-line error when the device is not present."""
+"""Device resolution: `auto|cpu|cuda|cuda:N|mps|tpu`, with a one-line error when the device is not present."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from .errors import LeanvisionError
 
-DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps, tpu (alias xla)"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,6 +41,28 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     if name == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise LeanvisionError("Device 'mps' requested but Apple MPS is not available here. Use --device cpu or auto.")
+            raise LeanvisionError(
+                "Device 'mps' requested but Apple MPS is not available here. Use --device cpu or auto."
+            )
         return torch.device("mps")
+    if name in ("tpu", "xla"):
+        return _xla_device(name)
     raise LeanvisionError(f"Invalid device {name!r}. Expected one of: {DEVICE_CHOICES}.")
+
+
+def _xla_device(name: str) -> torch.device:
+    """The default XLA device (a TPU core under torch_xla); `auto` never picks it, as XLA compiles lazily."""
+    try:
+        import torch_xla
+        import torch_xla.core.xla_model as xm
+    except ImportError:
+        raise LeanvisionError(
+            f"Device {name!r} requested but torch_xla is not installed (needed for TPUs). "
+            "Install torch_xla matching torch on a TPU host, or use --device cpu or auto."
+        ) from None
+    try:
+        return torch_xla.device() if hasattr(torch_xla, "device") else xm.xla_device()
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LeanvisionError(f"Device {name!r} requested but torch_xla found no XLA device ({first}). "
+                              "Run on a TPU host, or use --device cpu.") from None

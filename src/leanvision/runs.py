@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
+from .accel.devices import setup_train_device
 from .config import RunConfig
 from .data import load_dataset
 from .errors import LeanvisionError
@@ -80,7 +81,8 @@ def model_description(cfg: RunConfig, model: nn.Module, dataset) -> dict[str, An
 
 def environment() -> dict[str, Any]:
     return {"leanvision": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "threads": torch.get_num_threads()}
+            "platform": platform.platform(), "threads": torch.get_num_threads(),
+            "world_size": distributed.world_size()}
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -90,6 +92,9 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
     """
     out = Path(out_dir)
+    setup_train_device(cfg.train)  # fail fast on a missing device or a bad device option, before writing anything
+    owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
+    main = distributed.is_main()  # only rank 0 writes files
     if resume and not (out / CHECKPOINT).exists():
         raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
     if not resume and (out / CHECKPOINT).exists():
@@ -104,7 +109,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     model = build_model(cfg, dataset)
     meta = model_description(cfg, model, dataset)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and main:
         write_json(out / "config.json", {"config": cfg.to_dict(), "dataset_notes": dataset.notes,
                                          "environment": environment()})
         write_json(out / "model.json", meta)
@@ -112,6 +117,12 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
                   interrupt_at_step=interrupt_at_step, loss_fn=loss_fn)
     wall = time.perf_counter() - start
+    if not main:  # torchrun: rank 0 evaluates the test split and writes result.json; the other ranks read it
+        distributed.barrier()
+        result = read_json(out / "result.json")
+        if owns_group:
+            distributed.destroy()
+        return result
     model.load_state_dict(load_weights(out / "best.safetensors"))
     result: dict[str, Any] = {
         "model": cfg.model,
@@ -122,12 +133,19 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
         "wall_time_s_this_call": wall,
         "num_params": meta["num_params"],
     }
+    if cfg.train.compile:
+        result["compile_time_s"] = sum(h.get("compile_time_s") or 0.0 for h in history)
+    if distributed.world_size() > 1:
+        result["world_size"] = distributed.world_size()
     if dataset.test is not None and len(dataset.test):
         device = next(model.parameters()).device
         logits, labels = predict_logits(model, dataset.test, dataset.mean, dataset.std, device)
         correct = int((logits.argmax(1) == labels).sum())
         result.update(test_accuracy=correct / len(labels), test_correct=correct, test_total=len(labels))
     write_json(out / "result.json", result)
+    distributed.barrier()
+    if owns_group:
+        distributed.destroy()
     return result
 
 
@@ -144,9 +162,18 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
         raise LeanvisionError(f"{path / 'model.json'} has format {meta.get('format')!r}; expected {MODEL_FORMAT!r}.")
     if weights not in ("best", "last"):
         raise LeanvisionError(f"Invalid weights {weights!r}. Expected 'best' or 'last'.")
+    if meta.get("runtime") == "onnxruntime":  # an int8 model from `leanvision optimize`: runs in ONNX Runtime (CPU)
+        from .techniques import OnnxModule
+
+        session = (meta.get("quantization") or {}).get("session")
+        return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
     c, h, w = meta["input_shape"]
     model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
                          num_classes=meta["num_classes"], in_chans=c, img_size=(h, w), **meta.get("model_kwargs", {}))
+    if meta.get("shape_overrides") or meta.get("folded"):  # pruned and/or Conv-BN folded by `leanvision optimize`
+        from .techniques import restore_structure_
+
+        restore_structure_(model, meta)
     state = load_weights(path / f"{weights}.safetensors")
     try:
         model.load_state_dict(state)

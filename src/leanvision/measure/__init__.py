@@ -4,6 +4,7 @@ Sizes and compute (`counts`), accuracy statistics (`stats`), latency/throughput 
 (`memory`), the environment a number was measured in (`env`) and pluggable inference runtimes (`runtimes`).
 """
 
+from ..accel import runtimes as _accel_runtimes  # noqa: F401  (registers the torch-compile and openvino runtimes)
 from .counts import count_flops, count_macs, count_params, file_bytes, weight_bytes
 from .env import environment
 from .memory import peak_memory, peak_tensor_memory

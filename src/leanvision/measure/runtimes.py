@@ -12,6 +12,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +80,9 @@ class TorchRuntime(Runtime):
         self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
     ) -> Predict:
         self._check_precision(precision)
+        if getattr(model, "onnx_path", None) is not None:  # an int8 run from `leanvision optimize`
+            raise LeanvisionError("This run holds an int8 ONNX model, which only ONNX Runtime can run. "
+                                  "Use runtime 'onnxruntime' for it.")
         device = torch.device(device)
         if precision == "fp16" and device.type != "cuda":
             raise LeanvisionError(
@@ -143,7 +147,8 @@ class OnnxRuntime(Runtime):
         options.log_severity_level = 3  # errors only: measurement never prints
         with tempfile.TemporaryDirectory(prefix="leanvision-onnx-") as tmp:
             path = export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
+                                           **getattr(model, "session_kwargs", {}))  # e.g. an int8 model's
         input_name = session.get_inputs()[0].name
 
         def predict(x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +173,11 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
         raise ValueError(f"Invalid `input_shape`. Expected (C, H, W). Received: input_shape={input_shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    source = getattr(model, "onnx_path", None)
+    if source is not None:  # already an ONNX model (an int8 run from `leanvision optimize`): copied as is
+        if Path(source).resolve() != path.resolve():
+            shutil.copyfile(source, path)
+        return path
     net = copy.deepcopy(model).cpu().float().eval()
     example = torch.zeros((2, *input_shape))  # batch 2: a trace at batch 1 can bake the batch size into reshapes
     names = {"input_names": [ONNX_INPUT_NAME], "output_names": [ONNX_OUTPUT_NAME]}

@@ -1,0 +1,164 @@
+"""Time to 99.0% MNIST test accuracy: leanvision's fast recipe vs the reference training (and Keras when installed).
+
+For each of N seeds, in one process:
+- fast: `leanvision train --recipe fast` as a library call. The clock starts before the dataset is read from the
+  IDX .gz files (loading and preprocessing included; Python and library start-up excluded) and stops when the
+  test accuracy of the final weights is known.
+- reference: `seed-baseline`, Adam 1e-3, batch 128, fp32 (the reference training); test accuracy is measured after
+  every epoch (not timed) and the time to 99.0% is the training time until the first epoch at or above it, else
+  the best accuracy within --reference-epochs is reported.
+- keras (when TensorFlow is installed): the reference Keras code (same model, Adam, batch 128), timed the same way.
+Prints mean/std of accuracy and time per method, the median time, and ratios; writes
+benchmarks/out/time_to_accuracy.json.
+
+Usage: python benchmarks/time_to_accuracy.py [--data-dir ../shared/data] [--seeds 5] [--reference-epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from leanvision.config import DataConfig, RunConfig, TrainConfig
+from leanvision.data import load_dataset
+from leanvision.measure import environment
+from leanvision.models import create_model
+from leanvision.recipes import resolve_recipe
+from leanvision.runs import train_run
+from leanvision.train import fit, predict_logits
+
+TARGET = 0.990
+
+
+def run_fast(data_dir: str, seed: int) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        dataset = load_dataset("mnist", data_dir, download=False)
+        recipe = resolve_recipe("fast", dataset.input_shape, "cpu")
+        cfg = RunConfig(model=recipe.model, model_kwargs=recipe.model_kwargs, data=DataConfig("mnist", data_dir),
+                        train=TrainConfig(**{**recipe.train, "seed": seed, "device": "cpu"}))
+        result = train_run(cfg, out, progress=False, dataset=dataset)
+        wall = time.perf_counter() - start
+    return {"method": "fast", "seed": seed, "accuracy": result["test_accuracy"], "time_s": wall,
+            "train_time_s": result["train_time_s"], "reached": result["test_accuracy"] >= TARGET,
+            "recipe": {"model": recipe.model, **recipe.model_kwargs, **recipe.train}}
+
+
+def run_reference(dataset, seed: int, epochs: int) -> dict:
+    torch.manual_seed(seed)
+    model = create_model("seed-baseline")
+    accuracies, times = [], []
+
+    def score(record, m):
+        logits, labels = predict_logits(m, dataset.test, dataset.mean, dataset.std, torch.device("cpu"))
+        accuracies.append((logits.argmax(1) == labels).float().mean().item())
+        times.append(record["epoch_time_s"])
+
+    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", learning_rate=1e-3, seed=seed, device="cpu")
+    with tempfile.TemporaryDirectory() as out:
+        fit(model, dataset, cfg, out, progress=False, on_epoch_end=score)
+    return _time_to("reference", seed, accuracies, times)
+
+
+def _time_to(method: str, seed: int, accuracies: list[float], times: list[float]) -> dict:
+    total = 0.0
+    for acc, t in zip(accuracies, times):
+        total += t
+        if acc >= TARGET:
+            return {"method": method, "seed": seed, "accuracy": acc, "time_s": total, "reached": True}
+    best = max(range(len(accuracies)), key=lambda i: accuracies[i])
+    return {"method": method, "seed": seed, "accuracy": accuracies[best], "time_s": sum(times[: best + 1]),
+            "reached": False, "budget_epochs": len(times)}
+
+
+def run_keras(dataset, seed: int, epochs: int) -> dict | None:
+    try:
+        import tensorflow as tf
+        from tensorflow import keras
+    except ImportError:
+        return None
+    tf.random.set_seed(seed)
+    x_train = dataset.train.images.permute(0, 2, 3, 1).numpy().astype("float32") / 255
+    x_test = dataset.test.images.permute(0, 2, 3, 1).numpy().astype("float32") / 255
+    y_test = dataset.test.labels.numpy()
+    model = keras.Sequential([keras.Input(shape=(28, 28, 1)), keras.layers.Conv2D(32, (3, 3), activation="relu"),
+                              keras.layers.Conv2D(64, (3, 3), activation="relu"), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    accuracies, times = [], []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+            accuracies.append(float((self.model.predict(x_test, batch_size=1000, verbose=0).argmax(1) == y_test).mean()))
+
+    model.fit(x_train, keras.utils.to_categorical(dataset.train.labels.numpy(), 10), epochs=epochs, batch_size=128,
+              verbose=0, callbacks=[Clock()])
+    return _time_to("keras", seed, accuracies, times)
+
+
+def summarize(rows: list[dict]) -> dict:
+    accs, times = [r["accuracy"] for r in rows], [r["time_s"] for r in rows]
+    return {"accuracy_mean": statistics.mean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "time_median_s": statistics.median(times), "time_mean_s": statistics.mean(times),
+            "time_std_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+            "reached": sum(r["reached"] for r in rows), "runs": len(rows)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--reference-epochs", type=int, default=2, help="budget for seed-baseline and Keras")
+    parser.add_argument("--methods", default="fast,reference,keras")
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    rows: list[dict] = []
+    reference_data = load_dataset("mnist", args.data_dir, val_fraction=0.0, download=False)  # all 60k, like Keras
+    for seed in range(args.seeds):
+        if "fast" in methods:
+            rows.append(run_fast(args.data_dir, seed))
+            print(json.dumps(rows[-1]), flush=True)
+        if "reference" in methods:
+            rows.append(run_reference(reference_data, seed, args.reference_epochs))
+            print(json.dumps(rows[-1]), flush=True)
+        if "keras" in methods:
+            row = run_keras(reference_data, seed, args.reference_epochs)
+            if row is not None:
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    summary = {m: summarize([r for r in rows if r["method"] == m]) for m in methods
+               if any(r["method"] == m for r in rows)}
+    env = environment()
+    print(f"\nMNIST, target {TARGET:.1%} test accuracy, {args.seeds} seeds, CPU {env['cpu_model']} "
+          f"({env['cpu_count']} cores, {env['torch_threads']} threads), torch {env['torch']}")
+    print(f"{'method':<10}{'acc mean':>10}{'acc std':>9}{'time median s':>15}{'time mean s':>13}{'std':>7}"
+          f"{'reached':>9}")
+    for m, s in summary.items():
+        print(f"{m:<10}{s['accuracy_mean']:>10.4f}{s['accuracy_std']:>9.4f}{s['time_median_s']:>15.2f}"
+              f"{s['time_mean_s']:>13.2f}{s['time_std_s']:>7.2f}{s['reached']:>5}/{s['runs']}")
+    if "fast" in summary:
+        for m in summary:
+            if m != "fast":
+                ratio = summary[m]["time_median_s"] / summary["fast"]["time_median_s"]
+                print(f"fast is {ratio:.1f}x faster than {m} (median times; {m} "
+                      f"{'reached' if summary[m]['reached'] else 'did not reach'} the target in its budget)")
+    out = Path(__file__).parent / "out" / "time_to_accuracy.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"target": TARGET, "rows": rows, "summary": summary, "environment": env}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

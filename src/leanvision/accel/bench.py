@@ -1,0 +1,179 @@
+"""`leanvision bench`: one table of runtime x precision x batch size for a trained run, to choose the hardware.
+
+Each row holds latency (median and p95 per batch), throughput, the accuracy on the run's test split computed
+through that same runtime and precision, the first call's time apart (compilation, lazy initialisation, cuDNN
+autotuning), energy per image where a counter is readable (NVML, RAPL), and the cost per million images when a
+price per hour is given: `price_per_hour / 3600 / images_per_s * 1e6`. Unavailable runtimes are rows with a
+`status` saying why when every runtime was asked for (`all`), and an error when one is asked for by name. A
+runtime x precision pair that cannot run (onnxruntime in bf16, fp16 on a CPU) is an `unsupported: ...` row, or an
+error when nothing asked for could be measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..device import resolve_device
+from ..errors import LeanvisionError
+from ..measure.runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
+from ..measure.timing import measure_latency
+from .devices import synchronize
+from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
+
+ROW_KEYS = (
+    "runtime", "precision", "device", "threads", "batch_size", "status", "latency_median_ms", "latency_p95_ms",
+    "latency_unit", "images_per_s", "throughput_unit", "accuracy", "accuracy_split", "accuracy_images",
+    "first_call_ms", "compile_time_s", "energy_per_image_j", "energy_unit", "energy_source", "energy_note",
+    "cost_per_million_images_usd", "price_per_hour_usd", "repeats", "warmup", "providers",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. Example: `BenchConfig(runtimes=("all",), precisions=("fp32", "bf16"), batch_sizes=(1, 64))`."""
+
+    runtimes: tuple[str, ...] = ("all",)  # registered runtime names, or ("all",)
+    precisions: tuple[str, ...] = ("fp32",)  # fp32 | bf16 | fp16 (fp16: CUDA only)
+    batch_sizes: tuple[int, ...] = (1, 256)  # images per call
+    repeats: int = 50  # timed calls per batch size (more when an energy counter needs a longer window)
+    warmup: int = 10  # untimed calls per batch size, after the separately timed first call
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | tpu
+    price_per_hour: float | None = None  # USD per hour of the machine, for the cost per million images
+    threads: int | None = None  # torch (and ONNX Runtime/OpenVINO) CPU threads; None = torch's current setting
+    accuracy_batch_size: int = 256  # images per call for the accuracy pass (one of batch_sizes avoids recompiles)
+
+    def __post_init__(self) -> None:
+        if not self.runtimes or ("all" in self.runtimes and len(self.runtimes) > 1):
+            raise LeanvisionError(f"Invalid runtimes {','.join(self.runtimes)!r}. Expected 'all' or runtime names "
+                                  f"from: {', '.join(RUNTIMES.names())}.")
+        for name in self.runtimes:
+            if name != "all":
+                RUNTIMES.get(name)  # unknown name: one-line error with a close match
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise LeanvisionError(f"Invalid precision {','.join(bad)!r}. Expected some of: {', '.join(PRECISIONS)}.")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise LeanvisionError(f"Invalid batch sizes {self.batch_sizes}. Expected integers >= 1, e.g. 1,256.")
+        if self.repeats < 1 or self.warmup < 0:
+            raise LeanvisionError(f"Invalid repeats={self.repeats}, warmup={self.warmup}. Expected >= 1 and >= 0.")
+        if self.price_per_hour is not None and self.price_per_hour < 0:
+            raise LeanvisionError(f"Invalid price_per_hour={self.price_per_hour}. Expected a price in USD >= 0.")
+        if self.accuracy_batch_size < 1:
+            raise LeanvisionError(f"Invalid accuracy_batch_size={self.accuracy_batch_size}. Expected >= 1.")
+        if self.threads is not None and self.threads < 1:
+            raise LeanvisionError(f"Invalid threads={self.threads}. Expected an integer >= 1.")
+
+
+def bench_run(run_dir: str | Path, config: BenchConfig = BenchConfig(), data_dir: str | None = None,
+              weights: str = "best") -> list[dict[str, Any]]:
+    """Measure a trained run directory on every requested runtime, precision and batch size; returns the rows.
+
+    Every row has all of `ROW_KEYS` (None where not applicable). Example:
+    `rows = bench_run("runs/compact", BenchConfig(runtimes=("torch", "onnxruntime"), batch_sizes=(1,)))`.
+    """
+    from ..runs import load_run
+    from ..train import normalizer
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    run = load_run(run_dir, weights=weights)
+    dataset = run.load_dataset(data_dir)
+    split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
+                                                                                                       dataset.val)
+    images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
+    labels = split.labels
+    explicit = "all" not in config.runtimes
+    names = list(config.runtimes) if explicit else RUNTIMES.names()
+    meter = energy_meter(device)
+    rows: list[dict[str, Any]] = []
+    unsupported: LeanvisionError | None = None
+    for name in names:
+        runtime = get_runtime(name)
+        ok, reason = runtime.is_available()
+        if not ok:
+            if explicit:
+                raise LeanvisionError(f"Runtime {name!r} is not available here: {reason}")
+            rows += [_row(name, p, device, config, status=f"unavailable: {reason}") for p in config.precisions]
+            continue
+        for precision in config.precisions:
+            try:
+                rows += _bench_one(runtime, run, precision, device, images, labels, split_name, config, meter)
+            except Exception as e:  # noqa: BLE001 - with `all`, one runtime failing is a row, not the end
+                if explicit and not isinstance(e, LeanvisionError):
+                    raise
+                unsupported = unsupported or (e if isinstance(e, LeanvisionError) else None)
+                word = "unsupported" if isinstance(e, LeanvisionError) else "failed"
+                prefix = "" if isinstance(e, LeanvisionError) else f"{type(e).__name__}: "
+                rows.append(_row(name, precision, device, config, status=f"{word}: {prefix}{_first_line(e)}"))
+    if explicit and unsupported is not None and not any(r["status"] == "ok" for r in rows):
+        raise unsupported  # nothing that was asked for by name could be measured
+    return rows
+
+
+def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, images: torch.Tensor,
+               labels: torch.Tensor, split_name: str, config: BenchConfig, meter: EnergyMeter) -> list[dict]:
+    if precision not in runtime.precisions:
+        raise LeanvisionError(f"Runtime {runtime.name!r} supports {', '.join(runtime.precisions)} only. "
+                              f"Received: precision={precision!r}. Drop it from --precision.")
+    shape = run.input_shape
+    generator = torch.Generator().manual_seed(0)
+    predict = runtime.prepare(run.model, torch.randn((2, *shape), generator=generator), precision=precision,
+                              device=device)
+    input_device = torch.device("cpu") if runtime.host_input else device
+    sync = (lambda: synchronize(device)) if device.type != "cpu" else None
+    rows = []
+    for batch_size in config.batch_sizes:
+        x = torch.randn((batch_size, *shape), generator=generator).to(input_device)
+        start = time.perf_counter()
+        predict(x)
+        if sync is not None:
+            sync()
+        first_call_ms = (time.perf_counter() - start) * 1e3
+        for _ in range(config.warmup):
+            predict(x)
+        if sync is not None:
+            sync()
+        joules = meter.read_joules() if meter.available else None
+        stats = measure_latency(lambda: predict(x), warmup=0, repeats=config.repeats, sync=sync,
+                                min_time_s=MIN_WINDOW_S if meter.available else 0.0)
+        if joules is not None:
+            joules = meter.read_joules() - joules
+        images_per_s = batch_size / (stats.median_ms / 1e3) if stats.median_ms > 0 else float("inf")
+        compile_times = getattr(predict, "compile_times_s", None)
+        row = _row(runtime.name, precision, device, config, status="ok", batch_size=batch_size)
+        row.update(
+            latency_median_ms=stats.median_ms, latency_p95_ms=stats.p95_ms, images_per_s=images_per_s,
+            first_call_ms=first_call_ms, repeats=stats.repeats,
+            compile_time_s=compile_times.get(tuple(x.shape)) if compile_times is not None else None,
+            energy_per_image_j=joules / (stats.repeats * batch_size) if joules is not None else NOT_MEASURABLE,
+            energy_source=meter.source or None, energy_note=meter.reason,
+            providers=list(getattr(predict, "providers", [])) or None,
+        )
+        if config.price_per_hour is not None:
+            row["cost_per_million_images_usd"] = config.price_per_hour / 3600 / images_per_s * 1e6
+        rows.append(row)
+    logits = predict_batches(predict, images, batch_size=config.accuracy_batch_size)  # same runtime and precision
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    for row in rows:
+        row.update(accuracy=accuracy, accuracy_split=split_name, accuracy_images=len(labels))
+    return rows
+
+
+def _row(runtime: str, precision: str, device: torch.device, config: BenchConfig, *, status: str,
+         batch_size: int | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
+    row.update(runtime=runtime, precision=precision, device=str(device), threads=torch.get_num_threads(),
+               batch_size=batch_size, status=status, latency_unit="ms/batch", throughput_unit="images/s",
+               energy_unit="J/image", price_per_hour_usd=config.price_per_hour, warmup=config.warmup)
+    return row
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]

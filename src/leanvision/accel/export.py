@@ -1,0 +1,98 @@
+"""`leanvision export`: write a run's model as ONNX (dynamic batch) and prove it classifies like PyTorch.
+
+After writing the file, the run's test split (its validation split when it has no test split) is classified twice:
+by the PyTorch model (eager, fp32) and by ONNX Runtime on the exported file itself. Both accuracies are returned;
+`parity_ok` is False when they differ by more than `tolerance_pp` percentage points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import LeanvisionError
+from ..measure.counts import file_bytes
+from ..measure.runtimes import ONNX_INPUT_NAME, export_onnx, get_runtime, predict_batches
+
+FORMATS = ("onnx",)
+DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO >= 2023 all run opset 17
+MIN_OPSET = 13  # the lowest opset the legacy exporter handles well for these models
+TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
+               data_dir: str | None = None, weights: str = "best") -> dict[str, Any]:
+    """Export a run directory's model and compare ONNX Runtime's test accuracy with PyTorch's.
+
+    Returns a dict: `path`, `format`, `opset`, `dynamic_batch`, `file_bytes`, `split`, `images`,
+    `torch_accuracy`, `onnxruntime_accuracy`, `difference_pp`, `tolerance_pp`, `parity_ok`,
+    `prediction_agreement` (fraction of identical predicted classes), `max_abs_logit_diff`.
+
+    Example: `export_run("runs/compact")["parity_ok"]`.
+    """
+    from ..runs import load_run
+    from ..train import normalizer
+
+    if fmt not in FORMATS:
+        raise LeanvisionError(f"Invalid format {fmt!r}. Expected one of: {', '.join(FORMATS)}.")
+    _check_opset(opset)
+    run = load_run(run_dir, weights=weights)
+    path = Path(out) if out else run.path / "model.onnx"
+    export_onnx(run.model, run.input_shape, path, opset=opset)
+    ok, reason = get_runtime("onnxruntime").is_available()
+    if not ok:
+        raise LeanvisionError(f"Exported {path}, but its accuracy cannot be checked: {reason}")
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(path))
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    used_opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    dataset = run.load_dataset(data_dir)
+    split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
+                                                                                                       dataset.val)
+    images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
+    torch_logits = predict_batches(get_runtime("torch").prepare(run.model, images[:2]), images)
+    ort_logits = predict_batches(
+        lambda x: torch.from_numpy(session.run(None, {ONNX_INPUT_NAME: x.contiguous().numpy()})[0]), images
+    )  # batches of 256 and the remainder: the dynamic batch dimension is exercised too
+    labels = split.labels
+    torch_acc = (torch_logits.argmax(1) == labels).float().mean().item()
+    ort_acc = (ort_logits.argmax(1) == labels).float().mean().item()
+    difference_pp = abs(torch_acc - ort_acc) * 100
+    return {
+        "path": str(path),
+        "format": fmt,
+        "opset": used_opset,
+        "dynamic_batch": bool(dims) and bool(dims[0].dim_param),
+        "file_bytes": file_bytes(path),
+        "split": split_name,
+        "images": len(labels),
+        "torch_accuracy": torch_acc,
+        "onnxruntime_accuracy": ort_acc,
+        "difference_pp": difference_pp,
+        "tolerance_pp": TOLERANCE_PP,
+        "parity_ok": difference_pp <= TOLERANCE_PP + 1e-9,
+        "prediction_agreement": (torch_logits.argmax(1) == ort_logits.argmax(1)).float().mean().item(),
+        "max_abs_logit_diff": (torch_logits - ort_logits).abs().max().item(),
+    }
+
+
+def _check_opset(opset: int) -> None:
+    try:
+        import onnx
+
+        highest = onnx.defs.onnx_opset_version()
+    except ImportError:
+        raise LeanvisionError("ONNX export needs the onnx package. Install it with: "
+                              "pip install 'leanvision[onnx]'") from None
+    if not MIN_OPSET <= opset <= highest:
+        raise LeanvisionError(f"Invalid opset {opset}. Expected {MIN_OPSET}..{highest} (the installed onnx's "
+                              f"highest); {DEFAULT_OPSET} suits ONNX Runtime, TensorRT and OpenVINO.")

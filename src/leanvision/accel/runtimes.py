@@ -1,0 +1,116 @@
+"""More inference runtimes for the `measure.RUNTIMES` registry: `torch-compile` and `openvino`.
+
+Both follow `measure.runtimes.Runtime`: `is_available() -> (ok, reason)` and `prepare(model, example, precision,
+device) -> predict`. Importing `leanvision.measure` registers them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import LeanvisionError
+from ..measure.runtimes import PRECISIONS, RUNTIMES, Predict, Runtime, export_onnx
+from .compile import compile_for_inference, compile_support
+from .devices import synchronize
+
+
+@RUNTIMES.register("torch-compile")
+class TorchCompileRuntime(Runtime):
+    """`torch.compile` (TorchInductor) on a private eval-mode copy of the model; one static graph per batch size.
+
+    The first call with each new input shape compiles, and is timed apart: `predict.compile_times_s` maps each
+    batch shape seen to the seconds its first call took (compilation included), so steady-state timings (after
+    warm-up) exclude it. Precisions as the `torch` runtime: fp32, bf16 autocast, fp16 autocast on CUDA only.
+    """
+
+    name = "torch-compile"
+    precisions = PRECISIONS
+
+    def is_available(self) -> tuple[bool, str]:
+        return compile_support("cpu")  # the device-specific check runs again in prepare()
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        self._check_precision(precision)
+        device = torch.device(device)
+        if precision == "fp16" and device.type != "cuda":
+            raise LeanvisionError(f"precision='fp16' needs a CUDA device for the torch-compile runtime. "
+                                  f"Received: device='{device}'. Use bf16 or fp32 here, or --device cuda.")
+        net = compile_for_inference(model, device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        compile_times: dict[tuple[int, ...], float] = {}
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with torch.no_grad(), autocast:  # no_grad, not inference_mode: the compiled graph's guards expect it
+                return net(x.to(device, non_blocking=True)).float()
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            shape = tuple(x.shape)
+            if shape in compile_times:
+                return run(x)
+            start = time.perf_counter()
+            out = run(x)
+            synchronize(device)
+            compile_times[shape] = time.perf_counter() - start
+            return out
+
+        predict.compile_times_s = compile_times  # type: ignore[attr-defined]
+        return predict
+
+
+@RUNTIMES.register("openvino")
+class OpenVinoRuntime(Runtime):
+    """Intel OpenVINO on the ONNX export of the model (dynamic batch), on the CPU.
+
+    Precisions: fp32 (exact, `INFERENCE_PRECISION_HINT=f32`), bf16 (on CPUs with AVX-512 BF16 or AMX; OpenVINO
+    falls back to fp32 elsewhere). Inputs are read from host memory; logits come back as float32 CPU tensors.
+    Install with `pip install 'leanvision[openvino]'`.
+    """
+
+    name = "openvino"
+    precisions = ("fp32", "bf16")
+    host_input = True
+
+    def is_available(self) -> tuple[bool, str]:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return False, "openvino is not installed. Install it with: pip install 'leanvision[openvino]'"
+        return True, ""
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        self._check_precision(precision)
+        ok, reason = self.is_available()
+        if not ok:
+            raise LeanvisionError(reason)
+        device = torch.device(device)
+        if device.type != "cpu":
+            raise LeanvisionError(f"Runtime 'openvino' runs on the CPU here. Received: device='{device}'. "
+                                  "Use --device cpu for openvino.")
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(),  # same thread budget as the torch runtime
+                  "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        with tempfile.TemporaryDirectory(prefix="leanvision-openvino-") as tmp:
+            path = export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+            return torch.from_numpy(request.infer({0: array})[0].copy())
+
+        predict.providers = [f"openvino {ov.__version__} CPU"]  # type: ignore[attr-defined]
+        return predict
