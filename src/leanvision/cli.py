@@ -81,10 +81,23 @@ def _print_json(obj: Any) -> None:
 def cmd_train(ns: Any) -> int:
     from .runs import train_run
 
-    cfg = RunConfig(model=ns.model or RunConfig.model, model_kwargs=_json_arg(ns.model_kwargs, "--model-kwargs"),
-                    data=DataConfig(**_values(ns, DataConfig)), train=TrainConfig(**_values(ns, TrainConfig)))
+    model, model_kwargs = ns.model, _json_arg(ns.model_kwargs, "--model-kwargs")
+    data_values, train_values = _values(ns, DataConfig), _values(ns, TrainConfig)
+    dataset = None
+    if ns.recipe:  # the recipe fills every setting not given explicitly; it needs the data's shape
+        from .data import load_dataset
+        from .recipes import resolve_recipe
+        from .runs import _data_kwargs
+
+        dataset = load_dataset(**_data_kwargs(RunConfig(data=DataConfig(**data_values))))
+        recipe = resolve_recipe(ns.recipe, dataset.input_shape, train_values.get("device", "auto"))
+        if model is None:
+            model, model_kwargs = recipe.model, {**recipe.model_kwargs, **model_kwargs}
+        train_values = {**recipe.train, **train_values}
+    cfg = RunConfig(model=model or RunConfig.model, model_kwargs=model_kwargs,
+                    data=DataConfig(**data_values), train=TrainConfig(**train_values))
     out = ns.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(cfg.model)))
-    result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress)
+    result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress, dataset=dataset)
     from .distributed import is_main
 
     if not is_main():  # torchrun: rank 0 alone reports
@@ -183,13 +196,34 @@ def cmd_study(ns: Any) -> int:
     print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
     print(f"{'variant':<16}{'accuracy':>10}{'params':>10}{'MACs':>13}{'b1 ms':>9}{'img/s@256':>11}")
     for v in sorted(ok, key=lambda v: -v["accuracy"]):
-        print(f"{v['name']:<16}{v['accuracy']:>10.4f}{v['params']:>10,}{v['macs']:>13,}"
+        mark = "*" if v.get("headline_runtime", "torch") != "torch" else ""  # e.g. an int8 ONNX variant
+        print(f"{v['name'] + mark:<16}{v['accuracy']:>10.4f}{v['params']:>10,}{v['macs']:>13,}"
               f"{v['latency_b1_median_ms']:>9.3f}{v['throughput_images_per_s']:>11,.0f}")
     print("(latency: median of batch-1 calls, torch eager fp32 on " + study["settings"]["device"] + ", "
           f"{study['environment'].get('torch_threads')} threads)")
+    if any(v.get("headline_runtime", "torch") != "torch" for v in ok):
+        print("* not runnable by torch (int8 ONNX model): latency and throughput measured on onnxruntime")
     for line in study["findings"]:
         print(f"- {line}")
     print(f"report: {ns.out}/report.html")
+    return 0
+
+
+def cmd_optimize(ns: Any) -> int:
+    from .optimize import build_chain, optimize_run, step_table
+
+    chain = build_chain(prune=ns.prune, prune_method=ns.prune_method, unstructured=ns.unstructured,
+                        quantize=ns.quantize, distill_from=ns.distill_from, alpha=ns.alpha,
+                        temperature=ns.temperature, finetune_epochs=ns.finetune_epochs,
+                        calibration_size=ns.calibration_size, fold=not ns.no_fold)
+    result = optimize_run(ns.run_dir, chain, ns.out, data_dir=ns.data_dir, progress=not ns.no_progress,
+                          overwrite=bool(ns.overwrite))
+    if ns.json:
+        _print_json(result)
+        return 0
+    print(step_table(result))
+    print(f"test accuracy {result['source_test_accuracy']:.4f} -> {result['test_accuracy']:.4f} "
+          f"({result['test_correct']}/{result['test_total']}) -> {ns.out}")
     return 0
 
 
@@ -217,6 +251,8 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
     train.add_argument("--model", type=str, default=None, help=f"registered name or spec .yaml/.json (default: "
                                                                 f"{RunConfig.model})")
+    train.add_argument("--recipe", type=str, default=None, help="named recipe that picks model, optimizer, schedule, "
+                                                                "batch size, precision and epochs (e.g. fast)")
     train.add_argument("--model-kwargs", type=str, default=None, help="builder arguments as JSON, e.g. '{\"width\": 8}'")
     add_dataclass_flags(train, DataConfig)
     add_dataclass_flags(train, TrainConfig)
@@ -276,14 +312,46 @@ def build_parser() -> ArgumentParser:
     study.add_argument("--remeasure", action="store_true", help="re-time finished variants, keeping their weights")
     sub.add_subcommand("study", study, help="train and compare a plan of variants (the main job)")
 
+    optimize = ArgumentParser(description="Compress a trained run (distill -> prune -> fold -> int8) into a new "
+                                          "run, measuring every step.", exit_on_error=False)
+    optimize.add_argument("run_dir", type=str)
+    optimize.add_argument("--prune", type=float, default=None, help="fraction of channels removed per layer (0-1)")
+    optimize.add_argument("--prune-method", type=str, default="l1", help="l1 | l2 (weight norm) | bn (BN scale)")
+    optimize.add_argument("--unstructured", type=float, default=None,
+                          help="fraction of single weights zeroed (masks only: no speed-up on dense runtimes)")
+    optimize.add_argument("--quantize", type=str, default=None,
+                          help="int8 (static, convs included) | int8-dynamic (Dense layers only) | qat")
+    optimize.add_argument("--distill-from", type=str, default=None,
+                          help="teacher run: retrain RUN_DIR's architecture from its initial weights with it")
+    optimize.add_argument("--alpha", type=float, default=0.5, help="distillation: weight of the teacher term")
+    optimize.add_argument("--temperature", type=float, default=4.0, help="distillation: softmax temperature")
+    optimize.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning after pruning / QAT epochs")
+    optimize.add_argument("--calibration-size", type=int, default=512, help="int8: calibration images")
+    optimize.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers (when not quantizing)")
+    optimize.add_argument("--data-dir", type=str, default=None)
+    optimize.add_argument("--out", type=str, required=True, help="new run directory")
+    optimize.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    optimize.add_argument("--no-progress", action="store_true")
+    optimize.add_argument("--json", action="store_true")
+    sub.add_subcommand("optimize", optimize, help="prune, distill, fold and quantize a trained run")
+
     for name, register in _EXTRA_COMMANDS.items():
         register(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "datasets": cmd_datasets, "study": cmd_study}
+            "datasets": cmd_datasets, "study": cmd_study, "optimize": cmd_optimize}
 _EXTRA_COMMANDS: dict[str, Any] = {}
+
+
+def _install_extra_commands() -> None:
+    from .accel.commands import install  # export, bench
+
+    install(COMMANDS, _EXTRA_COMMANDS)
+
+
+_install_extra_commands()
 
 
 def _one_line(error: BaseException) -> str:

@@ -48,8 +48,16 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
     acc = f"accuracy {_pp(v['accuracy'], base['accuracy'])} vs {base['name']}"
     acc += " (within the 95% intervals: not a measurable difference)" if _overlap(v, base) else " (outside the 95% intervals)"
     out.append(acc + ".")
-    same_arch = v["params"] == base["params"] and v["macs"] == base["macs"]
-    if same_arch:
+    quantized = any(r.get("precision") == "int8" for r in v["runtimes"].values())  # int8 run from `optimize`
+    same_arch = v["params"] == base["params"] and v["macs"] == base["macs"] and not quantized
+    if quantized:
+        out.append(f"int8 ONNX model: {v['params']:,} parameters, {v['macs']:,} MACs, {v['file_bytes'] / 1e3:,.1f} kB "
+                   f"vs {base['file_bytes'] / 1e3:,.1f} kB on disk; ONNX Runtime only (PyTorch cannot run it); the "
+                   "quantize line above says which layers run int8 kernels.")
+    elif same_arch and v.get("techniques"):
+        out.append(f"Same parameters ({v['params']:,}) and MACs ({v['macs']:,}) as {base['name']}: the compression "
+                   "kept the dense shapes (e.g. zeroed weights), so dense runtimes run it at the same speed.")
+    elif same_arch:
         out.append(f"Same parameters ({v['params']:,}) and MACs ({v['macs']:,}) as {base['name']}: this technique "
                    "changes training only, so it cannot change inference cost.")
     else:
@@ -66,7 +74,10 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
             out.append(f"{text}: {ratio:.2f}x faster.")
         elif verdict == "slower":
             reason = ""
-            if v["macs"] > base["macs"]:
+            if quantized:
+                reason = (" Reason: at this size the quantize/dequantize steps and layout changes cost more than "
+                          "the int8 arithmetic saves.")
+            elif v["macs"] > base["macs"]:
                 reason = " Reason: more MACs than the base."
             elif v["macs"] < base["macs"]:
                 reason = (" Reason: fewer MACs but more, smaller layers; at batch 1 the per-layer overhead of the "
@@ -74,7 +85,10 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
             out.append(f"{text}: {1 / ratio:.2f}x SLOWER.{reason}")
         else:
             meant_cheaper = v["params"] < base["params"] or v["macs"] < base["macs"]
-            if meant_cheaper:
+            if quantized:
+                out.append(f"{text}: NOT measurably faster (difference within the measured spread). Reason: at batch 1 "
+                           "this small model's time is per-layer overhead, which int8 kernels do not reduce.")
+            elif meant_cheaper:
                 reason = " more MACs than the base." if v["macs"] >= base["macs"] else (
                     " fewer MACs, but at this size batch-1 time is dominated by per-layer overhead, not arithmetic.")
                 out.append(f"{text}: NOT measurably faster (difference within the measured spread). Reason:{reason}")
@@ -96,10 +110,11 @@ def diagnose(study: dict[str, Any]) -> dict[str, Any]:
         v.setdefault("diagnosis", [])
         base = ok.get(v.get("base") or "")
         if v.get("status") == "ok" and base is not None:
-            v["diagnosis"] = diagnose_variant(v, base)
+            v["diagnosis"] = [*v.get("technique_steps", []), *diagnose_variant(v, base)]
     if ok:
         best = max(ok.values(), key=lambda v: v["accuracy"])
-        fastest = min(ok.values(), key=lambda v: v["latency_b1_median_ms"])
+        timed = [v for v in ok.values() if "torch" in v["runtimes"]] or list(ok.values())  # not int8 ONNX runs
+        fastest = min(timed, key=lambda v: v["latency_b1_median_ms"])
         findings.append(f"Most accurate: {best['name']} at {best['accuracy']:.2%} test accuracy "
                         f"({best['params']:,} parameters, {best['macs']:,} MACs per image).")
         findings.append(f"Fastest at batch 1 (torch eager, fp32, CPU): {fastest['name']} at "

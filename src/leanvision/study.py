@@ -40,7 +40,7 @@ from .runs import load_run, train_run
 from .train import normalizer
 
 PLAN_NAMES = ("reference", "quick")
-VARIANT_KEYS = {"name", "model", "model_kwargs", "base", "description", "train"}
+VARIANT_KEYS = {"name", "model", "model_kwargs", "base", "description", "train", "techniques"}
 
 
 def load_plan(plan: str | dict) -> dict[str, Any]:
@@ -73,6 +73,10 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
         if unknown:
             raise LeanvisionError(f"Plan {where}: variant {i} has unknown key(s) {sorted(unknown)}; "
                                   f"expected some of {sorted(VARIANT_KEYS)}.")
+        if v.get("techniques"):  # e.g. ["prune:ratio=0.5,finetune_epochs=2", "quantize:mode=int8"]: checked now
+            from .optimize import order_chain
+
+            order_chain(list(v["techniques"]))
         v.setdefault("name", Path(str(v["model"])).stem)
         if v["name"] in seen:
             raise LeanvisionError(f"Plan {where}: duplicate variant name {v['name']!r}.")
@@ -185,10 +189,19 @@ def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtime
             if resume and read_json(run_dir / "config.json")["config"] != cfg.to_dict():
                 raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another --out.")
             result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
+        if variant.get("techniques"):  # compress the trained run into seed<k>-optimized; that model is measured
+            from .optimize import optimize_variant
+
+            result = {**result, **optimize_variant(run_dir, variant["techniques"], ds, progress, repeats)}
         results.append(result)
         accuracies.append(result["test_accuracy"])
-    run = load_run(vdir / "seed0")
+    final_dir = vdir / ("seed0-optimized" if variant.get("techniques") else "seed0")
+    run = load_run(final_dir)
     record = measure_variant(run, ds, runtimes, repeats)
+    if variant.get("techniques"):  # one line per step, e.g. "prune 50%: 33,338 -> 8,610 params, ..."
+        record.update(techniques=list(results[0]["techniques"]), steps=results[0]["steps"],
+                      technique_steps=[step["summary"] for step in results[0]["steps"][1:]])
+        record["diagnosis"] = list(record["technique_steps"])
     first = results[0]
     mean, std = mean_std(accuracies)
     record.update(
@@ -200,7 +213,7 @@ def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtime
         train_images_per_s=len(ds.train) * first["epochs_run"] / max(first["train_time_s"], 1e-9),
         history=[{k: h[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")}
                  for h in (read_json_lines(vdir / "seed0" / "metrics.jsonl"))],
-        run_dir=str((vdir / "seed0").as_posix()), config_hash=_hash(key),
+        run_dir=str(final_dir.as_posix()), config_hash=_hash(key),
     )
     write_json(record_path, record)
     return record
@@ -213,6 +226,9 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str, Any]:
     """Size, compute, per-runtime latency/throughput/accuracy and peak memory of a trained run (CPU, fp32)."""
     model, shape = run.model.eval().cpu(), run.input_shape
+    onnx_file = getattr(model, "onnx_path", None)  # an int8 run: ONNX Runtime only; counts come from model.json
+    if onnx_file is not None:
+        runtimes = [name for name in runtimes if name == "onnxruntime"]
     normalize = normalizer(ds.mean, ds.std, torch.device("cpu"))
     x_test = normalize(ds.test.images)
     generator = torch.Generator().manual_seed(0)
@@ -221,8 +237,12 @@ def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str
     record: dict[str, Any] = {
         "params": count_params(model), "trainable_params": count_params(model, trainable_only=True),
         "macs": count_macs(model, shape), "weight_bytes_fp32": weight_bytes(model, dtype_bytes=4),
-        "file_bytes": file_bytes(run.path / "best.safetensors"), "runtimes": {},
+        "file_bytes": file_bytes(onnx_file or run.path / "best.safetensors"), "runtimes": {},
     }
+    if onnx_file is not None:
+        params = run.meta["num_params"]
+        record.update(params=params, macs=run.meta["macs"], weight_bytes_fp32=4 * params,
+                      unavailable_runtimes={"torch": "int8 ONNX model: runs in ONNX Runtime only"})
     for name in runtimes:
         predict = get_runtime(name).prepare(model, x1, precision="fp32", device=torch.device("cpu"))
         lat = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
@@ -232,13 +252,16 @@ def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str
             "latency_b1_median_ms": lat.median_ms, "latency_b1_p95_ms": lat.p95_ms,
             "throughput_images_per_s": 256 / (thr.median_ms / 1e3),
             "accuracy": (logits.argmax(1) == ds.test.labels).float().mean().item(),
-            "precision": "fp32", "device": "cpu", "threads": torch.get_num_threads(),
+            "precision": "fp32" if onnx_file is None else "int8", "device": "cpu", "threads": torch.get_num_threads(),
         }
+        if hasattr(predict, "compile_times_s"):  # torch-compile: its first batch-1 call compiled, timed apart
+            record["runtimes"][name]["compile_time_s"] = predict.compile_times_s.get(tuple(x1.shape))
     torch_metrics = record["runtimes"].get("torch") or next(iter(record["runtimes"].values()), {})
     record.update(latency_b1_median_ms=torch_metrics.get("latency_b1_median_ms"),
                   latency_b1_p95_ms=torch_metrics.get("latency_b1_p95_ms"),
                   throughput_images_per_s=torch_metrics.get("throughput_images_per_s"))
+    record["headline_runtime"] = "torch" if "torch" in record["runtimes"] else next(iter(record["runtimes"]), None)
     with torch.no_grad():
         # tensors alive at once during a batch-256 forward (weights and input excluded); see peak_tensor_memory
-        record["peak_memory_bytes"] = peak_tensor_memory(lambda: model(x256))
+        record["peak_memory_bytes"] = peak_tensor_memory(lambda: model(x256)) if onnx_file is None else None
     return record

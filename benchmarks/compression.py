@@ -1,0 +1,158 @@
+"""Does compression pay on a real CPU? int8, channel pruning and distillation of the compact net on MNIST.
+
+In one process: train `compact` (3 epochs, Adam 3e-3, onecycle), then
+  (a) static int8 (ONNX Runtime QDQ, calibrated on 512 training images) against the fp32 model in ONNX Runtime:
+      throughput at batch 256 (target >= 2x) and test accuracy drop (target <= 0.3 pp);
+  (b) 50% structured channel pruning (L1) + 2 epochs of fine-tuning: speed-up in ONNX Runtime and eager PyTorch at
+      batch 1 and 256 (target >= 1.5x) and accuracy drop (target <= 0.5 pp); both models are BN-folded, so the
+      speed-up is the pruning's alone;
+  (c) distillation: a width-4 compact student (about 2k parameters) trained 3 epochs with the trained compact as
+      teacher (alpha 0.5, T 4) against the same student trained alone, mean test accuracy over 3 seeds (target:
+      distilled > alone). With 1 epoch (`--student-epochs 1`) distillation lost: the soft targets slow down the
+      first epoch's learning of the labels.
+Speeds are measured with leanvision's own runtimes and `measure_latency`, fp32 and int8 interleaved over several
+rounds (the median of the per-round medians is reported), because other processes share the CPU.
+
+Usage: python benchmarks/compression.py [--data-dir ../shared/data] [--threads N] [--rounds 5] [--student-epochs 3]
+Writes benchmarks/out/compression.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from leanvision.config import DataConfig, RunConfig, TrainConfig
+from leanvision.data import load_dataset
+from leanvision.measure import environment, get_runtime, measure_latency
+from leanvision.optimize import optimize_run
+from leanvision.runs import load_run, train_run
+from leanvision.techniques import distillation_loss, fold_conv_bn_
+
+SHAPE = (1, 28, 28)
+
+
+def speeds(models: dict[str, torch.nn.Module], runtime: str, batch_size: int, rounds: int) -> dict[str, float]:
+    """Images/s of each model through one runtime, interleaved over `rounds`; median of the per-round medians."""
+    x = torch.randn((batch_size, *SHAPE), generator=torch.Generator().manual_seed(0))
+    predicts = {name: get_runtime(runtime).prepare(m, x[:2]) for name, m in models.items()}
+    repeats = 20 if batch_size > 1 else 200
+    per_round: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, predict in predicts.items():
+            stats = measure_latency(lambda: predict(x), warmup=3, repeats=repeats)
+            per_round[name].append(batch_size / (stats.median_ms / 1e3))
+    return {name: statistics.median(values) for name, values in per_round.items()}
+
+
+def folded(run_dir: Path) -> torch.nn.Module:
+    model = load_run(run_dir).model
+    fold_conv_bn_(model, SHAPE)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--threads", type=int, default=None, help="torch and ORT threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--seeds", type=int, default=3, help="distillation seeds")
+    parser.add_argument("--student-epochs", type=int, default=3, help="distillation student training epochs")
+    parser.add_argument("--dataset", default="mnist", help="mnist (the benchmark) or digits (a quick smoke run)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "compression.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start, load_before = time.perf_counter(), os.getloadavg()
+    dataset = load_dataset(args.dataset, args.data_dir, download=False)
+    work = Path(tempfile.mkdtemp(prefix="leanvision-compression-"))
+    train = TrainConfig(epochs=3, learning_rate=3e-3, schedule="onecycle")
+    base_cfg = RunConfig(model="compact", data=DataConfig(args.dataset, args.data_dir), train=train)
+    base = train_run(base_cfg, work / "compact", progress=False, dataset=dataset)
+    print(f"compact: test accuracy {base['test_accuracy']:.4f}, {base['train_time_s']:.0f} s")
+
+    # (a) static int8 against fp32, both in ONNX Runtime
+    int8 = optimize_run(work / "compact", ["quantize:mode=int8"], work / "int8", dataset=dataset, progress=False)
+    fp32_model, int8_model = folded(work / "compact"), load_run(work / "int8").model
+    ort = {bs: speeds({"fp32": fp32_model, "int8": int8_model}, "onnxruntime", bs, args.rounds) for bs in (1, 256)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # context: how the int8 gain depends on the thread count
+    one_thread = speeds({"fp32": fp32_model, "int8": int8_model}, "onnxruntime", 256, args.rounds)
+    torch.set_num_threads(threads)
+    int8_row = {
+        "fp32_accuracy": int8["source_test_accuracy"], "int8_accuracy": int8["test_accuracy"],
+        "accuracy_drop_pp": (int8["source_test_accuracy"] - int8["test_accuracy"]) * 100,
+        "fp32_images_per_s_b256": ort[256]["fp32"], "int8_images_per_s_b256": ort[256]["int8"],
+        "throughput_speedup_b256": ort[256]["int8"] / ort[256]["fp32"],
+        "latency_speedup_b1": ort[1]["int8"] / ort[1]["fp32"],
+        "one_thread_b256": {**one_thread, "speedup": one_thread["int8"] / one_thread["fp32"]},
+        "file_bytes": {"fp32_onnx": int8["steps"][-1]["quantization"]["fp32_onnx_bytes"],
+                       "int8_onnx": int8["file_bytes"]},
+        "coverage": int8["steps"][-1]["quantization"]["coverage"], "summary": int8["steps"][-1]["summary"],
+    }
+    print(f"(a) {int8_row['summary']}")
+
+    # (b) 50% structured pruning + 2 epochs of fine-tuning, both models folded
+    pruned = optimize_run(work / "compact", ["prune:ratio=0.5,finetune_epochs=2", "fold"], work / "pruned",
+                          dataset=dataset, progress=False)
+    pruned_model = load_run(work / "pruned").model
+    prune_row = {"base_accuracy": pruned["source_test_accuracy"], "pruned_accuracy": pruned["test_accuracy"],
+                 "accuracy_drop_pp": (pruned["source_test_accuracy"] - pruned["test_accuracy"]) * 100,
+                 "params": [pruned["steps"][0]["params"], pruned["num_params"]],
+                 "macs": [pruned["steps"][0]["macs"], pruned["macs"]], "speedup": {}}
+    for runtime in ("onnxruntime", "torch"):
+        for bs in (1, 256):
+            s = speeds({"base": fp32_model, "pruned": pruned_model}, runtime, bs, args.rounds)
+            prune_row["speedup"][f"{runtime}_b{bs}"] = {"base_images_per_s": s["base"],
+                                                        "pruned_images_per_s": s["pruned"],
+                                                        "speedup": s["pruned"] / s["base"]}
+    print(f"(b) {pruned['steps'][1]['summary']}")
+
+    # (c) distillation: a width-4 compact student with vs without the trained teacher
+    teacher = load_run(work / "compact").model
+    student_train = TrainConfig(epochs=args.student_epochs, learning_rate=3e-3, schedule="onecycle")
+    alone, distilled = [], []
+    for seed in range(args.seeds):
+        cfg = RunConfig(model="compact", model_kwargs={"width": 4}, data=DataConfig(args.dataset, args.data_dir),
+                        train=dataclasses.replace(student_train, seed=seed))
+        alone.append(train_run(cfg, work / f"alone{seed}", progress=False, dataset=dataset)["test_accuracy"])
+        kd = distillation_loss(teacher, alpha=0.5, temperature=4.0)
+        distilled.append(train_run(cfg, work / f"kd{seed}", progress=False, dataset=dataset,
+                                   loss_fn=kd)["test_accuracy"])
+    distill_row = {"student": f"compact width=4, {args.student_epochs} epochs",
+                   "teacher_accuracy": base["test_accuracy"], "alone": alone, "distilled": distilled,
+                   "alone_mean": statistics.mean(alone), "distilled_mean": statistics.mean(distilled),
+                   "gain_pp": (statistics.mean(distilled) - statistics.mean(alone)) * 100}
+
+    targets = {
+        "int8_throughput_x": (int8_row["throughput_speedup_b256"], ">= 2.0", int8_row["throughput_speedup_b256"] >= 2),
+        "int8_accuracy_drop_pp": (int8_row["accuracy_drop_pp"], "<= 0.3", int8_row["accuracy_drop_pp"] <= 0.3),
+        **{f"prune_speedup_{k}": (v["speedup"], ">= 1.5", v["speedup"] >= 1.5)
+           for k, v in prune_row["speedup"].items()},
+        "prune_accuracy_drop_pp": (prune_row["accuracy_drop_pp"], "<= 0.5", prune_row["accuracy_drop_pp"] <= 0.5),
+        "distill_gain_pp": (distill_row["gain_pp"], "> 0", distill_row["gain_pp"] > 0),
+    }
+    print(f"\n{'metric':<32}{'value':>10}  {'target':<8} met")
+    for name, (value, target, met) in targets.items():
+        print(f"{name:<32}{value:>10.3f}  {target:<8} {'yes' if met else 'NO'}")
+    print(f"distillation: alone {alone} vs distilled {distilled}")
+    report = {"base": base, "int8": int8_row, "prune": prune_row, "distill": distill_row,
+              "targets": {k: {"value": v, "target": t, "met": m} for k, (v, t, m) in targets.items()},
+              "threads": torch.get_num_threads(), "rounds": args.rounds, "load_average_before": load_before,
+              "load_average_after": os.getloadavg(), "wall_time_s": time.perf_counter() - start,
+              "environment": environment(torch.device("cpu")), "work_dir": str(work)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"{report['wall_time_s']:.0f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""`leanvision optimize`: compress a trained run into a new run directory, measuring what every step bought.
+
+The chain runs in a fixed order: distill (retrain with a teacher) -> prune (+ fine-tune) -> fold (Conv-BN) ->
+quantize (int8 ONNX Runtime model). After every step the model is measured the same way (parameters, MACs per
+image, test accuracy, file size; for int8 also ONNX Runtime latency and throughput against the fp32 model), so a
+step that does not pay shows up as such. The new run directory is an ordinary run: `evaluate`, `predict`, `bench`
+and `export` accept it (pruned/folded runs rebuild from model.json; int8 runs load model.onnx into ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .errors import LeanvisionError
+from .io import read_json, save_weights, write_json
+from .measure import count_macs, count_params, get_runtime, measure_latency
+from .models import create_model
+from .runs import config_from_run, load_run
+from .techniques import (
+    Context,
+    DistillConfig,
+    FoldConfig,
+    OnnxModule,
+    PruneConfig,
+    QuantizeConfig,
+    TechniqueConfig,
+    apply_,
+    parse_technique,
+    shape_overrides,
+)
+from .train import predict_logits
+
+
+def build_chain(*, prune: float | None = None, prune_method: str = "l1", unstructured: float | None = None,
+                quantize: str | None = None, distill_from: str | None = None, alpha: float = 0.5,
+                temperature: float = 4.0, finetune_epochs: int = 1, calibration_size: int = 512,
+                fold: bool = True) -> list[TechniqueConfig]:
+    """The technique chain for the CLI flags, validated (bad values fail here, before any work)."""
+    chain: list[TechniqueConfig] = []
+    if distill_from is not None:
+        chain.append(DistillConfig(teacher=distill_from, alpha=alpha, temperature=temperature))
+    if prune is not None:
+        chain.append(PruneConfig(ratio=prune, method=prune_method, finetune_epochs=finetune_epochs))
+    if unstructured is not None:
+        chain.append(PruneConfig(ratio=unstructured, structured=False, finetune_epochs=finetune_epochs))
+    if fold:
+        chain.append(FoldConfig())
+    if quantize is not None:
+        chain.append(QuantizeConfig(mode=quantize, calibration_size=calibration_size,
+                                    finetune_epochs=finetune_epochs))
+    return order_chain(chain)
+
+
+def order_chain(chain: list[TechniqueConfig | str]) -> list[TechniqueConfig]:
+    """Parse and check a chain: distill first, quantize last, nothing pruned after folding; a fold is inserted
+    before quantize when missing (int8 scales must see the folded weights)."""
+    configs = [parse_technique(c) for c in chain]
+    names = [c.name for c in configs]
+    for name in ("distill", "quantize", "fold"):
+        if names.count(name) > 1:
+            raise LeanvisionError(f"Technique {name!r} appears {names.count(name)} times in {names}; use it once.")
+    if "distill" in names and names[0] != "distill":
+        raise LeanvisionError(f"distill retrains the model from scratch, so it must come first. Received: {names}.")
+    if "quantize" in names and names[-1] != "quantize":
+        raise LeanvisionError(f"quantize produces the final int8 model, so it must come last. Received: {names}.")
+    if "fold" in names and "prune" in names[names.index("fold"):]:
+        raise LeanvisionError(f"prune needs the BatchNorm layers that fold removes: put prune before fold. "
+                              f"Received: {names}.")
+    if "quantize" in names and "fold" not in names:
+        configs.insert(len(configs) - 1, FoldConfig())
+    return configs
+
+
+def _accuracy(model: nn.Module, dataset) -> tuple[float, int, int]:
+    split = dataset.test if dataset.test is not None and len(dataset.test) else dataset.val  # test, else validation
+    logits, labels = predict_logits(model, split, dataset.mean, dataset.std, torch.device("cpu"))
+    correct = int((logits.argmax(1) == labels).sum())
+    return correct / max(1, len(labels)), correct, len(labels)
+
+
+def ort_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int = 50) -> dict[str, float]:
+    """ONNX Runtime batch-1 median latency and batch-256 throughput, measured as `study.measure_variant` does."""
+    generator = torch.Generator().manual_seed(0)
+    x1, x256 = torch.randn((1, *input_shape), generator=generator), torch.randn((256, *input_shape),
+                                                                                generator=generator)
+    predict = get_runtime("onnxruntime").prepare(model, x1, precision="fp32", device="cpu")
+    latency = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
+    batch = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
+    return {"latency_b1_median_ms": latency.median_ms, "throughput_images_per_s": 256 / (batch.median_ms / 1e3)}
+
+
+def measure_step(model: nn.Module, dataset, input_shape, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters, MACs, file size and test accuracy of the model after a step (int8: of its ONNX file)."""
+    accuracy, correct, total = _accuracy(model, dataset)
+    record: dict[str, Any] = {"accuracy": accuracy, "test_correct": correct, "test_total": total}
+    if isinstance(model, OnnxModule):  # same network, 8-bit weights: counts carry over, the file is the ONNX model
+        record.update(params=previous["params"], macs=previous["macs"], file_bytes=model.onnx_path.stat().st_size)
+    else:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        record.update(params=count_params(model), macs=count_macs(model, input_shape),
+                      file_bytes=len(safetensors_bytes(state)))
+        weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        record["nonzero_params"] = count_params(model) - sum(int((w == 0).sum()) for w in weights)
+    return record
+
+
+def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
+    """One line on what a step did, from the measured numbers."""
+    config = step["config"]
+    label = step["step"]
+    if label == "prune":
+        kind = "structured" if config["structured"] else "unstructured"
+        label = f"prune {config['ratio']:.0%} ({kind}, {config['method']})"
+    elif label == "quantize":
+        label = f"quantize {config['mode']}"
+    elif label == "distill":
+        label = f"distill (alpha {config['alpha']}, T {config['temperature']})"
+    text = (f"{label}: {before['params']:,} -> {step['params']:,} params, {before['macs'] / 1e6:.2f}M -> "
+            f"{step['macs'] / 1e6:.2f}M MACs, file {before['file_bytes'] / 1e3:,.1f} -> "
+            f"{step['file_bytes'] / 1e3:,.1f} kB, accuracy {(step['accuracy'] - before['accuracy']) * 100:+.2f} pp")
+    speed = step.get("onnxruntime")
+    if speed:
+        text += (f", ORT throughput {speed['fp32']['throughput_images_per_s']:,.0f} -> "
+                 f"{speed['int8']['throughput_images_per_s']:,.0f} img/s at batch 256 "
+                 f"({speed['throughput_speedup']:.2f}x), batch-1 latency {speed['latency_speedup']:.2f}x")
+        if speed["throughput_speedup"] < 1.1 and config["mode"] == "int8-dynamic":
+            text += " - NOT faster than fp32: the convolutions, which hold most of the MACs, stay fp32"
+        elif speed["throughput_speedup"] < 1.1:
+            text += (" - NOT faster than fp32 here: for a model this small, quantize/dequantize and layout changes "
+                     "eat the int8 gain (or the timing was disturbed; re-measure with `leanvision bench`)")
+    return text + "".join(f"; {note}" for note in step["notes"])
+
+
+def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], out_dir: str | Path, *,
+                 dataset=None, data_dir: str | None = None, progress: bool = True, overwrite: bool = False,
+                 repeats: int = 50) -> dict[str, Any]:
+    """Apply a technique chain to a trained run and write the result as a new run; returns result.json's content.
+
+    Example: `optimize_run("runs/compact", ["prune:ratio=0.5,finetune_epochs=1", "quantize:mode=int8"], "runs/c8")`.
+    """
+    configs = order_chain(list(techniques))  # typed and validated before any work
+    src, out = Path(run_dir), Path(out_dir)
+    if not (src / "model.json").is_file():
+        raise LeanvisionError(f"Run directory {src} not found (no model.json). Expected a folder written by "
+                              "`leanvision train`.")
+    meta = read_json(src / "model.json")
+    if meta.get("optimized_from") is not None:
+        raise LeanvisionError(f"{src} was written by `leanvision optimize` (from {meta['optimized_from']}). Optimize "
+                              "the source run instead; one call can combine every technique.")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise LeanvisionError(f"{out} already exists and is not empty. Choose another --out or delete it.")
+        shutil.rmtree(out)
+    run = load_run(src)
+    dataset = dataset if dataset is not None else run.load_dataset(data_dir)
+    if list(dataset.input_shape) != meta["input_shape"] or dataset.num_classes != meta["num_classes"]:
+        raise LeanvisionError(f"Dataset {dataset.name} does not match run {src} (input {dataset.input_shape}, "
+                              f"{dataset.num_classes} classes). Pass the dataset the run was trained on.")
+    out.mkdir(parents=True, exist_ok=True)
+    shape = tuple(meta["input_shape"])
+    ctx = Context(dataset=dataset, train=config_from_run(src).train, work_dir=out, meta=meta, progress=progress)
+    c, h, w = shape
+    reference = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
+                             num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
+                             **meta.get("model_kwargs", {}))
+    model: nn.Module = run.model.cpu().eval()
+    current = {"step": "source", "run": str(src), **measure_step(model, dataset, shape)}
+    steps, overrides, folded = [current], {}, False
+    for config in configs:
+        ctx.info, ctx.notes = {}, []
+        fp32_model, tick = model, time.perf_counter()
+        model = apply_(model, config, ctx)
+        record = {"step": config.name, "config": config.to_dict(), "spec": config.spec(),
+                  "time_s": time.perf_counter() - tick, **measure_step(model, dataset, shape, current), **ctx.info}
+        if isinstance(model, OnnxModule):
+            fp32, int8 = ort_speed(fp32_model, shape, repeats), ort_speed(model, shape, repeats)
+            record["onnxruntime"] = {
+                "fp32": fp32, "int8": int8,
+                "throughput_speedup": int8["throughput_images_per_s"] / fp32["throughput_images_per_s"],
+                "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"]}
+        folded = folded or config.name == "fold"
+        if not folded and not isinstance(model, OnnxModule):
+            overrides = shape_overrides(model, reference)
+        record["notes"] = list(ctx.notes)
+        record["summary"] = summarize(record, current)
+        steps.append(record)
+        current = record
+    final_meta = {**meta, "num_params": current["params"], "macs": current["macs"], "shape_overrides": overrides,
+                  "folded": folded, "optimized_from": str(src), "techniques": [c.spec() for c in configs]}
+    if isinstance(model, OnnxModule):
+        quantization = next(s["quantization"] for s in steps if "quantization" in s)
+        final_meta.update(runtime="onnxruntime", onnx_file=model.onnx_path.name, quantization=quantization)
+    else:
+        for name in ("best", "last"):
+            save_weights(out / f"{name}.safetensors", model.state_dict(), {"optimized_from": str(src)})
+    write_json(out / "model.json", final_meta)
+    source_config = read_json(src / "config.json")
+    write_json(out / "config.json", {**source_config, "optimize": {"source": str(src),
+                                                                    "techniques": final_meta["techniques"]}})
+    result = {
+        "model": meta.get("model") or "spec", "dataset": dataset.name, "source_run": str(src),
+        "techniques": final_meta["techniques"], "num_params": current["params"], "macs": current["macs"],
+        "file_bytes": current["file_bytes"], "test_accuracy": current["accuracy"],
+        "test_correct": current["test_correct"], "test_total": current["test_total"],
+        "source_test_accuracy": steps[0]["accuracy"], "steps": steps,
+    }
+    write_json(out / "result.json", result)
+    return result
+
+
+def step_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the steps plus their notes, for the CLI."""
+    lines = [f"{'step':<10}{'params':>10}{'MACs':>12}{'accuracy':>10}{'file kB':>10}{'ORT img/s@256':>15}"]
+    for s in result["steps"]:
+        ort = s.get("onnxruntime", {}).get("int8", {}).get("throughput_images_per_s")
+        lines.append(f"{s['step']:<10}{s['params']:>10,}{s['macs']:>12,}{s['accuracy']:>10.4f}"
+                     f"{s['file_bytes'] / 1e3:>10,.1f}{f'{ort:,.0f}' if ort else '':>15}")
+    lines += [f"- {s['summary']}" for s in result["steps"][1:]]
+    return "\n".join(lines)
+
+
+def optimize_variant(run_dir: str | Path, techniques: list[str], dataset, progress: bool = False,
+                     repeats: int = 50) -> dict[str, Any]:
+    """Study hook: optimize a variant's trained run into `<run_dir>-optimized` (replacing an older one); returns the
+    fields that replace the trained run's (test accuracy) plus the techniques and their steps."""
+    out = Path(run_dir).parent / f"{Path(run_dir).name}-optimized"
+    result = optimize_run(run_dir, techniques, out, dataset=dataset, progress=progress, overwrite=True,
+                          repeats=repeats)
+    return {key: result[key] for key in ("test_accuracy", "test_correct", "test_total", "techniques", "steps")}

@@ -1,0 +1,107 @@
+"""ONNX graph helpers for int8 quantization: which layers run integer kernels, which nodes stay fp32, and a
+rewrite that gives ORT an int8 kernel for global average pooling."""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STEM_MIN_REDUCTION = 32  # convs whose dot products are shorter than this stay fp32 (see quantize.py)
+_INT_OPS = {"QLinearConv": "conv", "ConvInteger": "conv", "QGemm": "dense", "QLinearMatMul": "dense",
+            "MatMulInteger": "dense", "DynamicQuantizeMatMul": "dense"}
+_FLOAT_OPS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "dense", "FusedGemm": "dense", "MatMul": "dense",
+              "FusedMatMul": "dense"}
+
+
+def make_session(path: str | Path, session_kwargs: dict[str, Any] | None = None, optimized_path: str | None = None,
+                 level: str = "all"):
+    """An ORT CPU session like the measurement runtime's: all graph optimizations, torch's thread count, quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
+                                **(session_kwargs or {}))
+
+
+def graph_coverage(onnx_path: str | Path, session_kwargs: dict | None = None) -> dict[str, Any]:
+    """Which weight layers run as integer kernels after ORT's (portable, EXTENDED-level) graph fusion.
+
+    Returns `{"int8": {"conv": n, "dense": n}, "fp32": {"conv": n, "dense": n}, "ops": {op_type: count}}`.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="leanvision-ort-") as tmp:
+        optimized = str(Path(tmp) / "optimized.onnx")
+        make_session(onnx_path, session_kwargs, optimized_path=optimized, level="extended")
+        ops = collections.Counter(node.op_type for node in onnx.load(optimized).graph.node)
+    coverage: dict[str, Any] = {"int8": {"conv": 0, "dense": 0}, "fp32": {"conv": 0, "dense": 0}, "ops": dict(ops)}
+    for op, count in ops.items():
+        if op in _INT_OPS:
+            coverage["int8"][_INT_OPS[op]] += count
+        elif op in _FLOAT_OPS:
+            coverage["fp32"][_FLOAT_OPS[op]] += count
+    return coverage
+
+
+def stem_nodes(onnx_model) -> list[str]:
+    """Names of the first Conv (when its reduction in_channels*kh*kw is below STEM_MIN_REDUCTION) and of the
+    activation/pooling nodes that follow it in a single chain; empty when the first conv is large enough."""
+    graph = onnx_model.graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    conv = next((n for n in graph.node if n.op_type == "Conv"), None)
+    if conv is None or conv.input[1] not in weights:
+        return []
+    groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    _, per_group_in, *kernel = weights[conv.input[1]]
+    if groups != 1 or per_group_in * int(torch.tensor(kernel).prod()) >= STEM_MIN_REDUCTION:
+        return []
+    names, tensor = [conv.name], conv.output[0]
+    while True:
+        consumers = [n for n in graph.node if tensor in n.input]
+        if len(consumers) != 1 or consumers[0].op_type not in ("Relu", "Clip", "MaxPool", "AveragePool"):
+            return names
+        names.append(consumers[0].name)
+        tensor = consumers[0].output[0]
+
+
+def spatial_means_to_global_pool(onnx_model) -> int:
+    """Rewrite ReduceMean over axes (2, 3) of a 4-D tensor as GlobalAveragePool (+ Flatten when keepdims=0), in place.
+
+    The same numbers in float, but ORT has an int8 NHWC kernel for GlobalAveragePool (QLinearGlobalAveragePool) and
+    none for ReduceMean, which otherwise forces a dequantize plus an NHWC -> NCHW transpose of the last feature map.
+    Returns how many nodes were rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph, count = onnx_model.graph, 0
+    initializers = {init.name: init for init in graph.initializer}
+    for node in list(graph.node):
+        if node.op_type != "ReduceMean":
+            continue
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and len(node.input) > 1 and node.input[1] in initializers:  # opset >= 18: axes as an input
+            axes = [int(a) for a in numpy_helper.to_array(initializers[node.input[1]])]
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        if sorted(axes or []) not in ([2, 3], [-2, -1]):
+            continue
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        pooled = node.output[0] + "_global_pool" if not keepdims else node.output[0]
+        new = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name + "_global_pool")]
+        if not keepdims:
+            new.append(helper.make_node("Flatten", [pooled], [node.output[0]], name=node.name + "_flatten", axis=1))
+        for offset, item in enumerate(new):
+            graph.node.insert(index + offset, item)
+        count += 1
+    return count
+

@@ -1,0 +1,226 @@
+"""int8 quantization through ONNX Runtime: static (QDQ, calibrated), dynamic (Dense only) and quantization-aware.
+
+Static int8 (`mode=int8`): the folded fp32 model is exported to ONNX, pre-processed (`quant_pre_process`), and
+quantized by `quantize_static` in QDQ format with per-channel symmetric int8 weights and per-tensor activations whose
+ranges come from a calibration set (MinMax). ONNX Runtime fuses the QDQ pairs into QLinearConv / QGemm kernels.
+Activations are uint8 (asymmetric) by default: x86 VNNI's `vpdpbusd` multiplies unsigned 8-bit activations by
+signed 8-bit weights natively (U8S8), both types ran at the same speed on an AVX-512 VNNI CPU here, and a uint8
+range spends all 256 levels on the non-negative post-ReLU values where int8 would waste half of them.
+
+A stem convolution with a tiny reduction (in_channels x kh x kw < 32, e.g. a 3x3 conv on 1-channel images) is kept in
+fp32 with the pooling right after it: its int8 kernel measured 5x slower than the fp32 one here (12 ms vs 2.2 ms per
+256 MNIST images), because a 9-long dot product cannot amortize the int8 packing. ORT's QDQ propagation would move
+the first quantize node above that pooling and run it in a slow 8-bit NCHW kernel, so the session disables
+`QDQPropagationTransformer` for such models (stored in model.json, applied by `OnnxModule` and the ORT runtime).
+A global average pool written as ReduceMean is rewritten as GlobalAveragePool first (same numbers): ORT has an int8
+NHWC kernel for the latter only, which saves a dequantize and a transpose of the last feature map.
+
+Dynamic int8 (`mode=int8-dynamic`) quantizes weights ahead of time and activations on the fly, for MatMul/Gemm
+(Dense) layers only: ORT's dynamic ConvInteger path measured about 9x slower than fp32 convolution here, so
+convolutions stay fp32 and a CNN gains little. Use static int8 for CNNs.
+
+QAT (`mode=qat`): see `qat.py`; the fine-tuned weights are converted by the same static path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import LeanvisionError
+from .base import Context, TechniqueConfig, check_choice, check_range, finetune_, register_technique
+from .onnx_graph import graph_coverage, make_session, spatial_means_to_global_pool, stem_nodes
+
+MODES = ("int8", "int8-dynamic", "qat")
+NO_PROPAGATION = {"disabled_optimizers": ["QDQPropagationTransformer"]}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(TechniqueConfig):
+    """int8 quantization of a trained model into an ONNX Runtime model. Spec: `"quantize:mode=int8"`."""
+
+    mode: str = "int8"  # int8 (static, calibrated; convs included) | int8-dynamic (Dense layers only) | qat
+    calibration_size: int = 512  # training images used to calibrate activation ranges (int8, qat)
+    activation_type: str = "uint8"  # uint8 (U8S8: VNNI's native form) | int8 (S8S8)
+    calibrate_method: str = "minmax"  # minmax | entropy | percentile (ORT calibrators)
+    keep_stem_fp32: bool = True  # keep a tiny-reduction first conv (+ its pooling) in fp32: faster on CPU
+    finetune_epochs: int = 1  # qat: epochs of fake-quant fine-tuning
+    learning_rate: float | None = None  # qat: fine-tuning peak learning rate; None = 0.1x the source run's
+
+    def __post_init__(self) -> None:
+        check_choice("quantize", "mode", self.mode, MODES)
+        check_choice("quantize", "activation_type", self.activation_type, ("uint8", "int8"))
+        check_choice("quantize", "calibrate_method", self.calibrate_method, ("minmax", "entropy", "percentile"))
+        check_range("quantize", "calibration_size", self.calibration_size, 1, 1_000_000)
+        check_range("quantize", "finetune_epochs", self.finetune_epochs, 0, 10_000)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX model run by ONNX Runtime on the CPU behind the `nn.Module` interface: `forward(x) -> logits`.
+
+    `x` is a float batch (N, C, H, W) on any device; logits come back as float32 on the same device. The module has
+    one empty parameter so `next(model.parameters()).device` works for callers that ask. `onnx_path` and
+    `session_kwargs` let runtimes open the same file themselves.
+
+    Example: `OnnxModule("runs/int8/model.onnx")(x).argmax(1)`.
+    """
+
+    def __init__(self, path: str | Path, session_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        self.onnx_path = Path(path)
+        self.session_kwargs = dict(session_kwargs or {})
+        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+        if not self.onnx_path.is_file():
+            raise LeanvisionError(f"ONNX model {self.onnx_path} not found. Expected the model.onnx written by "
+                                  "`leanvision optimize --quantize`; re-create the run.")
+        self._session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = make_session(self.onnx_path, self.session_kwargs)
+        return self._session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = self.session.run(None, {self.session.get_inputs()[0].name: array})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    def __deepcopy__(self, memo: dict) -> OnnxModule:
+        return OnnxModule(self.onnx_path, self.session_kwargs)  # a fresh session; sessions cannot be copied
+
+    def extra_repr(self) -> str:
+        return f"{self.onnx_path}"
+
+
+def calibration_images(dataset, size: int, seed: int = 0) -> torch.Tensor:
+    """`size` normalized training images (a seeded random sample), float (N, C, H, W) on the CPU."""
+    from ..train import normalizer
+
+    normalize = normalizer(dataset.mean, dataset.std, torch.device("cpu"))
+    chunks, total = [], 0
+    for xb, _ in dataset.train.batches(min(size, 256), shuffle=True, generator=torch.Generator().manual_seed(seed)):
+        chunks.append(normalize(xb) if xb.dtype == torch.uint8 else xb.float())
+        total += len(xb)
+        if total >= size:
+            break
+    return torch.cat(chunks)[:size]
+
+
+@contextlib.contextmanager
+def _quiet():
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # ORT's quantizer logs through the root logger
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path: Path, config: QuantizeConfig,
+                  calibration: torch.Tensor | None) -> dict[str, Any]:
+    """Export `model` (fp32, folded) and write its int8 ONNX model to `out_path`; returns the quantization record."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from ..measure import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="leanvision-quant-") as tmp, _quiet():
+        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        export_onnx(model, input_shape, fp32)
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        record: dict[str, Any] = {"mode": config.mode, "format": "QDQ", "weights": "int8 symmetric",
+                                  "fp32_onnx_bytes": fp32.stat().st_size}
+        if config.mode == "int8-dynamic":
+            quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8, per_channel=False,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            record.update(format="dynamic (weights int8, activations quantized at run time)", session={})
+        else:
+            graph = onnx.load(str(pre))
+            if spatial_means_to_global_pool(graph):
+                onnx.save(graph, str(pre))
+            excluded = stem_nodes(graph) if config.keep_stem_fp32 else []
+            batches = [{"input": calibration[i:i + 64].numpy()} for i in range(0, len(calibration), 64)]
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.items = iter(batches)
+
+                def get_next(self):
+                    return next(self.items, None)
+
+            activation = QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8
+            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                      "percentile": CalibrationMethod.Percentile}[config.calibrate_method]
+            quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            weight_type=QuantType.QInt8, activation_type=activation, calibrate_method=method,
+                            nodes_to_exclude=excluded or None)
+            record.update(weights="int8 symmetric, per output channel", activations=f"{config.activation_type} "
+                          "per tensor", calibration_size=len(calibration), calibrate_method=config.calibrate_method,
+                          fp32_nodes=excluded, session=NO_PROPAGATION if excluded else {})
+    record["coverage"] = graph_coverage(out_path, record["session"])
+    return record
+
+
+def coverage_note(record: dict[str, Any]) -> str:
+    """One honest line on what runs in int8, from the optimized graph (not from intentions)."""
+    i, f = record["coverage"]["int8"], record["coverage"]["fp32"]
+    text = (f"{record['mode']}: int8 kernels for {i['conv']} conv and {i['dense']} dense layer(s); "
+            f"fp32 for {f['conv']} conv and {f['dense']} dense layer(s)")
+    if record["mode"] == "int8-dynamic":
+        text += "; dynamic int8 covers only the Dense (MatMul/Gemm) layer(s), convolutions stay fp32"
+    elif record.get("fp32_nodes"):
+        text += " (the tiny-reduction stem conv is kept fp32 on purpose: its int8 kernel is slower)"
+    return text
+
+
+@register_technique("quantize", QuantizeConfig)
+def quantize_(model: nn.Module, config: QuantizeConfig, ctx: Context) -> nn.Module:
+    """Technique entry point: write `model.onnx` (int8) into the new run and return it as an `OnnxModule`.
+
+    The model should be folded already (the optimize pipeline folds before quantizing).
+    Example: `int8 = quantize_(model, QuantizeConfig(mode="int8"), ctx)`.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise LeanvisionError("Quantization needs onnxruntime. Install it with: pip install 'leanvision[onnx]'") \
+            from None
+    model = model.cpu().eval()
+    calibration = None if config.mode == "int8-dynamic" else calibration_images(ctx.dataset, config.calibration_size)
+    fake_quant = None
+    if config.mode == "qat":
+        from . import qat
+
+        qat.prepare_(model, ctx.input_shape, config.activation_type, keep_stem_fp32=config.keep_stem_fp32)
+        qat.calibrate_(model, calibration)
+        finetune_(model, ctx, config.finetune_epochs, "qat", config.learning_rate)
+        qat.calibrate_(model, calibration)  # the final ranges: the same MinMax over the same images as ORT's
+        fake_quant = qat.fake_quant_copy(model)
+        qat.strip_(model)
+    out = ctx.work_dir / "model.onnx"
+    record = quantize_onnx(model, ctx.input_shape, out, config, calibration)
+    int8 = OnnxModule(out, record["session"])
+    if fake_quant is not None:
+        record["conversion"] = ("QAT fine-tuned weights converted by ORT quantize_static (QDQ); activation ranges "
+                                "re-calibrated with the same MinMax rule on the same images as the fake-quant model")
+        record["qat_agreement"] = qat.agreement(fake_quant, int8, ctx.dataset)
+    ctx.info["quantization"] = record
+    ctx.notes.append(coverage_note(record))
+    return int8

@@ -1,0 +1,86 @@
+import onnx
+import pytest
+import torch
+
+from leanvision.errors import LeanvisionError
+from leanvision.measure import export_onnx, get_runtime
+from leanvision.optimize import optimize_run
+from leanvision.runs import load_run
+from leanvision.techniques import OnnxModule
+from leanvision.techniques.onnx_graph import graph_coverage
+from leanvision.techniques.quantize import make_session
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def int8_run(base_run, tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("int8") / "int8"
+    result = optimize_run(base_run, ["quantize:mode=int8,calibration_size=256"], out, dataset=digits,
+                          progress=False, repeats=5)
+    return out, result
+
+
+def test_static_int8_has_integer_convolutions_after_ort_fusion(int8_run, tmp_path):
+    out, result = int8_run
+    initializers = {i.name: i.data_type for i in onnx.load(out / "model.onnx").graph.initializer}
+    assert onnx.TensorProto.INT8 in initializers.values()  # int8 weights stored in the file (QDQ format)
+    optimized = str(tmp_path / "optimized.onnx")
+    make_session(out / "model.onnx", {}, optimized_path=optimized, level="extended")
+    ops = [node.op_type for node in onnx.load(optimized).graph.node]
+    assert ops.count("QLinearConv") >= 3 and "QGemm" in ops
+    coverage = result["steps"][-1]["quantization"]["coverage"]
+    assert coverage["int8"]["conv"] == 3 and coverage["fp32"]["conv"] == 1  # the 1-channel stem stays fp32
+
+
+def test_static_int8_accuracy_close_to_fp32_and_speed_recorded(int8_run):
+    _, result = int8_run
+    fp32, int8 = result["steps"][0], result["steps"][-1]
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.03
+    assert int8["file_bytes"] < 0.5 * fp32["file_bytes"]
+    speed = int8["onnxruntime"]
+    assert speed["int8"]["throughput_images_per_s"] > 0 and speed["fp32"]["latency_b1_median_ms"] > 0
+    assert "quantize int8" in int8["summary"] and "ORT throughput" in int8["summary"]
+
+
+def test_int8_run_loads_as_onnx_module_and_runs_on_onnxruntime_only(int8_run, tmp_path, digits):
+    out, result = int8_run
+    run = load_run(out)
+    assert isinstance(run.model, OnnxModule) and run.meta["runtime"] == "onnxruntime"
+    x = torch.randn(4, 1, 28, 28)
+    logits = run.model(x)
+    assert logits.shape == (4, 10) and logits.dtype == torch.float32
+    predict = get_runtime("onnxruntime").prepare(run.model, x)  # opens model.onnx itself, no re-export
+    torch.testing.assert_close(predict(x), logits)
+    with pytest.raises(LeanvisionError, match="only ONNX Runtime"):
+        get_runtime("torch").prepare(run.model, x)
+    copied = export_onnx(run.model, (1, 28, 28), tmp_path / "exported.onnx")
+    assert copied.read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_dynamic_int8_covers_dense_layers_only(base_run, tmp_path, digits):
+    result = optimize_run(base_run, ["quantize:mode=int8-dynamic"], tmp_path / "dyn", dataset=digits,
+                          progress=False, repeats=5)
+    step = result["steps"][-1]
+    coverage = step["quantization"]["coverage"]
+    assert coverage["int8"] == {"conv": 0, "dense": 1} and coverage["fp32"]["conv"] == 4
+    assert "covers only the Dense" in step["summary"]
+    assert abs(step["accuracy"] - result["steps"][0]["accuracy"]) <= 0.01
+
+
+def test_qat_converted_model_agrees_with_its_fake_quant_version(base_run, tmp_path, digits):
+    result = optimize_run(base_run, ["quantize:mode=qat,finetune_epochs=1,calibration_size=256"], tmp_path / "qat",
+                          dataset=digits, progress=False, repeats=5)
+    quantization = result["steps"][-1]["quantization"]
+    assert quantization["qat_agreement"]["top1_agreement"] >= 0.99
+    assert "quantize_static" in quantization["conversion"]
+    assert quantization["coverage"]["int8"]["conv"] == 3
+    assert abs(result["test_accuracy"] - result["source_test_accuracy"]) <= 0.03
+
+
+def test_graph_coverage_of_fp32_model(tmp_path):
+    from leanvision.models import create_model
+
+    path = export_onnx(create_model("compact"), (1, 28, 28), tmp_path / "fp32.onnx")
+    coverage = graph_coverage(path)
+    assert coverage["int8"] == {"conv": 0, "dense": 0} and coverage["fp32"]["conv"] == 4
