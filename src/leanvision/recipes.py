@@ -54,9 +54,9 @@ def fast(input_shape: tuple[int, int, int], device: str = "auto") -> Recipe:
     """
     channels = input_shape[0]
     common = dict(optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle", label_smoothing=0.1,
-                  precision=fast_precision(device))
+                  precision=fast_precision(device), channels_last=True)  # NHWC: faster bf16 conv/pool on CPU too
     if channels == 1:
-        return Recipe(model="fastnet", model_kwargs={"width": 16},
+        return Recipe(model="fastnet", model_kwargs={"width": 16, "pool_first": True},
                       train=dict(common, epochs=2, batch_size=128, learning_rate=0.1, weight_decay=5e-4,
                                  augment="none"))
     return Recipe(model="fastnet", model_kwargs={"width": 32},
