@@ -37,6 +37,17 @@ def test_optimize_cli_prune_and_int8_gives_a_run_evaluate_and_predict_accept(bas
     assert main(["optimize", str(base_run), "--quantize", "int8", "--out", str(out), "--no-progress"]) == 2
     _one_line_error(capsys, "already exists")
 
+    # the int8 run is exported as itself (parity against its own ONNX session) and benched as int8
+    assert main(["export", str(out), "--out", str(tmp_path / "int8.onnx"), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["parity_ok"] and exported["difference_pp"] == 0
+    assert main(["bench", str(out), "--runtime", "onnxruntime", "--batch-sizes", "1", "--repeats", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["precision"] for r in rows if r["status"] == "ok"} == {"int8"}
+    assert main(["bench", str(out), "--runtime", "torch-compile", "--repeats", "3"]) != 0
+    assert "int8 ONNX model" in capsys.readouterr().err
+
 
 def test_optimize_cli_prints_a_step_table(base_run, tmp_path, capsys):
     assert main(["optimize", str(base_run), "--unstructured", "0.5", "--finetune-epochs", "0", "--out",

@@ -59,7 +59,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
     split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
                                                                                                        dataset.val)
     images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
-    torch_logits = predict_batches(get_runtime("torch").prepare(run.model, images[:2]), images)
+    if getattr(run.model, "onnx_path", None) is not None:  # an int8 run: its reference is its own ONNX session
+        with torch.no_grad():
+            torch_logits = predict_batches(run.model, images)
+    else:
+        torch_logits = predict_batches(get_runtime("torch").prepare(run.model, images[:2]), images)
     ort_logits = predict_batches(
         lambda x: torch.from_numpy(session.run(None, {ONNX_INPUT_NAME: x.contiguous().numpy()})[0]), images
     )  # batches of 256 and the remainder: the dynamic batch dimension is exercised too

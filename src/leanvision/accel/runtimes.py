@@ -39,6 +39,9 @@ class TorchCompileRuntime(Runtime):
         self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
     ) -> Predict:
         self._check_precision(precision)
+        if getattr(model, "onnx_path", None) is not None:
+            raise LeanvisionError("This run is an int8 ONNX model; torch-compile cannot run it. "
+                                  "Use --runtime onnxruntime.")
         device = torch.device(device)
         if precision == "fp16" and device.type != "cuda":
             raise LeanvisionError(f"precision='fp16' needs a CUDA device for the torch-compile runtime. "
