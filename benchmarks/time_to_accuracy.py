@@ -108,7 +108,8 @@ def run_keras(dataset, seed: int, epochs: int) -> dict | None:
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
-            accuracies.append(float((self.model.predict(x_test, batch_size=1000, verbose=0).argmax(1) == y_test).mean()))
+            probs = self.model.predict(x_test, batch_size=1000, verbose=0)
+            accuracies.append(float((probs.argmax(1) == y_test).mean()))
 
     model.fit(x_train, keras.utils.to_categorical(dataset.train.labels.numpy(), 10), epochs=epochs, batch_size=128,
               verbose=0, callbacks=[Clock()])

@@ -253,7 +253,8 @@ def build_parser() -> ArgumentParser:
                                                                 f"{RunConfig.model})")
     train.add_argument("--recipe", type=str, default=None, help="named recipe that picks model, optimizer, schedule, "
                                                                 "batch size, precision and epochs (e.g. fast)")
-    train.add_argument("--model-kwargs", type=str, default=None, help="builder arguments as JSON, e.g. '{\"width\": 8}'")
+    train.add_argument("--model-kwargs", type=str, default=None,
+                       help="builder arguments as JSON, e.g. '{\"width\": 8}'")
     add_dataclass_flags(train, DataConfig)
     add_dataclass_flags(train, TrainConfig)
     train.add_argument("--out", type=str, default=None, help="run directory (default: runs/<model>)")

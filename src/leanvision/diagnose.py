@@ -33,7 +33,8 @@ def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, f
     rv, rb = v["runtimes"].get(runtime), base["runtimes"].get(runtime)
     if not rv or not rb:
         return "unknown", float("nan")
-    spread = max(rv["latency_b1_p95_ms"] - rv["latency_b1_median_ms"], rb["latency_b1_p95_ms"] - rb["latency_b1_median_ms"],
+    spread = max(rv["latency_b1_p95_ms"] - rv["latency_b1_median_ms"],
+                 rb["latency_b1_p95_ms"] - rb["latency_b1_median_ms"],
                  NOISE_FLOOR * rb["latency_b1_median_ms"])
     delta = rb["latency_b1_median_ms"] - rv["latency_b1_median_ms"]
     ratio = rb["latency_b1_median_ms"] / rv["latency_b1_median_ms"]
@@ -46,7 +47,8 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
     """Sentences on accuracy, size, compute and speed of `v` against `base`, with reasons when known."""
     out = []
     acc = f"accuracy {_pp(v['accuracy'], base['accuracy'])} vs {base['name']}"
-    acc += " (within the 95% intervals: not a measurable difference)" if _overlap(v, base) else " (outside the 95% intervals)"
+    overlap = _overlap(v, base)
+    acc += " (within the 95% intervals: not a measurable difference)" if overlap else " (outside the 95% intervals)"
     out.append(acc + ".")
     quantized = any(r.get("precision") == "int8" for r in v["runtimes"].values())  # int8 run from `optimize`
     same_arch = v["params"] == base["params"] and v["macs"] == base["macs"] and not quantized

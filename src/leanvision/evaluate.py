@@ -57,7 +57,8 @@ def evaluate_run(run: Run, *, split: str = "test", data_dir: str | None = None, 
     metrics = classification_metrics(logits, labels, run.meta["classes"])
     metrics.update(split=split, dataset=dataset.name)
     if plot:
-        metrics["confusion_matrix_png"] = str(plot_confusion_matrix(metrics, run.path / f"confusion_matrix_{split}.png"))
+        png = plot_confusion_matrix(metrics, run.path / f"confusion_matrix_{split}.png")
+        metrics["confusion_matrix_png"] = str(png)
     return metrics
 
 

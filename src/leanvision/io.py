@@ -111,7 +111,8 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor]
             tensors[key] = obj
             return {"__tensor__": key}
         if isinstance(obj, dict):
-            return {"__dict__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+            pairs = [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(obj.items())]
+            return {"__dict__": pairs}
         if isinstance(obj, (list, tuple)):
             items = [walk(v, f"{key}.{i}") for i, v in enumerate(obj)]
             return {"__tuple__": items} if isinstance(obj, tuple) else items

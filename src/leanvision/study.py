@@ -55,7 +55,8 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
     else:
         path = Path(plan)
         if not path.is_file():
-            raise LeanvisionError(f"Unknown plan {plan!r}. Expected one of {', '.join(PLAN_NAMES)} or a plan .yaml file.")
+            raise LeanvisionError(f"Unknown plan {plan!r}. Expected one of {', '.join(PLAN_NAMES)} "
+                                  "or a plan .yaml file.")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -83,7 +84,8 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
         seen.add(v["name"])
     for v in data["variants"]:
         if v.get("base") is not None and v["base"] not in seen:
-            raise LeanvisionError(f"Plan {where}: variant {v['name']!r} has base {v['base']!r}, which is not in the plan.")
+            raise LeanvisionError(f"Plan {where}: variant {v['name']!r} has base {v['base']!r}, "
+                                  "which is not in the plan.")
     data.setdefault("name", Path(where).stem)
     data.setdefault("train", {})
     return data

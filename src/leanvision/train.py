@@ -13,9 +13,9 @@ import dataclasses
 import math
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,7 +92,8 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, pad: i
 def normalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
     """Return `f(uint8 batch) -> float batch` computing (x/255 - mean) / std per channel on `device`."""
     scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=device))).view(1, -1, 1, 1)
-    shift = (torch.tensor(mean, dtype=torch.float32, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    shift = (mean_t / torch.tensor(std, dtype=torch.float32, device=device)).view(1, -1, 1, 1)
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).float().mul_(scale).sub_(shift)
@@ -150,7 +151,8 @@ def _evaluate(model, split, mean, std, device, precision) -> dict[str, float]:
     if split is None or len(split) == 0:
         return {}
     logits, labels = predict_logits(model, split, mean, std, device, precision=precision)
-    return {"loss": F.cross_entropy(logits, labels).item(), "accuracy": (logits.argmax(1) == labels).float().mean().item()}
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return {"loss": F.cross_entropy(logits, labels).item(), "accuracy": accuracy}
 
 
 @contextmanager
@@ -243,7 +245,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
         torch.set_rng_state(state["rng"]["torch"])
         aug_gen.set_state(state["rng"]["aug"])
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
-        best_acc, bad_epochs, history, running = state["best_acc"], state["bad_epochs"], state["history"], state["running"]
+        best_acc, bad_epochs = state["best_acc"], state["bad_epochs"]
+        history, running = state["history"], state["running"]
 
     def checkpoint(epoch: int, step: int) -> None:
         save_state(out / CHECKPOINT, {

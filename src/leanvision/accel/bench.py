@@ -148,7 +148,8 @@ def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, imag
         compile_times = getattr(predict, "compile_times_s", None)
         row = _row(runtime.name, precision, device, config, status="ok", batch_size=batch_size)
         if getattr(run.model, "onnx_path", None) is not None:  # an int8 run: say what really ran
-            row["precision"] = str((run.meta.get("quantization") or {}).get("mode", "int8"))  # int8 | int8-dynamic | qat
+            mode = (run.meta.get("quantization") or {}).get("mode", "int8")  # int8 | int8-dynamic | qat
+            row["precision"] = str(mode)
         row.update(
             latency_median_ms=stats.median_ms, latency_p95_ms=stats.p95_ms, images_per_s=images_per_s,
             first_call_ms=first_call_ms, repeats=stats.repeats,
