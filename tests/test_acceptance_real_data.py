@@ -1,5 +1,7 @@
 """Accuracy floors on real data (../shared/data), fixed seeds. Marked slow: about two minutes on 2 CPU cores."""
 
+import json
+
 import pytest
 
 from leanvision.config import DataConfig, RunConfig, TrainConfig
@@ -53,4 +55,6 @@ def test_ants_bees_folder_with_gif_loads_and_trains(shared_data, tmp_path):
                     train=TrainConfig(epochs=3, batch_size=32, learning_rate=2e-3, device="cpu"))
     result = train_run(cfg, tmp_path, progress=False)
     assert result["test_total"] == 153  # val/ is the held-out split
-    assert result["epochs_run"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["epochs_run"] == 3
+    losses = [json.loads(line)["train_loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]  # it learns from the photos (accuracy after 3 epochs on 220 images is noisy)

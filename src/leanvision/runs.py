@@ -11,7 +11,6 @@ A run directory holds everything needed to rebuild, evaluate and deploy the mode
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +78,11 @@ def model_description(cfg: RunConfig, model: nn.Module, dataset) -> dict[str, An
     }
 
 
-def environment() -> dict[str, Any]:
-    return {"leanvision": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "threads": torch.get_num_threads(),
-            "world_size": distributed.world_size()}
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """measure.environment (versions, threads, CPU/GPU names) plus the leanvision version and torchrun world size."""
+    from .measure import environment as measured_environment
+
+    return {"leanvision": __version__, **measured_environment(device), "world_size": distributed.world_size()}
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -92,7 +92,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
     """
     out = Path(out_dir)
-    setup_train_device(cfg.train)  # fail fast on a missing device or a bad device option, before writing anything
+    device = setup_train_device(cfg.train)  # fail fast on a missing device or bad device option, before any write
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
     main = distributed.is_main()  # only rank 0 writes files
     if resume and not (out / CHECKPOINT).exists():
@@ -111,7 +111,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     out.mkdir(parents=True, exist_ok=True)
     if not resume and main:
         write_json(out / "config.json", {"config": cfg.to_dict(), "dataset_notes": dataset.notes,
-                                         "environment": environment()})
+                                         "environment": environment(device)})
         write_json(out / "model.json", meta)
     start = time.perf_counter()
     history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
