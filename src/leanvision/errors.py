@@ -20,3 +20,12 @@ class ModelSpecError(LeanvisionError):
 
 class TrainingDiverged(LeanvisionError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+def first_line(error: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (optionally prefixed by its type), for one-line reports."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if with_type or not text:
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:limit]

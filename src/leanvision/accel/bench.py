@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..device import resolve_device
-from ..errors import LeanvisionError
+from ..errors import LeanvisionError, first_line
 from ..measure.runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
 from ..measure.timing import measure_latency
 from .devices import synchronize
@@ -110,7 +110,7 @@ def bench_run(run_dir: str | Path, config: BenchConfig = BenchConfig(), data_dir
                 unsupported = unsupported or (e if isinstance(e, LeanvisionError) else None)
                 word = "unsupported" if isinstance(e, LeanvisionError) else "failed"
                 prefix = "" if isinstance(e, LeanvisionError) else f"{type(e).__name__}: "
-                rows.append(_row(name, precision, device, config, status=f"{word}: {prefix}{_first_line(e)}"))
+                rows.append(_row(name, precision, device, config, status=f"{word}: {prefix}{first_line(e)}"))
     if explicit and unsupported is not None and not any(r["status"] == "ok" for r in rows):
         raise unsupported  # nothing that was asked for by name could be measured
     return rows
@@ -175,8 +175,3 @@ def _row(runtime: str, precision: str, device: torch.device, config: BenchConfig
                batch_size=batch_size, status=status, latency_unit="ms/batch", throughput_unit="images/s",
                energy_unit="J/image", price_per_hour_usd=config.price_per_hour, warmup=config.warmup)
     return row
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]

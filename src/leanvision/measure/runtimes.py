@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LeanvisionError
+from ..errors import LeanvisionError, first_line
 from ..registry import Registry
 from .timing import measure_latency
 
@@ -210,9 +210,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
                 **names,
             )
     except Exception as e:  # noqa: BLE001
+        legacy, dynamo = (first_line(err, with_type=True, limit=200) for err in (first_error, e))
         raise LeanvisionError(
             f"ONNX export of {type(model).__name__} failed with both exporters "
-            f"(legacy: {_first_line(first_error)}; dynamo: {_first_line(e)}). "
+            f"(legacy: {legacy}; dynamo: {dynamo}). "
             "Check that the model's forward uses only exportable ops, or skip the onnxruntime runtime."
         ) from e
     return path
@@ -303,8 +304,3 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
