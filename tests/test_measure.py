@@ -243,6 +243,26 @@ def test_onnxruntime_rejects_non_fp32():
         get_runtime("onnxruntime").prepare(tiny_convnet(), torch.randn(2, 3, 8, 8), precision="bf16")
 
 
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_streams_shards_batches_in_order_across_single_thread_sessions():
+    model = tiny_convnet().eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        predict = get_runtime("onnxruntime-streams").prepare(model, torch.randn(2, 3, 8, 8))
+    finally:
+        torch.set_num_threads(threads)
+    assert predict.streams == 3 and predict.providers == ["CPUExecutionProvider"]
+    for batch in (1, 2, 7):  # fewer images than streams, and shards of unequal size
+        x = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(predict(x), model(x), atol=1e-4, rtol=1e-4)
+    record = measure_runtime(model, "onnxruntime-streams", (3, 8, 8), batch_sizes=(4,), warmup=1, repeats=2)[0]
+    assert record["streams"] == torch.get_num_threads() and record["images_per_s"] > 0
+    with pytest.raises(LeanvisionError, match="CPU only"):
+        get_runtime("onnxruntime-streams").prepare(model, torch.randn(2, 3, 8, 8), device="cuda")
+
+
 def test_export_onnx_writes_file_with_dynamic_batch(tmp_path):
     onnx = pytest.importorskip("onnx")
     path = export_onnx(tiny_convnet(), (3, 8, 8), tmp_path / "sub" / "model.onnx")

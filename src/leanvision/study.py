@@ -230,7 +230,7 @@ def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str
     model, shape = run.model.eval().cpu(), run.input_shape
     onnx_file = getattr(model, "onnx_path", None)  # an int8 run: ONNX Runtime only; counts come from model.json
     if onnx_file is not None:
-        runtimes = [name for name in runtimes if name == "onnxruntime"]
+        runtimes = [name for name in runtimes if name.startswith("onnxruntime")]
     normalize = normalizer(ds.mean, ds.std, torch.device("cpu"))
     x_test = normalize(ds.test.images)
     generator = torch.Generator().manual_seed(0)
@@ -256,6 +256,8 @@ def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str
             "accuracy": (logits.argmax(1) == ds.test.labels).float().mean().item(),
             "precision": "fp32" if onnx_file is None else "int8", "device": "cpu", "threads": torch.get_num_threads(),
         }
+        if hasattr(predict, "streams"):  # onnxruntime-streams: that many single-thread sessions
+            record["runtimes"][name]["streams"] = predict.streams
         if hasattr(predict, "compile_times_s"):  # torch-compile: its first batch-1 call compiled, timed apart
             record["runtimes"][name]["compile_time_s"] = predict.compile_times_s.get(tuple(x1.shape))
     torch_metrics = record["runtimes"].get("torch") or next(iter(record["runtimes"].values()), {})

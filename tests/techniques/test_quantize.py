@@ -52,6 +52,8 @@ def test_int8_run_loads_as_onnx_module_and_runs_on_onnxruntime_only(int8_run, tm
     assert logits.shape == (4, 10) and logits.dtype == torch.float32
     predict = get_runtime("onnxruntime").prepare(run.model, x)  # opens model.onnx itself, no re-export
     torch.testing.assert_close(predict(x), logits)
+    streams = get_runtime("onnxruntime-streams").prepare(run.model, x)  # same file, same session options
+    torch.testing.assert_close(streams(x), logits)
     with pytest.raises(LeanvisionError, match="only ONNX Runtime"):
         get_runtime("torch").prepare(run.model, x)
     copied = export_onnx(run.model, (1, 28, 28), tmp_path / "exported.onnx")

@@ -29,7 +29,7 @@ ROW_KEYS = (
     "runtime", "precision", "device", "threads", "batch_size", "status", "latency_median_ms", "latency_p95_ms",
     "latency_unit", "images_per_s", "throughput_unit", "accuracy", "accuracy_split", "accuracy_images",
     "first_call_ms", "compile_time_s", "energy_per_image_j", "energy_unit", "energy_source", "energy_note",
-    "cost_per_million_images_usd", "price_per_hour_usd", "repeats", "warmup", "providers",
+    "cost_per_million_images_usd", "price_per_hour_usd", "repeats", "warmup", "providers", "streams",
 )
 
 
@@ -156,7 +156,7 @@ def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, imag
             compile_time_s=compile_times.get(tuple(x.shape)) if compile_times is not None else None,
             energy_per_image_j=joules / (stats.repeats * batch_size) if joules is not None else NOT_MEASURABLE,
             energy_source=meter.source or None, energy_note=meter.reason,
-            providers=list(getattr(predict, "providers", [])) or None,
+            providers=list(getattr(predict, "providers", [])) or None, streams=getattr(predict, "streams", None),
         )
         if config.price_per_hour is not None:
             row["cost_per_million_images_usd"] = config.price_per_hour / 3600 / images_per_s * 1e6

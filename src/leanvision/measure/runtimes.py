@@ -15,7 +15,9 @@ import logging
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -122,6 +124,19 @@ class OnnxRuntime(Runtime):
     def prepare(
         self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
     ) -> Predict:
+        (session,) = self._sessions(model, example, precision, device, count=1, threads=torch.get_num_threads())
+        input_name = session.get_inputs()[0].name
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+            return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+        predict.providers = session.get_providers()  # type: ignore[attr-defined]
+        return predict
+
+    def _sessions(self, model: nn.Module, example: torch.Tensor, precision: str, device: torch.device | str,
+                  count: int, threads: int) -> list[Any]:
+        """`count` sessions on one export of `model`, each with `threads` intra-op threads."""
         self._check_precision(precision)
         ok, reason = self.is_available()
         if not ok:
@@ -140,22 +155,53 @@ class OnnxRuntime(Runtime):
                 )
             providers = [(p, {"device_id": device.index or 0}) for p in gpu] + providers
         elif device.type != "cpu":
-            raise LeanvisionError(f"Runtime 'onnxruntime' supports devices cpu and cuda. Received: device='{device}'.")
+            raise LeanvisionError(f"Runtime {self.name!r} supports devices cpu and cuda. Received: device='{device}'.")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = torch.get_num_threads()  # same thread budget as the torch runtime
+        options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: measurement never prints
         with tempfile.TemporaryDirectory(prefix="leanvision-onnx-") as tmp:
             path = export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
-                                           **getattr(model, "session_kwargs", {}))  # e.g. an int8 model's
-        input_name = session.get_inputs()[0].name
+            return [ort.InferenceSession(str(path), sess_options=options, providers=providers,
+                                         **getattr(model, "session_kwargs", {}))  # e.g. an int8 model's
+                    for _ in range(count)]
+
+
+@RUNTIMES.register("onnxruntime-streams")
+class OnnxRuntimeStreams(OnnxRuntime):
+    """ONNX Runtime in throughput mode: one single-threaded CPU session per thread ("stream"), each running a
+    contiguous shard of the batch at the same time (the sessions release the GIL), logits concatenated in order.
+
+    `torch.get_num_threads()` streams, like the thread budget of the `onnxruntime` runtime. One call's latency is
+    that of the largest shard on one thread, so small batches are slower than with `onnxruntime`; large batches of
+    a small model are faster, because its small per-layer tensors do not split well across threads inside one
+    operator (OpenVINO's THROUGHPUT mode and its "streams" are the same idea). CPU only.
+    """
+
+    name = "onnxruntime-streams"
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        if torch.device(device).type != "cpu":
+            raise LeanvisionError(f"Runtime {self.name!r} runs on the CPU only. Received: device='{device}'. "
+                                  "Use runtime 'onnxruntime' for CUDA.")
+        streams = max(1, torch.get_num_threads())
+        sessions = self._sessions(model, example, precision, "cpu", count=streams, threads=1)
+        input_name = sessions[0].get_inputs()[0].name
+        pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="leanvision-ort-stream")
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-            return torch.from_numpy(session.run(None, {input_name: array})[0])
+            shards = np.array_split(array, min(streams, len(array))) if len(array) else [array]
+            if len(shards) == 1:
+                return torch.from_numpy(sessions[0].run(None, {input_name: shards[0]})[0])
+            futures = [pool.submit(session.run, None, {input_name: shard}) for session, shard in zip(sessions, shards)]
+            return torch.from_numpy(np.concatenate([f.result()[0] for f in futures]))
 
-        predict.providers = session.get_providers()  # type: ignore[attr-defined]
+        predict.providers = sessions[0].get_providers()  # type: ignore[attr-defined]
+        predict.streams = streams  # type: ignore[attr-defined]
+        weakref.finalize(predict, pool.shutdown, wait=False)
         return predict
 
 
@@ -272,6 +318,8 @@ def measure_runtime(
         }
         if hasattr(predict, "providers"):
             record["providers"] = list(predict.providers)
+        if hasattr(predict, "streams"):
+            record["streams"] = predict.streams
         records.append(record)
     return records
 
