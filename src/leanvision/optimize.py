@@ -86,14 +86,18 @@ def _accuracy(model: nn.Module, dataset) -> tuple[float, int, int]:
 
 
 def ort_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int = 50) -> dict[str, float]:
-    """ONNX Runtime batch-1 median latency and batch-256 throughput, measured as `study.measure_variant` does."""
+    """ONNX Runtime batch-1 median latency and batch-256 throughput, measured as `study.measure_variant` does, plus
+    batch-256 throughput in throughput mode (`onnxruntime-streams`: one single-thread session per thread)."""
     generator = torch.Generator().manual_seed(0)
     x1, x256 = torch.randn((1, *input_shape), generator=generator), torch.randn((256, *input_shape),
                                                                                 generator=generator)
     predict = get_runtime("onnxruntime").prepare(model, x1, precision="fp32", device="cpu")
     latency = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
     batch = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
-    return {"latency_b1_median_ms": latency.median_ms, "throughput_images_per_s": 256 / (batch.median_ms / 1e3)}
+    streams = get_runtime("onnxruntime-streams").prepare(model, x1, precision="fp32", device="cpu")
+    streamed = measure_latency(lambda: streams(x256), warmup=2, repeats=max(5, repeats // 5))
+    return {"latency_b1_median_ms": latency.median_ms, "throughput_images_per_s": 256 / (batch.median_ms / 1e3),
+            "throughput_streams_images_per_s": 256 / (streamed.median_ms / 1e3), "streams": streams.streams}
 
 
 def measure_step(model: nn.Module, dataset, input_shape, previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -129,7 +133,8 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
     if speed:
         text += (f", ORT throughput {speed['fp32']['throughput_images_per_s']:,.0f} -> "
                  f"{speed['int8']['throughput_images_per_s']:,.0f} img/s at batch 256 "
-                 f"({speed['throughput_speedup']:.2f}x), batch-1 latency {speed['latency_speedup']:.2f}x")
+                 f"({speed['throughput_speedup']:.2f}x; {speed['throughput_speedup_streams']:.2f}x in throughput mode, "
+                 f"{speed['int8']['streams']} single-thread sessions), batch-1 latency {speed['latency_speedup']:.2f}x")
         if speed["throughput_speedup"] < 1.1 and config["mode"] == "int8-dynamic":
             text += " - NOT faster than fp32: the convolutions, which hold most of the MACs, stay fp32"
         elif speed["throughput_speedup"] < 1.1:
@@ -184,6 +189,8 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
             record["onnxruntime"] = {
                 "fp32": fp32, "int8": int8,
                 "throughput_speedup": int8["throughput_images_per_s"] / fp32["throughput_images_per_s"],
+                "throughput_speedup_streams": (int8["throughput_streams_images_per_s"]
+                                               / fp32["throughput_streams_images_per_s"]),
                 "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"]}
         folded = folded or config.name == "fold"
         if not folded and not isinstance(model, OnnxModule):
