@@ -365,3 +365,30 @@ def test_peak_tensor_memory_counts_live_tensors_exactly():
         return b + 1  # a is freed: peak stays at 8 MB
 
     assert peak_tensor_memory(two_steps) == 8_000_000
+
+
+def test_reorder_output_rewrite_only_touches_exclusive_per_tensor_chains():
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from leanvision.measure.runtimes import _reorder_output_to_nhwc
+
+    def graph(perm, extra_consumer=False):
+        nodes = [helper.make_node("ReorderOutput", ["x"], ["r"], domain="com.microsoft.nchwc", channels=16),
+                 helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+                 helper.make_node("Transpose", ["q"], ["t"], perm=perm)]
+        outputs = [helper.make_tensor_value_info("t", TensorProto.UINT8, None)]
+        if extra_consumer:
+            nodes.append(helper.make_node("Identity", ["q"], ["q2"]))
+            outputs.append(helper.make_tensor_value_info("q2", TensorProto.UINT8, None))
+        inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                 helper.make_tensor("z", TensorProto.UINT8, [], [0])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
+        return helper.make_graph(nodes, "g", inputs, outputs, inits)
+
+    g = graph([0, 2, 3, 1])
+    assert _reorder_output_to_nhwc(g) == 1
+    assert [n.op_type for n in g.node] == ["ReorderOutput", "QuantizeLinear"] and g.node[1].output[0] == "t"
+    assert helper.get_attribute_value(next(a for a in g.node[0].attribute if a.name == "channels_last")) == 1
+    assert _reorder_output_to_nhwc(graph([0, 3, 1, 2])) == 0  # another permutation
+    assert _reorder_output_to_nhwc(graph([0, 2, 3, 1], extra_consumer=True)) == 0  # the NCHW tensor is still needed

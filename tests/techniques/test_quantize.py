@@ -33,6 +33,24 @@ def test_static_int8_has_integer_convolutions_after_ort_fusion(int8_run, tmp_pat
     assert coverage["int8"]["conv"] == 3 and coverage["fp32"]["conv"] == 1  # the 1-channel stem stays fp32
 
 
+def test_int8_session_drops_the_stem_transpose_bit_for_bit(int8_run, base_run, tmp_path):
+    import onnxruntime as ort
+
+    from leanvision.measure.runtimes import ort_session
+
+    out, result = int8_run
+    session_kwargs = result["steps"][-1]["quantization"]["session"]
+    rewritten = ort_session(out / "model.onnx", 1, session_kwargs=session_kwargs)
+    assert rewritten.layout_rewrites == 1  # fp32 stem -> ReorderOutput -> QuantizeLinear -> Transpose, fused
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    plain = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"], **session_kwargs)
+    x = torch.randn(37, 1, 28, 28, generator=torch.Generator().manual_seed(0)).numpy()
+    assert (rewritten.run(None, {"input": x})[0] == plain.run(None, {"input": x})[0]).all()
+    fp32 = export_onnx(load_run(base_run).model, (1, 28, 28), tmp_path / "fp32.onnx")
+    assert ort_session(fp32, 1).layout_rewrites == 0  # nothing to rewrite: ORT's own session
+
+
 def test_static_int8_accuracy_close_to_fp32_and_speed_recorded(int8_run):
     _, result = int8_run
     fp32, int8 = result["steps"][0], result["steps"][-1]

@@ -156,14 +156,9 @@ class OnnxRuntime(Runtime):
             providers = [(p, {"device_id": device.index or 0}) for p in gpu] + providers
         elif device.type != "cpu":
             raise LeanvisionError(f"Runtime {self.name!r} supports devices cpu and cuda. Received: device='{device}'.")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: measurement never prints
         with tempfile.TemporaryDirectory(prefix="leanvision-onnx-") as tmp:
             path = export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
-            return [ort.InferenceSession(str(path), sess_options=options, providers=providers,
-                                         **getattr(model, "session_kwargs", {}))  # e.g. an int8 model's
+            return [ort_session(path, threads, providers, getattr(model, "session_kwargs", {}))  # an int8 model's
                     for _ in range(count)]
 
 
@@ -203,6 +198,95 @@ class OnnxRuntimeStreams(OnnxRuntime):
         predict.streams = streams  # type: ignore[attr-defined]
         weakref.finalize(predict, pool.shutdown, wait=False)
         return predict
+
+
+def ort_session(path: str | Path, threads: int, providers: Sequence[Any] = ("CPUExecutionProvider",),
+                session_kwargs: dict[str, Any] | None = None, level: str = "all"):
+    """An ONNX Runtime session with all graph optimizations, `threads` intra-op threads and errors-only logging.
+
+    On the CPU provider one more layout rewrite is applied after ORT's own: ORT's NCHWc convolutions hand an int8
+    part of the graph their output as `ReorderOutput (NCHWc -> NCHW) -> QuantizeLinear -> Transpose (-> NHWC)`, which
+    `ReorderOutput(channels_last=1) -> QuantizeLinear` computes bit for bit without the transpose (ORT fuses that pair
+    only when no QuantizeLinear sits between them). The optimized graph is hardware-specific, so the rewrite is done
+    here, at session creation on the machine that runs it, never stored. When nothing matches (every fp32 model) or
+    anything fails, ORT's own session is returned. `session.layout_rewrites` says how many chains were rewritten.
+    """
+    import onnxruntime as ort
+
+    def options(optimized: str = "", rewritten: bool = False) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if rewritten
+                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
+                                         else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3  # errors only: measurement never prints
+        if optimized:
+            opts.optimized_model_filepath = optimized
+        return opts
+
+    kwargs, providers = dict(session_kwargs or {}), list(providers)
+    if level != "all" or providers != ["CPUExecutionProvider"] or Path(path).stat().st_size > 100_000_000:
+        session = ort.InferenceSession(str(path), sess_options=options(), providers=providers, **kwargs)
+        session.layout_rewrites = 0
+        return session
+    with tempfile.TemporaryDirectory(prefix="leanvision-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        session = ort.InferenceSession(str(path), sess_options=options(str(optimized)), providers=providers, **kwargs)
+        session.layout_rewrites = 0
+        try:
+            import onnx
+
+            graph = onnx.load(str(optimized))
+            count = _reorder_output_to_nhwc(graph.graph)
+            if count:
+                session = ort.InferenceSession(graph.SerializeToString(), sess_options=options(rewritten=True),
+                                               providers=providers)
+                session.layout_rewrites = count
+        except Exception:  # noqa: BLE001 - the rewrite is an optional speed-up; ORT's own session stays correct
+            pass
+        return session
+
+
+def _reorder_output_to_nhwc(graph) -> int:
+    """Rewrite `ReorderOutput -> QuantizeLinear (per tensor) -> Transpose(0, 2, 3, 1)` chains, whose intermediate
+    tensors have no other consumer, as `ReorderOutput(channels_last=1) -> QuantizeLinear`; returns the count."""
+    from onnx import helper
+
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {init.name: init for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    count = 0
+    for reorder in list(graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in reorder.attribute}
+        if reorder.op_type != "ReorderOutput" or attrs.get("channels_last", 0) or reorder.output[0] in outputs:
+            continue
+        (quant, *more) = consumers.get(reorder.output[0], [None, None])
+        if more or quant is None or quant.op_type != "QuantizeLinear" or quant.input[0] != reorder.output[0]:
+            continue
+        scale = initializers.get(quant.input[1])
+        if scale is None or len(scale.dims) != 0 or quant.output[0] in outputs:  # per-tensor only
+            continue
+        (transpose, *more) = consumers.get(quant.output[0], [None, None])
+        if more or transpose is None or transpose.op_type != "Transpose":
+            continue
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        if perm != [0, 2, 3, 1]:
+            continue
+        for attr in reorder.attribute:
+            if attr.name == "channels_last":
+                attr.i = 1
+        if "channels_last" not in attrs:
+            reorder.attribute.append(helper.make_attribute("channels_last", 1))
+        quant.output[0] = transpose.output[0]
+        graph.node.remove(transpose)
+        stale = {reorder.output[0], transpose.input[0]}  # their recorded NCHW shapes no longer hold
+        for info in [v for v in graph.value_info if v.name in stale]:
+            graph.value_info.remove(info)
+        count += 1
+    return count
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path, opset: int = 17) -> Path:
