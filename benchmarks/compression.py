@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--seeds", type=int, default=3, help="distillation seeds")
     parser.add_argument("--student-epochs", type=int, default=3, help="distillation student training epochs")
+    parser.add_argument("--alpha", type=float, default=0.5, help="distillation soft-target weight")
+    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     parser.add_argument("--dataset", default="mnist", help="mnist (the benchmark) or digits (a quick smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "compression.json"))
     args = parser.parse_args()
@@ -136,10 +138,11 @@ def main() -> None:
         cfg = RunConfig(model="compact", model_kwargs={"width": 4}, data=DataConfig(args.dataset, args.data_dir),
                         train=dataclasses.replace(student_train, seed=seed))
         alone.append(train_run(cfg, work / f"alone{seed}", progress=False, dataset=dataset)["test_accuracy"])
-        kd = distillation_loss(teacher, alpha=0.5, temperature=4.0)
+        kd = distillation_loss(teacher, alpha=args.alpha, temperature=args.temperature)
         distilled.append(train_run(cfg, work / f"kd{seed}", progress=False, dataset=dataset,
                                    loss_fn=kd)["test_accuracy"])
-    distill_row = {"student": f"compact width=4, {args.student_epochs} epochs",
+    distill_row = {"student": f"compact width=4, {args.student_epochs} epochs", "alpha": args.alpha,
+                   "temperature": args.temperature,
                    "teacher_accuracy": base["test_accuracy"], "alone": alone, "distilled": distilled,
                    "alone_mean": statistics.mean(alone), "distilled_mean": statistics.mean(distilled),
                    "gain_pp": (statistics.mean(distilled) - statistics.mean(alone)) * 100}
