@@ -12,6 +12,9 @@ fp32 with the pooling right after it: its int8 kernel measured 5x slower than th
 256 MNIST images), because a 9-long dot product cannot amortize the int8 packing. ORT's QDQ propagation would move
 the first quantize node above that pooling and run it in a slow 8-bit NCHW kernel, so the session disables
 `QDQPropagationTransformer` for such models (stored in model.json, applied by `OnnxModule` and the ORT runtime).
+ORT then hands the fp32 stem's output to the int8 part as `ReorderOutput -> QuantizeLinear -> Transpose`; sessions
+made by leanvision (`measure.ort_session`) fuse that transpose into the ReorderOutput at load time, bit for bit (the
+transpose cost more than the int8 GlobalAveragePool, Gemm and quantize steps together at 2 threads).
 A global average pool written as ReduceMean is rewritten as GlobalAveragePool first (same numbers): ORT has an int8
 NHWC kernel for the latter only, which saves a dequantize and a transpose of the last feature map.
 
