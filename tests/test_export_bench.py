@@ -88,7 +88,8 @@ def test_cli_bench_all_json_rows_cost_and_energy(digits_run, capsys, monkeypatch
     for row in rows:
         assert set(ROW_KEYS) <= set(row)
     ok = {(r["runtime"], r["batch_size"]): r for r in rows if r["status"] == "ok"}
-    assert set(ok) == {("torch", 1), ("torch", 32), ("onnxruntime", 1), ("onnxruntime", 32)} | (
+    assert set(ok) == {("torch", 1), ("torch", 32), ("onnxruntime", 1), ("onnxruntime", 32),
+                       ("onnxruntime-streams", 1), ("onnxruntime-streams", 32)} | (
         {("openvino", 1), ("openvino", 32)} if HAS_OPENVINO else set())
     for r in ok.values():
         assert r["precision"] == "fp32" and r["device"] == "cpu" and r["threads"] >= 1
@@ -99,6 +100,8 @@ def test_cli_bench_all_json_rows_cost_and_energy(digits_run, capsys, monkeypatch
         energy = r["energy_per_image_j"]
         assert energy == "not measurable here" or (isinstance(energy, float) and energy >= 0)
     assert ok[("torch", 1)]["accuracy"] == ok[("onnxruntime", 1)]["accuracy"]
+    assert abs(ok[("onnxruntime-streams", 32)]["accuracy"] - ok[("onnxruntime", 1)]["accuracy"]) <= 0.002
+    assert ok[("onnxruntime-streams", 32)]["streams"] == torch.get_num_threads()
     unavailable = {r["runtime"]: r["status"] for r in rows if r["status"] != "ok"}
     assert unavailable["torch-compile"] == "unavailable: disabled for this test"
     if not HAS_OPENVINO:
