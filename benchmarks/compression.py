@@ -15,7 +15,8 @@ In one process: train `compact` (3 epochs, Adam 3e-3, onecycle), then
       so the per-seed differences are paired; mean test accuracy over 3 seeds (target: distilled > alone).
       Students smaller than the teacher in both parameters and MACs (compact width 4 or 8: 2k/9k parameters) did not
       gain beyond seed noise (width 4, 6 epochs: +0.06 pp mean at 1 thread, -0.07 pp at 2 threads; width 8,
-      6 epochs: +0.04 and -0.04 pp on two seeds): they cannot fit the teacher's function (the "capacity gap"); 1-3 epoch schedules gained less or lost.
+      6 epochs: +0.04 and -0.04 pp on two seeds): they cannot fit the teacher's function (the "capacity gap");
+      1-3 epoch schedules gained less or lost.
 Speeds are measured with leanvision's own runtimes and `measure_latency`, fp32 and int8 interleaved over several
 rounds; each speed-up is the median over rounds of the ratio within a round, because the VM's CPU capacity drifts.
 
@@ -48,12 +49,15 @@ SHAPE = (1, 28, 28)
 
 
 def speeds(models: dict[str, tuple[torch.nn.Module, str]], batch_size: int, rounds: int) -> dict[str, list[float]]:
-    """Images/s of each `label: (model, runtime)` in each of `rounds` interleaved rounds (median of 20 calls each)."""
+    """Images/s of each `label: (model, runtime)` in each of `rounds` interleaved rounds (median of 20 calls each).
+
+    Every round prepares fresh sessions: one ORT session can be 30% faster or slower than another of the same model
+    for its whole life (measured here), so a speed-up from a single pair of sessions would be a coin toss."""
     x = torch.randn((batch_size, *SHAPE), generator=torch.Generator().manual_seed(0))
-    predicts = {label: get_runtime(runtime).prepare(m, x[:2]) for label, (m, runtime) in models.items()}
     repeats = 20 if batch_size > 1 else 200
     per_round: dict[str, list[float]] = {label: [] for label in models}
     for _ in range(rounds):
+        predicts = {label: get_runtime(runtime).prepare(m, x[:2]) for label, (m, runtime) in models.items()}
         for label, predict in predicts.items():
             stats = measure_latency(lambda: predict(x), warmup=3, repeats=repeats)
             per_round[label].append(batch_size / (stats.median_ms / 1e3))
