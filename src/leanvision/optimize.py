@@ -100,6 +100,22 @@ def ort_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int 
             "throughput_streams_images_per_s": 256 / (streamed.median_ms / 1e3), "streams": streams.streams}
 
 
+def step_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int = 50) -> dict[str, dict[str, float]]:
+    """Batch-1 median latency and batch-256 throughput of a step's model on each CPU runtime that can run it (torch
+    eager for fp32 models, ONNX Runtime for all), measured as `study.measure_variant` does."""
+    generator = torch.Generator().manual_seed(0)
+    x1, x256 = torch.randn((1, *input_shape), generator=generator), torch.randn((256, *input_shape),
+                                                                                generator=generator)
+    speeds = {}
+    for name in (("onnxruntime",) if isinstance(model, OnnxModule) else ("torch", "onnxruntime")):
+        predict = get_runtime(name).prepare(model, x1, precision="fp32", device="cpu")
+        latency = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
+        batch = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
+        speeds[name] = {"latency_b1_median_ms": latency.median_ms,
+                        "throughput_images_per_s": 256 / (batch.median_ms / 1e3)}
+    return speeds
+
+
 def measure_step(model: nn.Module, dataset, input_shape, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Parameters, MACs, file size and test accuracy of the model after a step (int8: of its ONNX file)."""
     accuracy, correct, total = _accuracy(model, dataset)
@@ -129,6 +145,10 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
     text = (f"{label}: {before['params']:,} -> {step['params']:,} params, {before['macs'] / 1e6:.2f}M -> "
             f"{step['macs'] / 1e6:.2f}M MACs, file {before['file_bytes'] / 1e3:,.1f} -> "
             f"{step['file_bytes'] / 1e3:,.1f} kB, accuracy {(step['accuracy'] - before['accuracy']) * 100:+.2f} pp")
+    if step["step"] != "quantize" and before.get("speed") and step.get("speed"):
+        ratios = {name: speed["throughput_images_per_s"] / before["speed"][name]["throughput_images_per_s"]
+                  for name, speed in step["speed"].items() if name in before["speed"]}
+        text += ", throughput at batch 256 " + ", ".join(f"{name} {r:.2f}x" for name, r in ratios.items())
     speed = step.get("onnxruntime")
     if speed:
         text += (f", ORT throughput {speed['fp32']['throughput_images_per_s']:,.0f} -> "
@@ -176,7 +196,8 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
                              num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
                              **meta.get("model_kwargs", {}))
     model: nn.Module = run.model.cpu().eval()
-    current = {"step": "source", "run": str(src), **measure_step(model, dataset, shape)}
+    current = {"step": "source", "run": str(src), **measure_step(model, dataset, shape),
+               "speed": step_speed(model, shape, repeats)}
     steps, overrides, folded = [current], {}, False
     for config in configs:
         ctx.info, ctx.notes = {}, []
@@ -192,6 +213,10 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
                 "throughput_speedup_streams": (int8["throughput_streams_images_per_s"]
                                                / fp32["throughput_streams_images_per_s"]),
                 "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"]}
+            record["speed"] = {"onnxruntime": {k: int8[k] for k in ("latency_b1_median_ms",
+                                                                     "throughput_images_per_s")}}
+        else:
+            record["speed"] = step_speed(model, shape, repeats)
         folded = folded or config.name == "fold"
         if not folded and not isinstance(model, OnnxModule):
             overrides = shape_overrides(model, reference)
@@ -226,7 +251,7 @@ def step_table(result: dict[str, Any]) -> str:
     """A plain-text table of the steps plus their notes, for the CLI."""
     lines = [f"{'step':<10}{'params':>10}{'MACs':>12}{'accuracy':>10}{'file kB':>10}{'ORT img/s@256':>15}"]
     for s in result["steps"]:
-        ort = s.get("onnxruntime", {}).get("int8", {}).get("throughput_images_per_s")
+        ort = s.get("speed", {}).get("onnxruntime", {}).get("throughput_images_per_s")
         lines.append(f"{s['step']:<10}{s['params']:>10,}{s['macs']:>12,}{s['accuracy']:>10.4f}"
                      f"{s['file_bytes'] / 1e3:>10,.1f}{f'{ort:,.0f}' if ort else '':>15}")
     lines += [f"- {s['summary']}" for s in result["steps"][1:]]

@@ -61,6 +61,10 @@ def test_pruned_run_saved_and_reloaded_gives_identical_outputs(base_run, tmp_pat
     source = result["steps"][0]
     assert prune_step["params"] < source["params"] / 3 and prune_step["macs"] < source["macs"] / 3
     assert "prune 50% (structured, l1)" in prune_step["summary"]
+    for step in result["steps"]:  # every step measured on every CPU runtime that can run it
+        assert set(step["speed"]) == {"torch", "onnxruntime"}
+        assert all(s["throughput_images_per_s"] > 0 and s["latency_b1_median_ms"] > 0 for s in step["speed"].values())
+    assert "throughput at batch 256 torch" in prune_step["summary"] and "onnxruntime" in prune_step["summary"]
 
 
 def test_unstructured_prune_reports_sparsity_and_no_speed_change():

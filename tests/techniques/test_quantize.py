@@ -60,6 +60,7 @@ def test_static_int8_accuracy_close_to_fp32_and_speed_recorded(int8_run):
     assert speed["int8"]["throughput_images_per_s"] > 0 and speed["fp32"]["latency_b1_median_ms"] > 0
     assert "quantize int8" in int8["summary"] and "ORT throughput" in int8["summary"]
     assert "in throughput mode" in int8["summary"] and int8["onnxruntime"]["throughput_speedup_streams"] > 0
+    assert set(int8["speed"]) == {"onnxruntime"} and set(fp32["speed"]) == {"torch", "onnxruntime"}
 
 
 def test_int8_run_loads_as_onnx_module_and_runs_on_onnxruntime_only(int8_run, tmp_path, digits):
