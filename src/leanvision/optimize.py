@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import LeanvisionError
 from .io import read_json, save_weights, write_json
-from .measure import count_macs, count_params, get_runtime, measure_latency
+from .measure import RUNTIMES, count_macs, count_params, get_runtime, measure_latency, speed_b1_b256
 from .models import create_model
 from .runs import config_from_run, load_run
 from .techniques import (
@@ -86,34 +86,23 @@ def _accuracy(model: nn.Module, dataset) -> tuple[float, int, int]:
 
 
 def ort_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int = 50) -> dict[str, float]:
-    """ONNX Runtime batch-1 median latency and batch-256 throughput, measured as `study.measure_variant` does, plus
+    """ONNX Runtime batch-1 latency and batch-256 throughput (`speed_b1_b256`, as the study measures), plus
     batch-256 throughput in throughput mode (`onnxruntime-streams`: one single-thread session per thread)."""
-    generator = torch.Generator().manual_seed(0)
-    x1, x256 = torch.randn((1, *input_shape), generator=generator), torch.randn((256, *input_shape),
-                                                                                generator=generator)
-    predict = get_runtime("onnxruntime").prepare(model, x1, precision="fp32", device="cpu")
-    latency = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
-    batch = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
-    streams = get_runtime("onnxruntime-streams").prepare(model, x1, precision="fp32", device="cpu")
+    x = torch.zeros((2, *input_shape))
+    speed = speed_b1_b256(get_runtime("onnxruntime").prepare(model, x), input_shape, repeats)
+    streams = get_runtime("onnxruntime-streams").prepare(model, x)
+    x256 = torch.randn((256, *input_shape), generator=torch.Generator().manual_seed(0))
     streamed = measure_latency(lambda: streams(x256), warmup=2, repeats=max(5, repeats // 5))
-    return {"latency_b1_median_ms": latency.median_ms, "throughput_images_per_s": 256 / (batch.median_ms / 1e3),
-            "throughput_streams_images_per_s": 256 / (streamed.median_ms / 1e3), "streams": streams.streams}
+    return {**speed, "throughput_streams_images_per_s": 256 / (streamed.median_ms / 1e3), "streams": streams.streams}
 
 
 def step_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int = 50) -> dict[str, dict[str, float]]:
-    """Batch-1 median latency and batch-256 throughput of a step's model on each CPU runtime that can run it (torch
-    eager for fp32 models, ONNX Runtime for all), measured as `study.measure_variant` does."""
-    generator = torch.Generator().manual_seed(0)
-    x1, x256 = torch.randn((1, *input_shape), generator=generator), torch.randn((256, *input_shape),
-                                                                                generator=generator)
-    speeds = {}
-    for name in (("onnxruntime",) if isinstance(model, OnnxModule) else ("torch", "onnxruntime")):
-        predict = get_runtime(name).prepare(model, x1, precision="fp32", device="cpu")
-        latency = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
-        batch = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
-        speeds[name] = {"latency_b1_median_ms": latency.median_ms,
-                        "throughput_images_per_s": 256 / (batch.median_ms / 1e3)}
-    return speeds
+    """`speed_b1_b256` of a step's model on each CPU runtime that can run it: torch eager and ONNX Runtime for fp32
+    models, ONNX Runtime for int8 ONNX models."""
+    x = torch.zeros((2, *input_shape))
+    names = [name for name in ("torch", "onnxruntime") if not isinstance(model, OnnxModule)
+             or RUNTIMES.get(name).onnx_models]
+    return {name: speed_b1_b256(get_runtime(name).prepare(model, x), input_shape, repeats) for name in names}
 
 
 def measure_step(model: nn.Module, dataset, input_shape, previous: dict[str, Any] | None = None) -> dict[str, Any]:

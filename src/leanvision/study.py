@@ -24,15 +24,16 @@ from .data import load_dataset
 from .errors import LeanvisionError
 from .io import read_json, write_json
 from .measure import (
+    RUNTIMES,
     count_macs,
     count_params,
     environment,
     file_bytes,
     get_runtime,
     mean_std,
-    measure_latency,
     peak_tensor_memory,
     predict_batches,
+    speed_b1_b256,
     weight_bytes,
     wilson_interval,
 )
@@ -230,7 +231,7 @@ def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str
     model, shape = run.model.eval().cpu(), run.input_shape
     onnx_file = getattr(model, "onnx_path", None)  # an int8 run: ONNX Runtime only; counts come from model.json
     if onnx_file is not None:
-        runtimes = [name for name in runtimes if name.startswith("onnxruntime")]
+        runtimes = [name for name in runtimes if RUNTIMES.get(name).onnx_models]
     normalize = normalizer(ds.mean, ds.std, torch.device("cpu"))
     x_test = normalize(ds.test.images)
     generator = torch.Generator().manual_seed(0)
@@ -247,12 +248,10 @@ def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str
                       unavailable_runtimes={"torch": "int8 ONNX model: runs in ONNX Runtime only"})
     for name in runtimes:
         predict = get_runtime(name).prepare(model, x1, precision="fp32", device=torch.device("cpu"))
-        lat = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
-        thr = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
+        speed = speed_b1_b256(predict, shape, repeats)
         logits = predict_batches(predict, x_test, batch_size=256)
         record["runtimes"][name] = {
-            "latency_b1_median_ms": lat.median_ms, "latency_b1_p95_ms": lat.p95_ms,
-            "throughput_images_per_s": 256 / (thr.median_ms / 1e3),
+            **speed,
             "accuracy": (logits.argmax(1) == ds.test.labels).float().mean().item(),
             "precision": "fp32" if onnx_file is None else "int8", "device": "cpu", "threads": torch.get_num_threads(),
         }

@@ -17,6 +17,7 @@ from .runtimes import (
     get_runtime,
     measure_runtime,
     predict_batches,
+    speed_b1_b256,
 )
 from .stats import mean_std, wilson_interval
 from .timing import LatencyStats, measure_latency, measure_throughput
@@ -41,6 +42,7 @@ __all__ = [
     "peak_memory",
     "peak_tensor_memory",
     "predict_batches",
+    "speed_b1_b256",
     "wilson_interval",
     "weight_bytes",
 ]

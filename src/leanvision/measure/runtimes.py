@@ -40,6 +40,7 @@ class Runtime:
     name: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     host_input: ClassVar[bool] = False  # True: reads inputs from CPU memory, so benchmarks keep inputs on the CPU
+    onnx_models: ClassVar[bool] = False  # True: also runs int8 ONNX runs (`OnnxModule`) from `leanvision optimize`
 
     def is_available(self) -> tuple[bool, str]:
         """Whether the runtime can be used here, and why not (an install hint) when it cannot."""
@@ -113,6 +114,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     host_input = True
+    onnx_models = True
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -201,10 +203,11 @@ class OnnxRuntimeStreams(OnnxRuntime):
 
 
 def ort_session(path: str | Path, threads: int, providers: Sequence[Any] = ("CPUExecutionProvider",),
-                session_kwargs: dict[str, Any] | None = None, level: str = "all"):
-    """An ONNX Runtime session with all graph optimizations, `threads` intra-op threads and errors-only logging.
+                session_kwargs: dict[str, Any] | None = None, level: str = "all", optimized_path: str | None = None):
+    """An ONNX Runtime session with all (`level="extended"`: portable) graph optimizations, `threads` intra-op
+    threads and errors-only logging; with `optimized_path`, ORT's optimized graph is written there as is.
 
-    On the CPU provider one more layout rewrite is applied after ORT's own: ORT's NCHWc convolutions hand an int8
+    Otherwise, on the CPU provider, one more layout rewrite follows ORT's own: ORT's NCHWc convolutions hand an int8
     part of the graph their output as `ReorderOutput (NCHWc -> NCHW) -> QuantizeLinear -> Transpose (-> NHWC)`, which
     `ReorderOutput(channels_last=1) -> QuantizeLinear` computes bit for bit without the transpose (ORT fuses that pair
     only when no QuantizeLinear sits between them). The optimized graph is hardware-specific, so the rewrite is done
@@ -213,7 +216,7 @@ def ort_session(path: str | Path, threads: int, providers: Sequence[Any] = ("CPU
     """
     import onnxruntime as ort
 
-    def options(optimized: str = "", rewritten: bool = False) -> ort.SessionOptions:
+    def options(optimized: str | None = None, rewritten: bool = False) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if rewritten
                                          else ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
@@ -225,8 +228,9 @@ def ort_session(path: str | Path, threads: int, providers: Sequence[Any] = ("CPU
         return opts
 
     kwargs, providers = dict(session_kwargs or {}), list(providers)
-    if level != "all" or providers != ["CPUExecutionProvider"] or Path(path).stat().st_size > 100_000_000:
-        session = ort.InferenceSession(str(path), sess_options=options(), providers=providers, **kwargs)
+    if (optimized_path or level != "all" or providers != ["CPUExecutionProvider"]
+            or Path(path).stat().st_size > 100_000_000):
+        session = ort.InferenceSession(str(path), sess_options=options(optimized_path), providers=providers, **kwargs)
         session.layout_rewrites = 0
         return session
     with tempfile.TemporaryDirectory(prefix="leanvision-ort-") as tmp:
@@ -406,6 +410,22 @@ def measure_runtime(
             record["streams"] = predict.streams
         records.append(record)
     return records
+
+
+def speed_b1_b256(predict: Predict, input_shape: tuple[int, int, int], repeats: int = 50) -> dict[str, float]:
+    """Batch-1 latency (median, p95) and batch-256 throughput of `predict` on seeded random inputs, the two speeds
+    the study and `leanvision optimize` report: `latency_b1_median_ms`, `latency_b1_p95_ms`,
+    `throughput_images_per_s` (from the median batch-256 call; `max(5, repeats // 5)` calls after 2 warm-ups).
+
+    Example: `speed_b1_b256(get_runtime("onnxruntime").prepare(model, x), (1, 28, 28))`.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x1 = torch.randn((1, *input_shape), generator=generator)
+    x256 = torch.randn((256, *input_shape), generator=generator)
+    latency = measure_latency(lambda: predict(x1), warmup=10, repeats=repeats)
+    batch = measure_latency(lambda: predict(x256), warmup=2, repeats=max(5, repeats // 5))
+    return {"latency_b1_median_ms": latency.median_ms, "latency_b1_p95_ms": latency.p95_ms,
+            "throughput_images_per_s": 256 / (batch.median_ms / 1e3)}
 
 
 def predict_batches(fn: Predict, images_float: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:

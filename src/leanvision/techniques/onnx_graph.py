@@ -19,22 +19,11 @@ _FLOAT_OPS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "dense", "FusedGemm":
 
 def make_session(path: str | Path, session_kwargs: dict[str, Any] | None = None, optimized_path: str | None = None,
                  level: str = "all"):
-    """An ORT CPU session like the measurement runtime's (`measure.ort_session`): all graph optimizations, torch's
-    thread count, quiet. With `optimized_path`, ORT's optimized graph is written there (and no rewrite is applied)."""
-    import onnxruntime as ort
-
+    """`measure.ort_session` on the CPU with torch's thread count: the same session the measurement runtime opens."""
     from ..measure.runtimes import ort_session
 
-    if not optimized_path:
-        return ort_session(path, torch.get_num_threads(), session_kwargs=session_kwargs, level=level)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
-                                        else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
-                                **(session_kwargs or {}))
+    return ort_session(path, torch.get_num_threads(), session_kwargs=session_kwargs, level=level,
+                       optimized_path=optimized_path)
 
 
 def graph_coverage(onnx_path: str | Path, session_kwargs: dict | None = None) -> dict[str, Any]:
