@@ -1,9 +1,12 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("LEANVISION_OFFLINE", "1")  # tests never download
+# Decoded-image cache entries written by tests go to a throwaway folder, never to the user's cache.
+os.environ["LEANVISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="leanvision-test-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .cache import cache_dir, decode_files_cached, probe_files_cached
 from .core import Dataset, ImageSet, SplitLike, finalize, size_to_source, split_test
-from .images import GRAY_MODES, IMAGE_EXTENSIONS, check_channels, decode_files, probe_files
+from .images import GRAY_MODES, IMAGE_EXTENSIONS, check_channels
 from .streaming import StreamingImageSet
 
 #: Above this decoded size (count x C x H x W bytes) a folder is streamed instead of held in memory.
@@ -75,7 +76,7 @@ def _resolve_shape(paths: list[str], image_size: tuple[int, int] | None, channel
     notes: list[str] = []
     if image_size is not None and channels is not None:
         return image_size, check_channels(channels), notes
-    infos = probe_files(paths)
+    infos = probe_files_cached(paths)
     sizes, modes = set(), set()
     for i, (info, err) in enumerate(infos):
         if info is None:
@@ -155,7 +156,9 @@ def load_folder(root: Path, *, name: str, image_size: tuple[int, int] | None, ch
         everything: SplitLike = StreamingImageSet(paths, labels_t, size, channels, strict=strict)
     else:
         idx = np.flatnonzero(good)
-        images, ok, errors = decode_files([paths[i] for i in idx], size, channels)
+        images, ok, errors, cached = decode_files_cached([paths[i] for i in idx], size, channels)
+        if cached == "hit":
+            notes.append(f"decoded images read from the cache in {cache_dir()} (files unchanged since last run)")
         for j in np.flatnonzero(~ok):
             bad[int(idx[j])] = errors[j]
         _handle_unreadable(bad, paths, root, strict, notes)
