@@ -1,7 +1,8 @@
 """The `leanvision` command: each subcommand parses its flags and calls one library function.
 
 `main(argv) -> int` returns an exit code (0 ok, 1 failed, 2 bad input, 130 interrupted) so tests can call it directly.
-User mistakes print one line, `error: ...`, never a traceback (set LEANVISION_DEBUG=1 to see one).
+User mistakes print one line, `error: ...`, never a traceback (set LEANVISION_DEBUG=1 to see one). `leanvision` with no
+command prints the command list and exits 0.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import sys
 import tokenize
 from typing import Any, get_type_hints
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 
+from . import __version__
+from .cliparse import command_list, explain, polish, suggest_key, unknown_command
 from .config import DataConfig, RunConfig, TrainConfig
 from .errors import LeanvisionError
 
@@ -49,9 +52,11 @@ def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: tuple[str, ...]
             continue
         flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{helps.get(f.name, '')} (default: {default})"
+        text = helps.get(f.name, "") + (f" (default: {default})" if default is not None and default is not False else "")
         if hints[f.name] is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=text)
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
+                                default=None, help=f"turn {flags[0]} off (e.g. when --config or a recipe turns it on)")
         else:
             base = hints[f.name]
             kind = next((t for t in (int, float, str) if base is t or t in getattr(base, "__args__", ())), str)
@@ -78,26 +83,95 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def cmd_train(ns: Any) -> int:
-    from .runs import train_run
+CONFIG_FILE_KEYS = ("model", "recipe", "model_kwargs", "out")  # besides every DataConfig and TrainConfig field
 
-    model, model_kwargs = ns.model, _json_arg(ns.model_kwargs, "--model-kwargs")
-    data_values, train_values = _values(ns, DataConfig), _values(ns, TrainConfig)
+
+def _config_file_values(path: str) -> dict[str, Any]:
+    """The options of a `--config` file (YAML or JSON): flat, a run's nested layout, or a run's own config.json."""
+    import yaml
+
+    from .config import check_value_types, flatten_config
+
+    where = f"--config {path}"
+    if not os.path.isfile(path):
+        raise LeanvisionError(f"Config file {path} not found. Expected a YAML/JSON file of train options, e.g. a "
+                              "run's config.json.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LeanvisionError(f"Invalid YAML in {where}: {str(e).splitlines()[0]}.") from None
+    values = flatten_config(data if data is not None else {}, where)
+    known = [*CONFIG_FILE_KEYS, *(f.name for cls in (DataConfig, TrainConfig) for f in dataclasses.fields(cls))]
+    for key in values:
+        if key not in known:
+            raise LeanvisionError(f"{where}: unknown option {key!r}{suggest_key(key, known)} Expected some of: "
+                                  f"{', '.join(known)}.")
+    check_value_types(values, where)
+    if isinstance(values.get("model_kwargs"), str):
+        values["model_kwargs"] = _json_arg(values["model_kwargs"], "model_kwargs")
+    if values.get("model_kwargs") is not None and not isinstance(values["model_kwargs"], dict):
+        raise LeanvisionError(f"{where}: `model_kwargs` must be a mapping, e.g. {{width: 16}}.")
+    return values
+
+
+def resolve_train_config(ns: Any) -> tuple[RunConfig, str, Any]:
+    """The RunConfig `train` will run, the run directory, and the dataset if it was loaded already (for a recipe).
+
+    Precedence: explicit flags > --config file > recipe > (with --resume) the run's stored config > defaults.
+    """
+    from .config import flatten_config
+    from .io import read_json
+
+    requested = _config_file_values(ns.config) if ns.config else {}
+    if ns.model is not None:
+        requested["model"] = ns.model
+    if ns.model_kwargs is not None:
+        requested["model_kwargs"] = _json_arg(ns.model_kwargs, "--model-kwargs")
+    requested.update(_values(ns, DataConfig))
+    requested.update(_values(ns, TrainConfig))
+    recipe = ns.recipe or requested.pop("recipe", None)
+    requested.pop("recipe", None)
+    out = ns.out or requested.pop("out", None) or os.path.join(
+        "runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(str(requested.get("model", RunConfig.model)))))
+    requested.pop("out", None)
+    stored: dict[str, Any] = {}
+    if ns.resume and os.path.isfile(os.path.join(out, "config.json")):  # resume reads the run's own config
+        stored = flatten_config(read_json(os.path.join(out, "config.json")), f"{out}/config.json")
+    data_names = [f.name for f in dataclasses.fields(DataConfig)]
     dataset = None
-    if ns.recipe:  # the recipe fills every setting not given explicitly; it needs the data's shape
+    if recipe:  # the recipe fills every setting not given explicitly; it needs the data's shape
         from .data import load_dataset
         from .recipes import resolve_recipe
         from .runs import _data_kwargs
 
-        dataset = load_dataset(**_data_kwargs(RunConfig(data=DataConfig(**data_values))))
-        recipe = resolve_recipe(ns.recipe, dataset.input_shape, train_values.get("device", "auto"))
-        if model is None:
-            model, model_kwargs = recipe.model, {**recipe.model_kwargs, **model_kwargs}
-        train_values = {**recipe.train, **train_values}
-    cfg = RunConfig(model=model or RunConfig.model, model_kwargs=model_kwargs,
-                    data=DataConfig(**data_values), train=TrainConfig(**train_values))
-    out = ns.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(cfg.model)))
-    result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress, dataset=dataset)
+        merged = {**stored, **requested}
+        dataset = load_dataset(**_data_kwargs(RunConfig(data=DataConfig(
+            **{k: merged[k] for k in data_names if k in merged}))))
+        chosen = resolve_recipe(recipe, dataset.input_shape, merged.get("device", "auto"))
+        if "model" not in requested:
+            requested["model"] = chosen.model
+            requested["model_kwargs"] = {**chosen.model_kwargs, **requested.get("model_kwargs", {})}
+        requested = {**chosen.train, **requested}
+    values = {**stored, **requested}  # train_run names any field that differs from the stored run
+    cfg = RunConfig(model=values.get("model", RunConfig.model), model_kwargs=dict(values.get("model_kwargs") or {}),
+                    data=DataConfig(**{k: values[k] for k in data_names if k in values}),
+                    train=TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)
+                                         if f.name in values}))
+    return cfg, out, dataset
+
+
+def cmd_train(ns: Any) -> int:
+    from .runs import train_run
+
+    cfg, out, dataset = resolve_train_config(ns)
+    if ns.print_config:  # the resolved config (recipe applied), in the layout --config reads back
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+        return 0
+    result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress, dataset=dataset,
+                       overwrite=bool(ns.overwrite))
     from .distributed import is_main
 
     if not is_main():  # torchrun: rank 0 alone reports
@@ -106,10 +180,11 @@ def cmd_train(ns: Any) -> int:
         _print_json(result)
     else:
         acc = result.get("test_accuracy")
+        compiled = f"; plus {result['compile_time_s']:.1f} s torch.compile" if "compile_time_s" in result else ""
         test = f"test accuracy {acc:.4f} ({result['test_correct']}/{result['test_total']})" if acc is not None else ""
         print(f"{cfg.model} on {result['dataset']}: {test}, best val accuracy {result['best_val_accuracy']:.4f}, "
               f"{result['epochs_run']} epochs in {result['train_time_s']:.1f} s (fp32 eval, {cfg.train.precision} "
-              f"training) -> {out}")
+              f"training{compiled}) -> {out}")
     return 0
 
 
@@ -188,11 +263,17 @@ def cmd_datasets(ns: Any) -> int:
 def cmd_study(ns: Any) -> int:
     from .study import run_study
 
-    runtimes = tuple(r.strip() for r in ns.runtimes.split(",") if r.strip())
+    runtimes = tuple(r.strip() for r in ns.runtime.split(",") if r.strip())
     study = run_study(dataset=ns.dataset, data_dir=ns.data_dir, plan=ns.plan, epochs=ns.epochs, seeds=ns.seeds,
                       out=ns.out, device=ns.device, precision=ns.precision, runtimes=runtimes, repeats=ns.repeats,
-                      progress=not ns.no_progress, remeasure=ns.remeasure)
+                      progress=not ns.no_progress, remeasure=ns.remeasure, overwrite=ns.overwrite)
     ok = [v for v in study["variants"] if v.get("status") == "ok"]
+    failed = [v for v in study["variants"] if v.get("status") != "ok"]
+    if study.get("report_note"):  # the new report has fewer ok variants: written beside the earlier one
+        print(f"note: {study['report_note']}", file=sys.stderr)
+    if ns.json:
+        _print_json(study)
+        return 1 if failed else 0
     print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
     print(f"{'variant':<16}{'accuracy':>10}{'params':>10}{'MACs':>13}{'b1 ms':>9}{'img/s@256':>11}")
     for v in sorted(ok, key=lambda v: -v["accuracy"]):
@@ -205,7 +286,11 @@ def cmd_study(ns: Any) -> int:
         print("* not runnable by torch (int8 ONNX model): latency and throughput measured on onnxruntime")
     for line in study["findings"]:
         print(f"- {line}")
-    print(f"report: {ns.out}/report.html")
+    print(f"report: {study.get('report_dir', ns.out)}/report.html")
+    if failed:  # the report is written; the exit code says not everything worked
+        print(f"error: {len(failed)} of {len(study['variants'])} variants failed: "
+              + "; ".join(f"{v['name']} ({v.get('error')})" for v in failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -245,10 +330,15 @@ def _device(ns: Any):
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="leanvision", description=__doc__.splitlines()[0], exit_on_error=False)
+    parser.add_argument("--version", action="version", version=f"leanvision {__version__}",
+                        help="print the leanvision version and exit")
     sub = parser.add_subcommands(dest="command", required=True)
 
     train = ArgumentParser(description="Train a model on a dataset into a run directory.", exit_on_error=False)
-    train.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    train.add_argument("--config", type=str, default=None, help="YAML/JSON file of these options: flat (epochs: 3), or "
+                                                                "a run's config.json to re-run it")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config (recipe and --config "
+                                                                   "applied) as YAML and exit")
     train.add_argument("--model", type=str, default=None, help=f"registered name or spec .yaml/.json (default: "
                                                                 f"{RunConfig.model})")
     train.add_argument("--recipe", type=str, default=None, help="named recipe that picks model, optimizer, schedule, "
@@ -258,64 +348,79 @@ def build_parser() -> ArgumentParser:
     add_dataclass_flags(train, DataConfig)
     add_dataclass_flags(train, TrainConfig)
     train.add_argument("--out", type=str, default=None, help="run directory (default: runs/<model>)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out with its stored config; "
+                                                             "a larger --epochs extends a finished run")
+    train.add_argument("--overwrite", action="store_true", help="replace the run in --out if there is one")
     train.add_argument("--no-progress", action="store_true", help="no live progress bar")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_subcommand("train", train, help="train a model")
 
     evaluate = ArgumentParser(description="Test accuracy, per-class precision/recall, confusion matrix.",
                               exit_on_error=False)
-    evaluate.add_argument("run_dir", type=str)
-    evaluate.add_argument("--split", type=str, default="test", choices=["test", "val", "train"])
-    evaluate.add_argument("--weights", type=str, default="best", choices=["best", "last"])
-    evaluate.add_argument("--data-dir", type=str, default=None)
-    evaluate.add_argument("--device", type=str, default="cpu")
-    evaluate.add_argument("--no-plot", action="store_true")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
+    evaluate.add_argument("--split", type=str, default="test", choices=["test", "val", "train"],
+                          help="which split of the run's dataset")
+    evaluate.add_argument("--weights", type=str, default="best", choices=["best", "last"],
+                          help="best (validation) or last epoch's weights")
+    evaluate.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
+    evaluate.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    evaluate.add_argument("--no-plot", action="store_true", help="do not write the confusion matrix PNG")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     sub.add_subcommand("evaluate", evaluate, help="evaluate a run on its test split")
 
     predict = ArgumentParser(description="Classify image files with a trained run.", exit_on_error=False)
-    predict.add_argument("run_dir", type=str)
-    predict.add_argument("images", nargs="*", type=str)
-    predict.add_argument("--top-k", type=int, default=1)
-    predict.add_argument("--weights", type=str, default="best", choices=["best", "last"])
-    predict.add_argument("--device", type=str, default="cpu")
-    predict.add_argument("--json", action="store_true")
+    predict.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
+    predict.add_argument("images", nargs="*", type=str, help="image files to classify")
+    predict.add_argument("--top-k", type=int, default=1, help="classes shown per image, most probable first")
+    predict.add_argument("--weights", type=str, default="best", choices=["best", "last"],
+                         help="best (validation) or last epoch's weights")
+    predict.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     sub.add_subcommand("predict", predict, help="classify image files")
 
     models = ArgumentParser(description="List registered models with parameters and MACs.", exit_on_error=False)
-    models.add_argument("pattern", nargs="?", type=str, default="*")
-    models.add_argument("--input-shape", type=str, default="1,28,28", help="C,H,W")
-    models.add_argument("--num-classes", type=int, default=10)
-    models.add_argument("--json", action="store_true")
+    models.add_argument("pattern", nargs="?", type=str, default="*", help="model names to list (glob, e.g. 'seed*')")
+    models.add_argument("--input-shape", type=str, default="1,28,28", help="input C,H,W for the counts")
+    models.add_argument("--num-classes", type=int, default=10, help="classes of the output layer")
+    models.add_argument("--json", action="store_true", help="print the table as JSON")
     sub.add_subcommand("models", models, help="list models")
 
     datasets = ArgumentParser(description="List datasets, their sizes and where they are looked for.",
                               exit_on_error=False)
-    datasets.add_argument("--data-dir", type=str, default=None)
-    datasets.add_argument("--json", action="store_true")
+    datasets.add_argument("--data-dir", type=str, default=None, help="where dataset files are looked for "
+                                                                      "(default: $LEANVISION_DATA, else "
+                                                                      "~/.cache/leanvision)")
+    datasets.add_argument("--json", action="store_true", help="print the list as JSON")
     sub.add_subcommand("datasets", datasets, help="list datasets")
 
     study = ArgumentParser(description="Train, measure and compare a plan of variants; write an HTML/MD report.",
                            exit_on_error=False)
-    study.add_argument("--dataset", type=str, default="digits")
-    study.add_argument("--data-dir", type=str, default=None)
+    study.add_argument("--dataset", type=str, default="digits", help="registered name, image folder or .npz file")
+    study.add_argument("--data-dir", type=str, default=None, help="where dataset files live (default: "
+                                                                  "$LEANVISION_DATA, else ~/.cache/leanvision)")
     study.add_argument("--plan", type=str, default="reference", help="reference | quick | plan.yaml")
     study.add_argument("--epochs", type=int, default=None, help="same for every variant (default: 12 for small "
                                                                 "datasets, 3 for large)")
     study.add_argument("--seeds", type=int, default=1, help="train each variant with this many seeds")
-    study.add_argument("--out", type=str, default="study")
-    study.add_argument("--device", type=str, default="cpu")
-    study.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"])
-    study.add_argument("--runtimes", type=str, default="torch,onnxruntime")
+    study.add_argument("--out", type=str, default="study", help="study directory (report, results, variants)")
+    study.add_argument("--device", type=str, default="auto", help="training device: auto | cpu | cuda | cuda:N | mps")
+    study.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="training precision")
+    study.add_argument("--runtime", type=str, default="torch,onnxruntime", help="runtimes to time, comma-separated: "
+                                                                               "torch, torch-compile, onnxruntime, "
+                                                                               "openvino")
+    study.add_argument("--runtimes", dest="runtime", type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     study.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per runtime (after warm-up)")
-    study.add_argument("--no-progress", action="store_true")
+    study.add_argument("--no-progress", action="store_true", help="no live progress output")
     study.add_argument("--remeasure", action="store_true", help="re-time finished variants, keeping their weights")
+    study.add_argument("--overwrite", action="store_true", help="retrain variants in --out trained with another "
+                                                                "config, and replace the report")
+    study.add_argument("--json", action="store_true", help="print the study (results.json's content) as JSON")
     sub.add_subcommand("study", study, help="train and compare a plan of variants (the main job)")
 
     optimize = ArgumentParser(description="Compress a trained run (distill -> prune -> fold -> int8) into a new "
                                           "run, measuring every step.", exit_on_error=False)
-    optimize.add_argument("run_dir", type=str)
+    optimize.add_argument("run_dir", type=str, help="trained run directory to compress")
     optimize.add_argument("--prune", type=float, default=None, help="fraction of channels removed per layer (0-1)")
     optimize.add_argument("--prune-method", type=str, default="l1", help="l1 | l2 (weight norm) | bn (BN scale)")
     optimize.add_argument("--unstructured", type=float, default=None,
@@ -329,16 +434,16 @@ def build_parser() -> ArgumentParser:
     optimize.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning after pruning / QAT epochs")
     optimize.add_argument("--calibration-size", type=int, default=512, help="int8: calibration images")
     optimize.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers (when not quantizing)")
-    optimize.add_argument("--data-dir", type=str, default=None)
+    optimize.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
     optimize.add_argument("--out", type=str, required=True, help="new run directory")
     optimize.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    optimize.add_argument("--no-progress", action="store_true")
-    optimize.add_argument("--json", action="store_true")
+    optimize.add_argument("--no-progress", action="store_true", help="no live progress output")
+    optimize.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_subcommand("optimize", optimize, help="prune, distill, fold and quantize a trained run")
 
     for name, register in _EXTRA_COMMANDS.items():
         register(sub)
-    return parser
+    return polish(parser)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
@@ -367,12 +472,23 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if not argv:  # bare `leanvision`: the command list, exit 0
+        print(command_list(parser))
+        return 0
+    if argv[0] == "--version":
+        print(f"leanvision {__version__}")
+        return 0
+    if not argv[0].startswith("-") and unknown_command(parser, argv[0]):
+        print(f"error: {unknown_command(parser, argv[0])}", file=sys.stderr)
+        return 2
     try:
         ns = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or jsonargparse's own exit
+    except SystemExit as e:  # --help, --version, or jsonargparse's own exit
         return int(e.code or 0)
     except (argparse.ArgumentError, ValueError, TypeError) as e:
-        print(f"error: {_one_line(e)}. See `leanvision {argv[0] if argv else ''} --help`.", file=sys.stderr)
+        command = next((a for a in argv if not a.startswith("-")), None)
+        see = f"leanvision {command} --help" if command else "leanvision --help"
+        print(f"error: {explain(parser, argv, e)}. See `{see}`.", file=sys.stderr)
         return 2
     command = ns.command
     try:

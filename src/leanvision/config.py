@@ -118,3 +118,66 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
             f"Unknown {cls.__name__} field(s): {', '.join(unknown)}. Expected some of: {', '.join(sorted(names))}."
         )
     return cls(**values)
+
+
+RUN_FILE_KEYS = ("dataset_notes", "environment")  # stored beside `config` in a run's config.json; not options
+
+
+def flatten_config(values: Any, where: str = "config") -> dict[str, Any]:
+    """One flat {option: value} mapping from any config layout leanvision reads or writes.
+
+    Accepted: flat options (`epochs: 3`, `batch-size: 64`), the nested layout a run stores
+    (`model`, `model_kwargs`, `data: {...}`, `train: {...}`), and either wrapped in a top-level `config:` key
+    (a run's own config.json). Hyphens in keys become underscores; the caller checks the keys.
+    """
+    if not isinstance(values, dict):
+        raise LeanvisionError(f"{where} must hold a mapping of options (e.g. `epochs: 3`); received "
+                              f"{type(values).__name__}.")
+    values = dict(values)
+    if isinstance(values.get("config"), dict):  # a run's config.json: {"config": {...}, "dataset_notes": ...}
+        inner = values.pop("config")
+        values = {**{k: v for k, v in values.items() if k not in RUN_FILE_KEYS}, **inner}
+    elif "config" in values:
+        raise LeanvisionError(f"{where}: `config` must be a mapping of options; received {values['config']!r}.")
+    flat: dict[str, Any] = {}
+    for section in ("data", "train"):
+        nested = values.pop(section, None)
+        if nested is None:
+            continue
+        if not isinstance(nested, dict):
+            raise LeanvisionError(f"{where}: `{section}` must be a mapping of options; received {nested!r}.")
+        flat.update(nested)
+    flat.update(values)
+    return {str(k).replace("-", "_"): v for k, v in flat.items()}
+
+
+def check_value_types(values: dict[str, Any], where: str = "config") -> None:
+    """Refuse a value of the wrong type for a DataConfig/TrainConfig field (e.g. `epochs: ten`), in one line."""
+    import typing
+
+    for cls in (DataConfig, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in values or values[f.name] is None:
+                continue
+            value, hint = values[f.name], hints[f.name]
+            allowed = tuple(t for t in getattr(hint, "__args__", (hint,)) if t is not type(None))
+            ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+            if not ok and float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                expected = " or ".join({int: "an integer", float: "a number", str: "a string",
+                                        bool: "true or false"}.get(t, t.__name__) for t in allowed)
+                raise LeanvisionError(f"{where}: `{f.name}` expects {expected}, received {value!r}.")
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The fields where two (nested) config dicts differ, e.g. `["train.epochs 12 -> 3"]`, for one-line errors."""
+    lines = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "model_kwargs":
+            lines += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return lines

@@ -19,11 +19,32 @@ from safetensors.torch import load_file, save_file
 from .errors import LeanvisionError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file beside `path` with the permissions a plain `open(path, "w")` would give (0o666 & ~umask).
+
+    `mkstemp` creates files owner-only (0o600); the final file must not keep that.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -78,10 +99,11 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors re-creates the file owner-only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -11,6 +11,7 @@ A run directory holds everything needed to rebuild, evaluate and deploy the mode
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 
 from . import __version__, distributed
 from .accel.devices import setup_train_device
-from .config import RunConfig
+from .config import RunConfig, config_diff
 from .data import load_dataset
 from .errors import LeanvisionError
 from .io import load_weights, read_json, write_json
@@ -29,6 +30,8 @@ from .models import create_model
 from .train import CHECKPOINT, fit, predict_logits
 
 MODEL_FORMAT = "leanvision-model/1"
+RESUMABLE = {f"train.{k}" for k in ("epochs", "device", "compile", "channels_last", "memory_fraction",
+                                    "expandable_segments")}  # what a resume may change (train._config_for_compare)
 
 
 @dataclass
@@ -86,8 +89,13 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-              interrupt_at_step: int | None = None, dataset=None, loss_fn=None) -> dict[str, Any]:
+              interrupt_at_step: int | None = None, dataset=None, loss_fn=None, overwrite: bool = False
+              ) -> dict[str, Any]:
     """Train `cfg` into `out_dir` and evaluate the best weights on the test split; returns result.json's content.
+
+    `resume=True` continues the run in `out_dir` (a larger `cfg.train.epochs` extends a finished one); only the
+    epochs and speed options (device, compile, channels_last, memory options) may differ from its stored config.
+    `overwrite=True` replaces a run already in `out_dir`.
 
     Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
     """
@@ -95,20 +103,29 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     device = setup_train_device(cfg.train)  # fail fast on a missing device or bad device option, before any write
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
     main = distributed.is_main()  # only rank 0 writes files
+    if resume and overwrite:
+        raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
     if resume and not (out / CHECKPOINT).exists():
         raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
-    if not resume and (out / CHECKPOINT).exists():
-        raise LeanvisionError(f"{out} already holds a run. Use --resume to continue it, or choose another --out.")
+    if not resume and not overwrite and (out / CHECKPOINT).exists():
+        raise LeanvisionError(f"{out} already holds a run. Use --resume to continue it, --overwrite to replace it, "
+                              "or choose another --out.")
+    stored = None
     if resume:
-        saved = read_json(out / "config.json")["config"]
-        if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in cfg.to_dict().items() if k != "train"}:
-            raise LeanvisionError(f"Cannot resume {out}: its model or data config differs from the one given. "
-                                  "Resume with the same options, or start a new --out.")
+        stored = read_json(out / "config.json")
+        differs = [d for d in config_diff(stored["config"], cfg.to_dict()) if d.split(" ")[0] not in RESUMABLE]
+        if differs:
+            raise LeanvisionError(f"Cannot resume {out}: {'; '.join(differs)} (stored -> given). Resume without "
+                                  "those options (the run's own config is used), or start a new --out.")
     torch.manual_seed(cfg.train.seed)
     dataset = dataset if dataset is not None else load_dataset(**_data_kwargs(cfg))
     model = build_model(cfg, dataset)
     meta = model_description(cfg, model, dataset)
+    if overwrite and main and ((out / CHECKPOINT).exists() or (out / "config.json").exists()):
+        shutil.rmtree(out)  # only now: a bad option or missing dataset above leaves the old run in place
     out.mkdir(parents=True, exist_ok=True)
+    if stored is not None and main and stored["config"] != cfg.to_dict():  # e.g. --epochs extends the run
+        write_json(out / "config.json", {**stored, "config": cfg.to_dict()})
     if not resume and main:
         write_json(out / "config.json", {"config": cfg.to_dict(), "dataset_notes": dataset.notes,
                                          "environment": environment(device)})

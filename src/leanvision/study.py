@@ -102,12 +102,15 @@ def _hash(obj: Any) -> str:
 
 
 def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str | dict = "reference",
-              epochs: int | None = None, seeds: int = 1, out: str | Path = "study", device: str = "cpu",
+              epochs: int | None = None, seeds: int = 1, out: str | Path = "study", device: str = "auto",
               precision: str = "fp32", runtimes: tuple[str, ...] = ("torch", "onnxruntime"), repeats: int = 50,
-              progress: bool = True, remeasure: bool = False) -> dict[str, Any]:
+              progress: bool = True, remeasure: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train and measure every variant of `plan` on `dataset`, write the report into `out`; returns the study dict.
 
     `remeasure=True` re-times finished variants (keeping their trained weights), e.g. on a quieter machine.
+    A variant in `out` trained with another config is refused before anything runs, unless `overwrite=True`
+    (which retrains it). A report with fewer ok variants than the one in `out` is written to `out/report-<time>/`
+    instead (`study["report_dir"]`, `study["report_note"]`), unless `overwrite=True`.
 
     Example: `run_study(dataset="digits", plan="quick", epochs=2, out="study-quick")`.
     """
@@ -121,6 +124,11 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir)
     ds = load_dataset(dataset, data_dir)
     epochs = epochs or default_epochs(len(ds.train))
+    if device == "auto":  # stored concretely, so the variants' configs match across machines' defaults
+        from .device import resolve_device
+
+        device = str(resolve_device(device))
+    _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out, overwrite)
     started, tick = datetime.now(timezone.utc), time.perf_counter()
     available = []
     for name in runtimes:
@@ -164,9 +172,57 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     diagnose(study)
     from .report import write_report
 
-    files = write_report(study, out)
+    report_dir = out
+    if (out / "results.json").exists() and not overwrite:  # never replace a good report with a worse one
+        earlier = sum(v.get("status") == "ok" for v in read_json(out / "results.json").get("variants", []))
+        now = sum(v.get("status") == "ok" for v in variants)
+        if now < earlier:
+            report_dir = out / f"report-{started:%Y%m%d-%H%M%S}"
+            study["report_note"] = (f"this run has {now} ok variants, the report in {out} has {earlier}: it is kept, "
+                                    f"and this report was written to {report_dir}")
+            console.print(study["report_note"])
+    study["report_dir"] = str(report_dir)
+    files = write_report(study, report_dir)
     console.print(f"report: {files.get('html')}")
     return study
+
+
+def _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out: Path, overwrite: bool) -> None:
+    """Refuse, before anything runs, a study whose variants in `out` were trained with another config.
+
+    With `overwrite`, those variants' directories are removed so they are retrained.
+    """
+    from .config import config_diff
+
+    clashes = []
+    for variant in plan_data["variants"]:
+        train_kwargs = {**plan_data["train"], **(variant.get("train") or {}), "epochs": epochs, "device": device,
+                        "precision": precision}
+        for seed in range(seeds):
+            stored = out / "variants" / variant["name"] / f"seed{seed}" / "config.json"
+            if not stored.exists():
+                continue
+            try:
+                cfg = RunConfig(model=str(variant["model"]), model_kwargs=dict(variant.get("model_kwargs") or {}),
+                                data=data_cfg, train=TrainConfig(**{**train_kwargs, "seed": seed}))
+            except (LeanvisionError, TypeError):
+                continue  # a bad variant is reported as failed by the study itself
+            diff = config_diff(read_json(stored)["config"], cfg.to_dict())
+            if diff:
+                clashes.append((variant["name"], diff))
+                break
+    if not clashes:
+        return
+    if overwrite:
+        import shutil
+
+        for name, _ in clashes:
+            shutil.rmtree(out / "variants" / name)
+        return
+    name, diff = clashes[0]
+    raise LeanvisionError(f"{out} holds a study trained with another config ({len(clashes)} variant(s), e.g. {name}: "
+                          f"{'; '.join(diff[:3])}). Use another --out, --overwrite to retrain them, or the same "
+                          "options with --remeasure to re-time it.")
 
 
 def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtimes, repeats, progress, console,

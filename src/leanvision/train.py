@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -225,6 +226,9 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
         shapes = [((dp.local_size(s) if dp is not None else s), *dataset.input_shape) for s in sizes]
         net, compile_time_s = compile_for_training(net, device, shapes, lambda: autocast(device, cfg.precision),
                                                    channels_last=cfg.channels_last)
+        if main:  # say it now: compilation can take longer than the training itself
+            print(f"torch.compile: training step compiled in {compile_time_s:.1f} s ({len(set(shapes))} batch "
+                  "shape(s); not counted in epoch times)", file=sys.stderr, flush=True)
     val_split = dp.shard_split(dataset.val) if dp is not None else dataset.val
     total_steps = steps_per_epoch * cfg.epochs
     regularized = any(hasattr(m, "kernel_regularizer") for m in model.modules())
@@ -235,8 +239,11 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
     if resume:
         state = load_state(out / CHECKPOINT)
-        if state["config"] != _config_for_compare(cfg):
-            raise LeanvisionError(f"Cannot resume {out}: its training config differs from the one given. "
+        if {**state["config"], "epochs": cfg.epochs} != _config_for_compare(cfg):  # --epochs may extend a run
+            from .config import config_diff
+
+            raise LeanvisionError(f"Cannot resume {out}: its training config differs from the one given "
+                                  f"({'; '.join(config_diff(state['config'], _config_for_compare(cfg)))}). "
                                   "Resume with the same options, or start a new --out.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

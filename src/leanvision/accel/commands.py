@@ -6,6 +6,7 @@ two-line hook. Heavy imports (torch) happen when a command runs, not when the CL
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -49,9 +50,12 @@ def cmd_bench(ns: Any) -> int:
     from ..measure.env import environment
     from .bench import BenchConfig, bench_run
 
+    from ..device import resolve_device
+
+    device = str(resolve_device(ns.device)) if ns.device == "auto" else ns.device
     config = BenchConfig(runtimes=_csv(ns.runtime, str, "--runtime"), precisions=_csv(ns.precision, str, "--precision"),
                          batch_sizes=_csv(ns.batch_sizes, int, "--batch-sizes"), repeats=ns.repeats, warmup=ns.warmup,
-                         device=ns.device, price_per_hour=ns.price_per_hour, threads=ns.threads)
+                         device=device, price_per_hour=ns.price_per_hour, threads=ns.threads)
     rows = bench_run(ns.run_dir, config, data_dir=ns.data_dir, weights=ns.weights)
     if ns.json:
         print(json.dumps({"run_dir": ns.run_dir, "environment": environment(config.device), "rows": rows}, indent=2,
@@ -104,32 +108,35 @@ def format_table(rows: list[dict], run_dir: str, price: float | None) -> str:
 def _export_parser() -> ArgumentParser:
     p = ArgumentParser(description="Export a run's model (ONNX, dynamic batch) and check ONNX Runtime's accuracy "
                                    "against PyTorch's (fails beyond 0.1 pp).", exit_on_error=False)
-    p.add_argument("run_dir", type=str)
-    p.add_argument("--format", type=str, default="onnx", choices=["onnx"])
+    p.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
+    p.add_argument("--format", type=str, default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", type=str, default=None, help="output file (default: RUN_DIR/model.onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17, run by ONNX Runtime, TensorRT, "
                                                          "OpenVINO)")
-    p.add_argument("--weights", type=str, default="best", choices=["best", "last"])
+    p.add_argument("--weights", type=str, default="best", choices=["best", "last"],
+                   help="best (validation) or last epoch's weights")
     p.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the export summary as JSON")
     return p
 
 
 def _bench_parser() -> ArgumentParser:
     p = ArgumentParser(description="Latency, throughput, accuracy, energy and cost of a run per runtime, precision "
                                    "and batch size, in one table.", exit_on_error=False)
-    p.add_argument("run_dir", type=str)
+    p.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     p.add_argument("--runtime", type=str, default="all", help="all, or runtime names comma-separated: torch, "
                                                               "torch-compile, onnxruntime, openvino")
+    p.add_argument("--runtimes", dest="runtime", type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--precision", type=str, default="fp32", help="comma-separated: fp32,bf16,fp16 (fp16: CUDA)")
     p.add_argument("--batch-sizes", type=str, default="1,256", help="comma-separated images per call")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per batch size")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls per batch size after the first call")
-    p.add_argument("--device", type=str, default="cpu", help="cpu | cuda | cuda:N | mps | tpu")
+    p.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N | mps | tpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
     p.add_argument("--price-per-hour", type=float, default=None, help="machine price in USD/hour: adds the cost "
                                                                       "per million images")
-    p.add_argument("--weights", type=str, default="best", choices=["best", "last"])
+    p.add_argument("--weights", type=str, default="best", choices=["best", "last"],
+                   help="best (validation) or last epoch's weights")
     p.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
     p.add_argument("--json", action="store_true", help="print the rows and environment as JSON")
     return p

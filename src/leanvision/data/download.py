@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..io import temp_file
 
 #: Seconds to wait for a server (connect and each read).
 TIMEOUT_S = 15
@@ -38,7 +39,7 @@ def md5_file(path: str | os.PathLike) -> str:
 
 def _fetch(url: str, dest: Path, md5: str | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = temp_file(dest, suffix=".part")  # normal permissions (umask), not mkstemp's owner-only
     try:
         digest = hashlib.md5(usedforsecurity=False)
         request = urllib.request.Request(url, headers={"User-Agent": "leanvision"})
