@@ -174,7 +174,10 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
 
     report_dir = out
     if (out / "results.json").exists() and not overwrite:  # never replace a good report with a worse one
-        earlier = sum(v.get("status") == "ok" for v in read_json(out / "results.json").get("variants", []))
+        try:
+            earlier = sum(v.get("status") == "ok" for v in read_json(out / "results.json").get("variants", []))
+        except (LeanvisionError, AttributeError):  # unreadable: nothing good to keep
+            earlier = 0
         now = sum(v.get("status") == "ok" for v in variants)
         if now < earlier:
             report_dir = out / f"report-{started:%Y%m%d-%H%M%S}"

@@ -111,8 +111,7 @@ def _export_parser() -> ArgumentParser:
     p.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     p.add_argument("--format", type=str, default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", type=str, default=None, help="output file (default: RUN_DIR/model.onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17, run by ONNX Runtime, TensorRT, "
-                                                         "OpenVINO)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 runs in ONNX Runtime, TensorRT, OpenVINO)")
     p.add_argument("--weights", type=str, default="best", choices=["best", "last"],
                    help="best (validation) or last epoch's weights")
     p.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
