@@ -52,7 +52,8 @@ def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: tuple[str, ...]
             continue
         flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = helps.get(f.name, "") + (f" (default: {default})" if default is not None and default is not False else "")
+        shown = default is not None and default is not False  # None/False: the help text says what unset means
+        text = helps.get(f.name, "") + (f" (default: {default})" if shown else "")
         if hints[f.name] is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=text)
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,

@@ -47,10 +47,9 @@ def cmd_export(ns: Any) -> int:
 
 
 def cmd_bench(ns: Any) -> int:
+    from ..device import resolve_device
     from ..measure.env import environment
     from .bench import BenchConfig, bench_run
-
-    from ..device import resolve_device
 
     device = str(resolve_device(ns.device)) if ns.device == "auto" else ns.device
     config = BenchConfig(runtimes=_csv(ns.runtime, str, "--runtime"), precisions=_csv(ns.precision, str, "--precision"),
