@@ -20,9 +20,13 @@ from .errors import LeanvisionError
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
+    try:  # Linux: read it without touching it (no window in which another thread sees another umask)
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
+        os.umask(mask)
+        return mask
 
 
 def temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:

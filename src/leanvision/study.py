@@ -182,8 +182,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
         if now < earlier:
             report_dir = out / f"report-{started:%Y%m%d-%H%M%S}"
             study["report_note"] = (f"this run has {now} ok variants, the report in {out} has {earlier}: it is kept, "
-                                    f"and this report was written to {report_dir}")
-            console.print(study["report_note"])
+                                    f"and this report was written to {report_dir}")  # the CLI prints it
     study["report_dir"] = str(report_dir)
     files = write_report(study, report_dir)
     console.print(f"report: {files.get('html')}")
