@@ -106,7 +106,7 @@ def _config_file_values(path: str) -> dict[str, Any]:
     known = [*CONFIG_FILE_KEYS, *(f.name for cls in (DataConfig, TrainConfig) for f in dataclasses.fields(cls))]
     for key in values:
         if key not in known:
-            raise LeanvisionError(f"{where}: unknown option {key!r}{suggest_key(key, known)} Expected some of: "
+            raise LeanvisionError(f"{where}: unknown option {key!r}{suggest_key(key, known) or '.'} Expected some of: "
                                   f"{', '.join(known)}.")
     check_value_types(values, where)
     if isinstance(values.get("model_kwargs"), str):
