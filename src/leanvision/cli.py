@@ -313,6 +313,15 @@ def cmd_optimize(ns: Any) -> int:
     return 0
 
 
+def cmd_serve(ns: Any) -> int:
+    from .serve.server import serve
+
+    serve(ns.run_dir, host=ns.host, port=ns.port, workers=ns.workers, runtime=ns.runtime,
+          max_batch_size=ns.max_batch_size, max_wait_ms=ns.max_wait_ms, max_body_kb=ns.max_body_kb,
+          max_concurrency=ns.max_concurrency, max_pixels=ns.max_pixels, top_k=ns.top_k)
+    return 0
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -442,13 +451,28 @@ def build_parser() -> ArgumentParser:
     optimize.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_subcommand("optimize", optimize, help="prune, distill, fold and quantize a trained run")
 
+    serve = ArgumentParser(description="Serve a run over HTTP: POST /predict with dynamic batching, /model, /metrics, "
+                                       "/health, /ready, a page at /.", exit_on_error=False)
+    serve.add_argument("run_dir", type=str)
+    serve.add_argument("--host", type=str, default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--runtime", type=str, default="onnxruntime", help="onnxruntime | torch | onnxruntime-streams")
+    serve.add_argument("--max-batch-size", type=int, default=64, help="images per runtime call at most")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="an image waits at most this for a batch")
+    serve.add_argument("--max-body-kb", type=int, default=2048, help="larger request bodies get 413")
+    serve.add_argument("--max-concurrency", type=int, default=256, help="requests in progress; more get 503")
+    serve.add_argument("--max-pixels", type=int, default=16_000_000, help="larger images get 413 (bomb guard)")
+    serve.add_argument("--top-k", type=int, default=1, help="predictions per image unless ?top_k= says")
+    serve.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    sub.add_subcommand("serve", serve, help="serve a run over HTTP")
+
     for name, register in _EXTRA_COMMANDS.items():
         register(sub)
     return polish(parser)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "datasets": cmd_datasets, "study": cmd_study, "optimize": cmd_optimize}
+            "datasets": cmd_datasets, "study": cmd_study, "optimize": cmd_optimize, "serve": cmd_serve}
 _EXTRA_COMMANDS: dict[str, Any] = {}
 
 
