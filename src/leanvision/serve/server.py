@@ -65,11 +65,37 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
         card = app.state.model.card
         print(f"serving {card['name']} ({card['precision']}, {card['runtime']}) from {run_dir} on http://{host}:{port}/ "
               f"(page /, API docs /docs, metrics /metrics)", flush=True)
-        uvicorn.Server(uvicorn.Config(app, **options)).run()
+        _run_until_stopped(uvicorn.Server(uvicorn.Config(app, **options)).run)
         return
     from .app import load_model
 
     load_model(run_dir, app_kwargs.get("runtime", "onnxruntime"))  # fail here, once, on a bad run or runtime
     os.environ[ENV_CONFIG] = config_env(run_dir, workers, **app_kwargs)
     print(f"serving {run_dir} with {workers} worker processes on http://{host}:{port}/", flush=True)
-    uvicorn.run("leanvision.serve.app:app_from_env", factory=True, workers=workers, **options)
+    _run_until_stopped(lambda: uvicorn.run("leanvision.serve.app:app_from_env", factory=True, workers=workers,
+                                           **options))
+
+
+class _Stopped(Exception):
+    """SIGTERM, re-raised by uvicorn after its graceful shutdown."""
+
+
+def _run_until_stopped(run) -> None:
+    """Run the server; after uvicorn's graceful shutdown on Ctrl-C or SIGTERM (which it re-raises once done),
+    return normally, so the command exits 0 with no traceback."""
+    import signal
+    import threading
+
+    def stopped(signum, frame):
+        raise _Stopped
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped) if main else None
+    try:
+        run()
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    print("leanvision serve: stopped", flush=True)
