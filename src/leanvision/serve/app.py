@@ -199,7 +199,7 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
         macs = count_macs(run.model, shape)
     report = study_report(path)
     card = {
-        "name": run.meta.get("model") or "spec", "run": path.resolve().name,
+        "name": run.meta.get("model") or "spec", "run": "/".join(path.resolve().parts[-2 if report else -1:]),
         "dataset": (run.meta.get("dataset") or {}).get("name"), "classes": list(run.meta["classes"]),
         "input_shape": list(shape), "params": int(run.meta["num_params"]), "macs": macs,
         "file": weights.name, "file_bytes": file_bytes(weights), "runtime": runtime,
