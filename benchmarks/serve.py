@@ -1,0 +1,264 @@
+"""What does serving cost? `leanvision serve` over HTTP against the same model called directly.
+
+For the compact net (fp32) and its static int8 version, both on ONNX Runtime (CPU), a real `leanvision serve`
+process on 127.0.0.1 answers POST /predict requests, each one 28x28 PNG sent as the raw body, from a closed-loop
+client with 1, 8 and 64 connections (HTTP/1.1 keep-alive; every connection sends its next request when the last
+answer arrived). Per level: requests/s and p50/p99 latency (client-side, from writing the request to reading the
+whole answer), after warm-up requests. Each answer's status is checked, and the top-1 class of every 8th answer is
+compared with the model's own prediction for that image.
+
+Direct: the same model through the same runtime in this process (`serve.app.load_model(...).infer`: training
+normalization, runtime call, softmax, on uint8 batches already decoded), timed with `measure_latency` at batch 1,
+8, 64 (= --max-batch-size) and 256. The ratio at concurrency c is served requests/s over direct images/s at batch
+c: what HTTP + PNG decoding + batching cost. Targets: at concurrency 64, served int8 requests/s >= 50% of the direct
+batched int8 throughput (batch 64, the largest batch the server forms; batch 256 is shown too); at concurrency 1,
+p50 < 2 ms.
+
+The client runs in this process and shares the CPU with the server (loopback only), so served numbers include the
+client's own cost. Bounded: at most --requests answers and --max-seconds per level.
+
+Usage: python benchmarks/serve.py [--data-dir ../shared/data] [--run-dir RUN] [--int8-dir RUN] [--requests 4000]
+       [--max-seconds 20] [--concurrency 1,8,64] [--max-batch-size 64] [--max-wait-ms 2]
+       python benchmarks/serve.py --quick      (digits, 1 epoch, 300 requests per level: a correctness check)
+Writes benchmarks/out/serve.json (serve-quick.json with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def prepare_runs(args, tmp: Path) -> tuple[Path, Path, object]:
+    from leanvision.config import DataConfig, RunConfig, TrainConfig
+    from leanvision.data import load_dataset
+    from leanvision.optimize import optimize_run
+    from leanvision.runs import train_run
+
+    name, data_dir = ("digits", None) if args.quick else ("mnist", args.data_dir)
+    dataset = load_dataset(name, data_dir)
+    fp32 = Path(args.run_dir) if args.run_dir else tmp / "compact"
+    if not args.run_dir:
+        cfg = RunConfig(model="compact", data=DataConfig(name, data_dir=data_dir),
+                        train=TrainConfig(epochs=1 if args.quick else 3, batch_size=128, learning_rate=3e-3,
+                                          schedule="onecycle", device="cpu"))
+        train_run(cfg, fp32, progress=False, dataset=dataset)
+    int8 = Path(args.int8_dir) if args.int8_dir else tmp / "compact-int8"
+    if not args.int8_dir:
+        optimize_run(fp32, ["quantize:mode=int8,calibration_size=512"], int8, dataset=dataset, progress=False,
+                     repeats=5)
+    return fp32, int8, dataset
+
+
+def direct(run_dir: Path, images: np.ndarray, batch_sizes: list[int], repeats: int) -> dict[int, dict[str, float]]:
+    """Images/s and latency of the model called directly (no HTTP, no decoding) at each batch size."""
+    from leanvision.measure import measure_latency
+    from leanvision.serve.app import load_model
+
+    infer = load_model(run_dir, "onnxruntime").infer
+    out = {}
+    for b in batch_sizes:
+        x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
+        stats = measure_latency(lambda: infer(x), warmup=10, repeats=repeats if b < 64 else max(20, repeats // 10))
+        out[b] = {"batch_size": b, "latency_median_ms": stats.median_ms, "latency_p95_ms": stats.p95_ms,
+                  "images_per_s": b / (stats.median_ms / 1e3)}
+    return out
+
+
+async def load(port: int, bodies: list[bytes], expected: list[str], concurrency: int, total: int, max_s: float
+               ) -> dict[str, float]:
+    """Closed-loop load: `concurrency` keep-alive connections until `total` answers or `max_s` seconds."""
+    requests = [b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: "
+                + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
+    latencies: list[float] = []
+    state = {"next": 0, "errors": 0, "wrong": 0, "checked": 0}
+    deadline = time.perf_counter() + max_s
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while state["next"] < total and time.perf_counter() < deadline:
+                i = state["next"]
+                state["next"] += 1
+                k = i % len(requests)
+                start = time.perf_counter()
+                writer.write(requests[k])
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - start)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    state["errors"] += 1
+                elif i % 8 == 0:
+                    state["checked"] += 1
+                    state["wrong"] += json.loads(body)["results"][0]["predictions"][0]["class"] != expected[k]
+        finally:
+            writer.close()
+
+    tick = time.perf_counter()
+    await asyncio.gather(*[connection() for _ in range(concurrency)])
+    wall = time.perf_counter() - tick
+    ms = sorted(x * 1e3 for x in latencies)
+    return {"concurrency": concurrency, "requests": len(ms), "wall_s": wall, "requests_per_s": len(ms) / wall,
+            "latency_p50_ms": statistics.median(ms), "latency_p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+            "errors": state["errors"], "checked": state["checked"], "wrong": state["wrong"]}
+
+
+def metric_sum(port: int, name: str) -> float:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def serve_levels(run_dir: Path, bodies, expected, args) -> list[dict]:
+    import http.client
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "leanvision", "serve", str(run_dir), "--port", str(port), "--runtime", "onnxruntime",
+           "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+           "--max-concurrency", "4096"]
+    log = open(Path(tempfile.gettempdir()) / f"leanvision-serve-bench-{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LEANVISION_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start; see {log.name}")
+            time.sleep(0.2)
+        rows = []
+        for c in args.concurrency:
+            asyncio.run(load(port, bodies, expected, c, min(args.requests // 10, 500), args.max_seconds))  # warm-up
+            calls0, images0 = metric_sum(port, "leanvision_batch_size_count"), metric_sum(port,
+                                                                                          "leanvision_batch_size_sum")
+            row = asyncio.run(load(port, bodies, expected, c, args.requests, args.max_seconds))
+            calls = metric_sum(port, "leanvision_batch_size_count") - calls0
+            row["mean_batch_size"] = (metric_sum(port, "leanvision_batch_size_sum") - images0) / max(calls, 1)
+            rows.append(row)
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="folder holding mnist/")
+    parser.add_argument("--run-dir", default=None, help="an existing fp32 compact run (skips training)")
+    parser.add_argument("--int8-dir", default=None, help="an existing int8 run of it (skips quantizing)")
+    parser.add_argument("--requests", type=int, default=4000, help="answers per concurrency level at most")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="seconds per concurrency level at most")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=300, help="direct calls per batch size (fewer for large)")
+    parser.add_argument("--quick", action="store_true", help="digits, 1 epoch, 300 requests: checks it works")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if args.quick:
+        args.requests, args.max_seconds, args.repeats = 300, 10.0, 30
+    from leanvision.evaluate import predict_files
+    from leanvision.measure import environment
+    from leanvision.runs import load_run
+
+    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "environment": environment("cpu"),
+                     "models": {}}
+    with tempfile.TemporaryDirectory(prefix="leanvision-serve-bench-") as tmp:
+        fp32, int8, dataset = prepare_runs(args, Path(tmp))
+        raw = dataset.test.images[:64, 0].numpy()  # 64 different 28x28 test digits
+        bodies = [png(a) for a in raw]
+        files = []
+        for i, body in enumerate(bodies):
+            files.append(Path(tmp) / f"{i}.png")
+            files[-1].write_bytes(body)
+        print(f"28x28 PNG bodies: {min(map(len, bodies))}-{max(map(len, bodies))} bytes")
+        for label, run_dir in (("fp32", fp32), ("int8", int8)):
+            expected = [r["predictions"][0]["class"] for r in predict_files(load_run(run_dir), [str(f) for f in files])]
+            sizes = sorted({1, *args.concurrency, args.max_batch_size, 256})
+            direct_rows = direct(run_dir, raw[:, None], sizes, args.repeats)
+            rows = serve_levels(run_dir, bodies, expected, args)
+            for row in rows:
+                c = row["concurrency"]
+                row["direct_images_per_s_same_batch"] = direct_rows[min(c, args.max_batch_size)]["images_per_s"]
+                row["ratio_to_direct_same_batch"] = row["requests_per_s"] / row["direct_images_per_s_same_batch"]
+                row["ratio_to_direct_batch_256"] = row["requests_per_s"] / direct_rows[256]["images_per_s"]
+            results["models"][label] = {"run_dir": str(run_dir), "direct": list(direct_rows.values()), "served": rows}
+        print_table(results, args)
+    int8_rows = {r["concurrency"]: r for r in results["models"]["int8"]["served"]}
+    direct_int8 = {r["batch_size"]: r for r in results["models"]["int8"]["direct"]}
+    targets = {}
+    if 64 in int8_rows:
+        targets["c64_vs_direct_batch_ratio"] = int8_rows[64]["requests_per_s"] / direct_int8[args.max_batch_size][
+            "images_per_s"]
+        targets["c64_target_met"] = targets["c64_vs_direct_batch_ratio"] >= 0.5
+    if 1 in int8_rows:
+        targets["c1_p50_ms"] = int8_rows[1]["latency_p50_ms"]
+        targets["c1_target_met"] = targets["c1_p50_ms"] < 2.0
+    results["targets"] = targets
+    print(f"targets (int8): {json.dumps(targets)}")
+    out = Path(args.out) if args.out else OUT / ("serve-quick.json" if args.quick else "serve.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+def print_table(results: dict, args) -> None:
+    env = results["environment"]
+    print(f"\nONNX Runtime, CPU ({env.get('cpu_model') or 'cpu'}), {env.get('torch_threads')} threads; "
+          f"serve --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms}; client in-process, "
+          "loopback, closed loop, one 28x28 PNG per request")
+    print(f"{'model':<6}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>11}"
+          f"{'direct img/s':>14}{'ratio':>7}{'vs b256':>8}{'errors':>7}{'wrong':>7}")
+    for label, model in results["models"].items():
+        for r in model["served"]:
+            print(f"{label:<6}{r['concurrency']:>5}{r['requests_per_s']:>10,.0f}{r['latency_p50_ms']:>9.3f}"
+                  f"{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}{r['direct_images_per_s_same_batch']:>14,.0f}"
+                  f"{r['ratio_to_direct_same_batch']:>7.2f}{r['ratio_to_direct_batch_256']:>8.3f}{r['errors']:>7}"
+                  f"{r['wrong']:>4}/{r['checked']}")
+        d = " | ".join(f"b{r['batch_size']}: {r['latency_median_ms']:.3f} ms, {r['images_per_s']:,.0f} img/s"
+                       for r in model["direct"])
+        print(f"{label} direct (median): {d}")
+
+
+if __name__ == "__main__":
+    main()
