@@ -13,13 +13,12 @@ pytest.importorskip("multipart")
 pytest.importorskip("onnxruntime")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import bomb_png, png_bytes  # noqa: E402
 
 from leanvision.cli import main  # noqa: E402
 from leanvision.evaluate import predict_files  # noqa: E402
 from leanvision.runs import load_run  # noqa: E402
 from leanvision.serve import create_app  # noqa: E402
-
-from serve_helpers import bomb_png, png_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,8 @@ def test_raw_body_and_top_k(client, digits):
         assert result["file"] == "body" and len(result["predictions"]) == 1  # the server's default --top-k 1
         correct += result["predictions"][0]["class"] == digits.classes[int(digits.test.labels[i])]
     assert correct >= 17  # a ~95% model on 20 test digits
-    raw = client.post("/predict", params={"top_k": 99}, content=data, headers={"content-type": "application/octet-stream"})
+    raw = client.post("/predict", params={"top_k": 99}, content=data,
+                      headers={"content-type": "application/octet-stream"})
     probs = [p["probability"] for p in raw.json()["results"][0]["predictions"]]
     assert len(probs) == 10 and probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
 

@@ -20,7 +20,7 @@ from leanvision.evaluate import predict_files  # noqa: E402
 from leanvision.runs import load_run  # noqa: E402
 from leanvision.serve import create_app  # noqa: E402
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
                  if p and Path(p).is_file()), None)
 
 

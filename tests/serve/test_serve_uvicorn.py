@@ -114,7 +114,8 @@ def test_oversized_body_refused_over_the_wire(server):
     status, body = request(port, "POST", "/predict", b"\x00" * (65 * 1024), {"Content-Type": "image/png"})
     assert status == 413 and "over the limit" in json.loads(body)["error"]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # announces 1 GB, sends nothing more
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000000\r\n\r\n")
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n")
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 413")
     assert request(port, "GET", "/health")[0] == 200  # still up

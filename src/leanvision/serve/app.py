@@ -18,11 +18,13 @@ import io
 import json
 import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import LeanvisionError
 from .batching import Answer, Batcher
@@ -160,8 +162,6 @@ def study_report(run_dir: Path) -> Path | None:
 
 def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel:
     """Load a run and wrap it for serving: `infer` applies the training normalization, the runtime and softmax."""
-    import torch
-
     from ..io import read_json
     from ..measure import count_macs, file_bytes, get_runtime
     from ..measure.runtimes import RUNTIMES
@@ -361,9 +361,6 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
     batcher = Batcher(model.infer, config.max_batch_size, config.max_wait_ms, observe=metrics.observe_batch)
     c, h, w = model.input_shape
     state = {"ready": False, "in_flight": 0}
-    import torch
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
