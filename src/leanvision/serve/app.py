@@ -337,6 +337,32 @@ class Metrics:
             self.queue.observe(q)
 
 
+class CountRequests:
+    """Pure ASGI middleware (no per-request task or stream, unlike `@app.middleware`): counts every HTTP request by
+    endpoint and status and observes its latency."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(obj, separators=(",", ":")), status_code=status, media_type="application/json",
                     headers=headers)
@@ -381,14 +407,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
                               f"{runtime}) from run {model.card['run']}. POST images to /predict.")
     app.state.config, app.state.model, app.state.batcher, app.state.metrics = config, model, batcher, metrics
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> Response:
