@@ -178,6 +178,26 @@ def test_truncated_image_and_bad_parameters(client, digits):
     assert_error(client.get("/nowhere"), 404)
 
 
+def test_too_many_files_and_a_model_error_are_answered_per_request(serve_run, digits):
+    good = png_bytes(digits.test.images[0, 0].numpy())
+    with TestClient(create_app(serve_run, max_files=3, warmup=0)) as client:
+        assert_error(client.post("/predict", files=[("files", ("a.png", good, "image/png"))] * 4), 413, "at most 3")
+        infer = client.app.state.batcher.infer
+
+        def broken(images):  # a runtime error (torch raises RuntimeError) on a marked image only
+            if (images[:, 0, 0, 0] == 77).any():
+                raise RuntimeError("the runtime broke")
+            return infer(images)
+
+        client.app.state.batcher.infer = broken
+        marked = digits.test.images[0, 0].numpy().copy()
+        marked[0, 0] = 77
+        assert_error(client.post("/predict", content=png_bytes(marked), headers={"content-type": "image/png"}),
+                     500, "the runtime broke")
+        assert client.post("/predict", content=good, headers={"content-type": "image/png"}).status_code == 200
+        assert client.get("/ready").status_code == 200
+
+
 def test_one_bad_file_fails_its_request_only(client, digits):
     good = png_bytes(digits.test.images[0, 0].numpy())
     response = client.post("/predict", files=[("files", ("ok.png", good, "image/png")),

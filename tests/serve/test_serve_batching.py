@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from leanvision.serve.batching import Batcher
+from leanvision.serve.batching import Batcher, BatcherClosed
 
 
 def fake_infer(calls: list[int]):
@@ -104,7 +104,7 @@ def test_close_drains_queued_images_and_refuses_new_ones():
         futures = [batcher.submit(image(i)) for i in range(5)]
         await batcher.close()
         assert all(f.done() and not f.exception() for f in futures)
-        with pytest.raises(RuntimeError, match="not running"):
+        with pytest.raises(BatcherClosed, match="not running"):
             batcher.submit(image(0))
 
     asyncio.run(run())

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import LeanvisionError
-from .batching import Answer, Batcher
+from .batching import Answer, Batcher, BatcherClosed
 
 try:
     import prometheus_client
@@ -290,6 +290,9 @@ async def image_parts(request: Request, config: ServeConfig) -> list[tuple[str, 
         form = await StarletteRequest(request.scope, replay).form(max_files=config.max_files, max_fields=100)
     except (StarletteHTTPException, ValueError, KeyError, AssertionError) as e:  # malformed multipart
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        if "too many files" in str(detail).lower():
+            raise ApiError(413, f"Too many files in one request; at most {config.max_files} are accepted. Split "
+                                "the request.", "too_many_files") from None
         raise ApiError(400, f"Malformed multipart body ({' '.join(str(detail).split())[:120]}). Send files as "
                             "multipart/form-data, e.g. curl -F files=@image.png.", "bad_request") from None
     try:
@@ -446,9 +449,6 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
         queued = False
         try:
             parts = await image_parts(request, config)
-            if len(parts) > config.max_files:
-                raise ApiError(413, f"{len(parts)} files in one request; at most {config.max_files} are accepted "
-                                    "(--max-files). Split the request.", "too_many_files")
             images = []
             for name, data in parts:
                 if len(data) > INLINE_DECODE_BYTES:
@@ -462,7 +462,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
         except ApiError as e:
             metrics.errors.labels(e.reason).inc()
             return _error(e)
-        except RuntimeError as e:  # the batcher stopped (shutdown) between the check and the submit
+        except BatcherClosed as e:  # the batcher stopped (shutdown) between the check and the submit
             metrics.errors.labels("not_ready").inc()
             return _error(ApiError(503, f"Not ready: {e}.", "not_ready", {"Retry-After": "1"}))
         except Exception as e:  # noqa: BLE001 - the runtime failed on this request's image: this request alone fails

@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 
 
+class BatcherClosed(RuntimeError):
+    """`submit` was called while the batcher is not running (starting up or shutting down)."""
+
+
 @dataclass
 class Item:
     """One image waiting for the model: uint8 (C, H, W) and the future its request awaits."""
@@ -91,7 +95,7 @@ class Batcher:
     def submit(self, image: np.ndarray) -> asyncio.Future:
         """Queue one uint8 (C, H, W) image; the future resolves to an `Answer` (or raises the runtime's error)."""
         if not self.running:
-            raise RuntimeError("the batcher is not running (server starting or shutting down)")
+            raise BatcherClosed("the batcher is not running (server starting or shutting down)")
         assert self.queue is not None
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Item(image, future))
