@@ -318,7 +318,7 @@ def cmd_serve(ns: Any) -> int:
 
     serve(ns.run_dir, host=ns.host, port=ns.port, workers=ns.workers, runtime=ns.runtime,
           max_batch_size=ns.max_batch_size, max_wait_ms=ns.max_wait_ms, max_body_kb=ns.max_body_kb,
-          max_concurrency=ns.max_concurrency, max_pixels=ns.max_pixels, top_k=ns.top_k)
+          max_concurrency=ns.max_concurrency, max_pixels=ns.max_pixels, top_k=ns.top_k, threads=ns.threads)
     return 0
 
 
@@ -464,6 +464,8 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--max-pixels", type=int, default=16_000_000, help="larger images get 413 (bomb guard)")
     serve.add_argument("--top-k", type=int, default=1, help="predictions per image unless ?top_k= says")
     serve.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    serve.add_argument("--threads", type=int, default=None, help="inference threads per process (default: CPU "
+                                                                 "cores - 1, shared among the workers)")
     sub.add_subcommand("serve", serve, help="serve a run over HTTP")
 
     for name, register in _EXTRA_COMMANDS.items():

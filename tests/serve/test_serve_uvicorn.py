@@ -126,5 +126,5 @@ def test_sigterm_shuts_down_cleanly(server):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     text = log.read_text()
-    assert "serving compact (fp32, onnxruntime)" in text and "Application shutdown complete" in text
+    assert "serving compact (fp32, onnxruntime, " in text and "Application shutdown complete" in text
     assert "Traceback" not in text

@@ -118,6 +118,7 @@ class ModelCard(BaseModel):
     runtime: str
     precision: str
     providers: list[str]
+    threads: int
     accuracy: float | None
     accuracy_images: int | None
     techniques: list[str]
@@ -204,7 +205,7 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
         "input_shape": list(shape), "params": int(run.meta["num_params"]), "macs": macs,
         "file": weights.name, "file_bytes": file_bytes(weights), "runtime": runtime,
         "precision": "int8" if onnx_file is not None else "fp32",
-        "providers": list(getattr(predict, "providers", ["torch-cpu"])),
+        "providers": list(getattr(predict, "providers", ["torch-cpu"])), "threads": torch.get_num_threads(),
         "accuracy": result.get("test_accuracy"), "accuracy_images": result.get("test_total"),
         "techniques": list(run.meta.get("techniques") or []), "study_report": "/report" if report else None,
     }
@@ -377,14 +378,20 @@ def _error(e: ApiError) -> Response:
 
 def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_size: int = 64,
                max_wait_ms: float = 2.0, max_body_kb: int = 2048, max_concurrency: int = 256,
-               max_pixels: int = 16_000_000, max_files: int = 64, top_k: int = 1, warmup: int = 3) -> FastAPI:
+               max_pixels: int = 16_000_000, max_files: int = 64, top_k: int = 1, warmup: int = 3,
+               threads: int | None = None) -> FastAPI:
     """The ASGI app serving `run_dir`. The model is loaded now (errors surface before any server starts); the
     batcher starts and the model is warmed up in the app's lifespan (so `/ready` is 200 once it can answer).
+    `threads` sets torch's thread count for this process (ONNX Runtime's intra-op threads follow it); None keeps it.
 
     Example: `uvicorn.run(create_app("runs/compact", max_batch_size=64), host="127.0.0.1", port=8000)`.
     """
     config = ServeConfig(runtime, max_batch_size, max_wait_ms, max_body_kb, max_concurrency, max_pixels, max_files,
                          top_k).check()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise LeanvisionError(f"Invalid --threads {threads!r}. Expected an integer >= 1.")
+        torch.set_num_threads(threads)
     model = load_model(run_dir, runtime)
     metrics = Metrics(config.max_batch_size)
     batcher = Batcher(model.infer, config.max_batch_size, config.max_wait_ms, observe=metrics.observe_batch)
@@ -535,19 +542,19 @@ ENV_CONFIG = "LEANVISION_SERVE_CONFIG"
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` worker processes: the arguments of `create_app` as JSON in
-    $LEANVISION_SERVE_CONFIG; each worker's torch/ORT threads are its share of the CPU cores."""
+    $LEANVISION_SERVE_CONFIG."""
     kwargs = json.loads(os.environ[ENV_CONFIG])
-    threads = kwargs.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     return create_app(kwargs.pop("run_dir"), **kwargs)
 
 
-def config_env(run_dir: str | Path, workers: int, **kwargs: Any) -> str:
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    return json.dumps({"run_dir": str(run_dir), "threads": threads, **kwargs})
+def default_threads(workers: int = 1) -> int:
+    """Inference threads per worker process when not given: the CPU cores less one (left to the event loop: HTTP,
+    decoding, batching), shared among the workers; at least 1."""
+    return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers))
+
+
+def config_env(run_dir: str | Path, **kwargs: Any) -> str:
+    return json.dumps({"run_dir": str(run_dir), **kwargs})
 
 
 __all__ = ["ServeConfig", "create_app", "load_model", "decode_image", "study_report", "app_from_env", "config_env"]

@@ -50,12 +50,15 @@ def check_port(host: str, port: int) -> None:
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           log_level: str = "info", **app_kwargs: Any) -> None:
     """Serve `run_dir` until interrupted. `workers > 1` starts that many processes, each with its own model, batcher
-    and metrics (a scrape of /metrics sees the worker that answers it) and an equal share of the CPU threads."""
+    and metrics (a scrape of /metrics sees the worker that answers it). Inference threads per process: `threads`,
+    else `default_threads(workers)` (the cores less one, shared among the workers)."""
     uvicorn = _uvicorn()
-    from .app import ENV_CONFIG, ServeConfig, config_env, create_app
+    from .app import ENV_CONFIG, ServeConfig, config_env, create_app, default_threads
 
     if workers < 1:
         raise LeanvisionError(f"Invalid --workers {workers}. Expected an integer >= 1.")
+    if app_kwargs.get("threads") is None:
+        app_kwargs["threads"] = default_threads(workers)
     ServeConfig(**{k: v for k, v in app_kwargs.items() if k in ServeConfig.__dataclass_fields__}).check()
     check_port(host, port)
     options = dict(host=host, port=port, access_log=False, log_level=log_level, lifespan="on",
@@ -63,14 +66,14 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
     if workers == 1:
         app = create_app(run_dir, **app_kwargs)
         card = app.state.model.card
-        print(f"serving {card['name']} ({card['precision']}, {card['runtime']}) from {run_dir} on "
-              f"http://{host}:{port}/ (page /, API docs /docs, metrics /metrics)", flush=True)
+        print(f"serving {card['name']} ({card['precision']}, {card['runtime']}, {card['threads']} inference threads) "
+              f"from {run_dir} on http://{host}:{port}/ (page /, API docs /docs, metrics /metrics)", flush=True)
         _run_until_stopped(uvicorn.Server(uvicorn.Config(app, **options)).run)
         return
     from .app import load_model
 
     load_model(run_dir, app_kwargs.get("runtime", "onnxruntime"))  # fail here, once, on a bad run or runtime
-    os.environ[ENV_CONFIG] = config_env(run_dir, workers, **app_kwargs)
+    os.environ[ENV_CONFIG] = config_env(run_dir, **app_kwargs)
     print(f"serving {run_dir} with {workers} worker processes on http://{host}:{port}/", flush=True)
     _run_until_stopped(lambda: uvicorn.run("leanvision.serve.app:app_from_env", factory=True, workers=workers,
                                            **options))
