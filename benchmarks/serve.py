@@ -90,17 +90,18 @@ def direct(run_dir: Path, images: np.ndarray, batch_sizes: list[int], repeats: i
     from leanvision.serve.app import load_model
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # ORT's session threads and torch's (normalization, softmax), as in the server
     try:
         infer = load_model(run_dir, "onnxruntime").infer
+        out = {}
+        for b in batch_sizes:
+            x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
+            stats = measure_latency(lambda: infer(x), warmup=10,
+                                    repeats=repeats if b < 64 else max(20, repeats // 10))
+            out[b] = {"batch_size": b, "threads": threads, "latency_median_ms": stats.median_ms,
+                      "latency_p95_ms": stats.p95_ms, "images_per_s": b / (stats.median_ms / 1e3)}
     finally:
         torch.set_num_threads(before)
-    out = {}
-    for b in batch_sizes:
-        x = np.ascontiguousarray(np.resize(images, (b, *images.shape[1:])))
-        stats = measure_latency(lambda: infer(x), warmup=10, repeats=repeats if b < 64 else max(20, repeats // 10))
-        out[b] = {"batch_size": b, "threads": threads, "latency_median_ms": stats.median_ms,
-                  "latency_p95_ms": stats.p95_ms, "images_per_s": b / (stats.median_ms / 1e3)}
     return out
 
 
