@@ -289,6 +289,7 @@ def test_overload_gets_503_quickly_and_shutdown_drains_in_flight(serve_run, digi
         ctx = app.router.lifespan_context(app)
         await ctx.__aenter__()
         app.state.batcher.infer = held
+        app.state.batcher.inline = False  # held on the model thread, so the event loop keeps answering
         client = await _lifespan_client(app)
         first = asyncio.create_task(client.post("/predict", content=data, headers=headers))
         while not entered.is_set():

@@ -115,3 +115,25 @@ def test_close_drains_queued_images_and_refuses_new_ones():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         Batcher(lambda x: x, **kwargs)
+
+
+def test_inline_runs_a_lone_image_on_the_loop_and_batches_on_the_model_thread():
+    import threading
+
+    threads = []
+
+    def infer(images):
+        threads.append((len(images), threading.current_thread().name))
+        return np.zeros((len(images), 2), np.float32)
+
+    async def run():
+        batcher = Batcher(infer, max_batch_size=8, max_wait_ms=0)
+        batcher.inline = True
+        batcher.start()
+        await batcher.submit(image(1))  # alone: on the event loop's thread
+        await asyncio.gather(*[batcher.submit(image(i)) for i in range(3)])  # a batch: on the model thread
+        await batcher.close()
+
+    asyncio.run(run())
+    assert threads[0] == (1, threading.main_thread().name)
+    assert threads[1][0] == 3 and threads[1][1].startswith("leanvision-serve-model")

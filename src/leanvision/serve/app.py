@@ -45,6 +45,9 @@ except ImportError as e:  # pragma: no cover - exercised by the CLI test that hi
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 #: Bodies above this size are decoded in a worker thread, so a large image does not stall the event loop.
 INLINE_DECODE_BYTES = 32 * 1024
+#: A lone image is computed on the event loop (no thread hand-off) when the model's batch-1 call takes less than this
+#: (measured at start-up, including the hand-off, so the real call is shorter still).
+INLINE_MAX_S = 0.001
 ENDPOINTS = ("/predict", "/model", "/health", "/ready", "/metrics", "/", "/report")
 
 
@@ -404,6 +407,12 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
         for n in (1, config.max_batch_size):  # first calls allocate; they should not land on a user's request
             for _ in range(warmup):
                 await run_in_threadpool(model.infer, np.repeat(zeros, n, axis=0))
+        times = []
+        for _ in range(5):  # batch-1 call time: a fast model answers a lone request on the event loop
+            tick = time.perf_counter()
+            await run_in_threadpool(model.infer, zeros)
+            times.append(time.perf_counter() - tick)
+        batcher.inline = sorted(times)[2] < INLINE_MAX_S
         batcher.start()
         state["ready"] = True
         try:

@@ -7,6 +7,10 @@ for the window: nothing else is queued or arriving, so it runs at once. The runt
 thread (ONNX Runtime and torch release the GIL), so while a batch computes, the event loop keeps accepting and
 decoding the next requests, which form the next batch ("continuous" batching).
 
+A lone image (nothing else queued or arriving) is computed on the event loop itself when the model's batch-1 call
+is fast (`inline_max_ms`, measured at warm-up): a hand-off to the model thread and back costs more than such a
+call (two thread wake-ups and GIL transfers), and with nothing else to serve the loop has nothing to overlap.
+
 A failed runtime call is retried image by image, so one image that breaks the model fails alone and every other
 request in that batch still gets its answer.
 """
@@ -62,6 +66,7 @@ class Batcher:
             raise ValueError(f"Invalid max_wait_ms={max_wait_ms}: expected a number >= 0.")
         self.infer, self.max_batch_size, self.max_wait_s = infer, max_batch_size, max_wait_ms / 1e3
         self.observe = observe
+        self.inline = False  # compute lone images on the event loop (set when batch-1 calls are fast)
         self.incoming = 0  # requests accepted whose images are not queued yet
         self.queue: asyncio.Queue[Item | None] | None = None
         self.task: asyncio.Task | None = None
@@ -134,7 +139,10 @@ class Batcher:
         started = time.perf_counter()
         images = np.stack([item.image for item in batch])
         try:
-            probs = await loop.run_in_executor(self.executor, self.infer, images)
+            if self.inline and len(batch) == 1 and self.incoming == 0 and self.queue.empty():
+                probs = self.infer(images)  # a lone image: no hand-off to the model thread (see the module doc)
+            else:
+                probs = await loop.run_in_executor(self.executor, self.infer, images)
             results: list[Any] = list(probs)
         except Exception as batch_error:  # noqa: BLE001 - retried one by one so only the image that fails, fails
             results = []
