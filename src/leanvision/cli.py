@@ -453,9 +453,9 @@ def build_parser() -> ArgumentParser:
 
     serve = ArgumentParser(description="Serve a run over HTTP: POST /predict with dynamic batching, /model, /metrics, "
                                        "/health, /ready, a page at /.", exit_on_error=False)
-    serve.add_argument("run_dir", type=str)
-    serve.add_argument("--host", type=str, default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
+    serve.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (loopback by default)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
     serve.add_argument("--runtime", type=str, default="onnxruntime", help="onnxruntime | torch | onnxruntime-streams")
     serve.add_argument("--max-batch-size", type=int, default=64, help="images per runtime call at most")
     serve.add_argument("--max-wait-ms", type=float, default=2.0, help="an image waits at most this for a batch")

@@ -67,7 +67,8 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
         app = create_app(run_dir, **app_kwargs)
         card = app.state.model.card
         print(f"serving {card['name']} ({card['precision']}, {card['runtime']}, {card['threads']} inference threads) "
-              f"from {run_dir} on http://{host}:{port}/ (page /, API docs /docs, metrics /metrics)", flush=True)
+              f"from {run_dir} on {f'http://{host}:{port}/' if port else 'a free port (uvicorn names it below)'} "
+              "(page /, API docs /docs, metrics /metrics)", flush=True)
         _run_until_stopped(uvicorn.Server(uvicorn.Config(app, **options)).run)
         return
     from .app import load_model
