@@ -10,17 +10,18 @@ compared with the model's own prediction for that image.
 Direct: the same model through the same runtime in this process (`serve.app.load_model(...).infer`: training
 normalization, runtime call, softmax, on uint8 batches already decoded), timed with `measure_latency` at batch 1,
 8, 64 (= --max-batch-size) and 256, with the server's inference threads (serve's default: the cores less one, left
-to the event loop), plus batch 256 with every core. The ratio at concurrency c is served requests/s over direct
-images/s at batch c: what HTTP + PNG decoding + batching cost. "vs b256" divides by the better direct batch-256
-throughput (either thread count). Targets: at concurrency 64, served int8 requests/s >= 50% of the direct batched
-int8 throughput (batch 64, the largest batch the server forms; the stricter batch-256 ratio is shown too); at
-concurrency 1, p50 < 2 ms.
+to the event loop), plus batch 256 with every core. The ratio at concurrency c is served images/s over direct
+images/s at batch c (c x --images-per-request, at most --max-batch-size): what HTTP + PNG decoding + batching
+cost. "vs b256" divides by the better direct batch-256 throughput (either thread count). Targets (one PNG per
+request): at concurrency 64, served int8 requests/s >= 50% of the direct batched int8 throughput (batch 64, the
+largest batch the server forms; the stricter batch-256 ratio is shown too); at concurrency 1, p50 < 2 ms.
 
 The client runs in this process and shares the CPU with the server (loopback only), so served numbers include the
 client's own cost. Bounded: at most --requests answers and --max-seconds per level.
 
 Usage: python benchmarks/serve.py [--data-dir ../shared/data] [--run-dir RUN] [--int8-dir RUN] [--requests 4000]
        [--max-seconds 20] [--concurrency 1,8,64] [--max-batch-size 64] [--max-wait-ms 2] [--threads N]
+       [--images-per-request N]
        python benchmarks/serve.py --quick      (digits, 1 epoch, 300 requests per level: a correctness check)
 Writes benchmarks/out/serve.json (serve-quick.json with --quick).
 """
@@ -105,11 +106,29 @@ def direct(run_dir: Path, images: np.ndarray, batch_sizes: list[int], repeats: i
     return out
 
 
-async def load(port: int, bodies: list[bytes], expected: list[str], concurrency: int, total: int, max_s: float
-               ) -> dict[str, float]:
+def http_requests(bodies: list[bytes], per_request: int) -> list[bytes]:
+    """Raw HTTP/1.1 POST /predict requests: one PNG as the body, or `per_request` PNGs as multipart files (request
+    k starts with image k, so the first answer of request k is checked against image k)."""
+    out = []
+    for k, body in enumerate(bodies):
+        if per_request == 1:
+            ctype, payload = b"image/png", body
+        else:
+            ctype, parts = b"multipart/form-data; boundary=leanvisionbench", []
+            for j in range(per_request):
+                parts.append(b"--leanvisionbench\r\nContent-Disposition: form-data; name=\"files\"; filename=\""
+                             + str(j).encode() + b'.png"\r\nContent-Type: image/png\r\n\r\n'
+                             + bodies[(k + j) % len(bodies)] + b"\r\n")
+            payload = b"".join(parts) + b"--leanvisionbench--\r\n"
+        out.append(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
+                   + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    return out
+
+
+async def load(port: int, bodies: list[bytes], expected: list[str], concurrency: int, total: int, max_s: float,
+               per_request: int = 1) -> dict[str, float]:
     """Closed-loop load: `concurrency` keep-alive connections until `total` answers or `max_s` seconds."""
-    requests = [b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: "
-                + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
+    requests = http_requests(bodies, per_request)
     latencies: list[float] = []
     state = {"next": 0, "errors": 0, "wrong": 0, "checked": 0}
     deadline = time.perf_counter() + max_s
@@ -139,7 +158,8 @@ async def load(port: int, bodies: list[bytes], expected: list[str], concurrency:
     await asyncio.gather(*[connection() for _ in range(concurrency)])
     wall = time.perf_counter() - tick
     ms = sorted(x * 1e3 for x in latencies)
-    return {"concurrency": concurrency, "requests": len(ms), "wall_s": wall, "requests_per_s": len(ms) / wall,
+    return {"concurrency": concurrency, "images_per_request": per_request, "requests": len(ms), "wall_s": wall,
+            "requests_per_s": len(ms) / wall, "images_per_s": len(ms) * per_request / wall,
             "latency_p50_ms": statistics.median(ms), "latency_p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
             "errors": state["errors"], "checked": state["checked"], "wrong": state["wrong"]}
 
@@ -178,10 +198,11 @@ def serve_levels(run_dir: Path, bodies, expected, args) -> list[dict]:
             time.sleep(0.2)
         rows = []
         for c in args.concurrency:
-            asyncio.run(load(port, bodies, expected, c, min(args.requests // 10, 500), args.max_seconds))  # warm-up
+            asyncio.run(load(port, bodies, expected, c, min(args.requests // 10, 500), args.max_seconds,
+                             args.images_per_request))  # warm-up
             calls0, images0 = metric_sum(port, "leanvision_batch_size_count"), metric_sum(port,
                                                                                           "leanvision_batch_size_sum")
-            row = asyncio.run(load(port, bodies, expected, c, args.requests, args.max_seconds))
+            row = asyncio.run(load(port, bodies, expected, c, args.requests, args.max_seconds, args.images_per_request))
             calls = metric_sum(port, "leanvision_batch_size_count") - calls0
             row["mean_batch_size"] = (metric_sum(port, "leanvision_batch_size_sum") - images0) / max(calls, 1)
             rows.append(row)
@@ -203,6 +224,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="server inference threads, also used for the "
                                                                   "direct calls (default: serve's, the cores - 1)")
     parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--images-per-request", type=int, default=1, help="1: one PNG as the raw body (the "
+                                                                           "targets); N: N PNGs as multipart files")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=None, help="direct calls per batch size (default 300; fewer "
@@ -245,16 +268,20 @@ def main() -> None:
             best_256 = max(best, key=lambda r: r["images_per_s"])
             rows = serve_levels(run_dir, bodies, expected, args)
             for row in rows:
-                c = row["concurrency"]
-                row["direct_images_per_s_same_batch"] = direct_rows[min(c, args.max_batch_size)]["images_per_s"]
-                row["ratio_to_direct_same_batch"] = row["requests_per_s"] / row["direct_images_per_s_same_batch"]
-                row["ratio_to_best_direct_batch_256"] = row["requests_per_s"] / best_256["images_per_s"]
+                batch = max(b for b in direct_rows if b <= min(row["concurrency"] * args.images_per_request,
+                                                               args.max_batch_size))
+                row["direct_batch_size"] = batch
+                row["direct_images_per_s_same_batch"] = direct_rows[batch]["images_per_s"]
+                row["ratio_to_direct_same_batch"] = row["images_per_s"] / row["direct_images_per_s_same_batch"]
+                row["ratio_to_best_direct_batch_256"] = row["images_per_s"] / best_256["images_per_s"]
             results["models"][label] = {"run_dir": str(run_dir), "direct": list(direct_rows.values()),
                                         "direct_best_batch_256": best_256, "served": rows}
         print_table(results, args)
     int8_rows = {r["concurrency"]: r for r in results["models"]["int8"]["served"]}
     direct_int8 = {r["batch_size"]: r for r in results["models"]["int8"]["direct"]}
     targets = {}
+    if args.images_per_request != 1:
+        int8_rows = {}  # the targets are for one 28x28 PNG per request
     if 64 in int8_rows:
         targets["c64_vs_direct_batch_ratio"] = int8_rows[64]["requests_per_s"] / direct_int8[args.max_batch_size][
             "images_per_s"]
@@ -272,15 +299,18 @@ def main() -> None:
 
 def print_table(results: dict, args) -> None:
     env = results["environment"]
+    per = "one 28x28 PNG per request" if args.images_per_request == 1 else \
+        f"{args.images_per_request} 28x28 PNGs per request (multipart)"
     print(f"\nONNX Runtime, CPU ({env.get('cpu_model') or 'cpu'}, {env.get('cpu_count')} cores); server and direct "
           f"calls with {args.threads} inference threads; serve --max-batch-size {args.max_batch_size} --max-wait-ms "
-          f"{args.max_wait_ms}; client in-process, loopback, closed loop, one 28x28 PNG per request")
-    print(f"{'model':<6}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>11}"
-          f"{'direct img/s':>14}{'ratio':>7}{'vs b256':>8}{'errors':>7}{'wrong':>7}")
+          f"{args.max_wait_ms}; client in-process, loopback, closed loop, {per}")
+    print(f"{'model':<6}{'conc':>5}{'req/s':>10}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>11}"
+          f"{'direct img/s (b)':>18}{'ratio':>7}{'vs b256':>8}{'errors':>7}{'wrong':>7}")
     for label, model in results["models"].items():
         for r in model["served"]:
-            print(f"{label:<6}{r['concurrency']:>5}{r['requests_per_s']:>10,.0f}{r['latency_p50_ms']:>9.3f}"
-                  f"{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}{r['direct_images_per_s_same_batch']:>14,.0f}"
+            direct_cell = f"{r['direct_images_per_s_same_batch']:,.0f} ({r['direct_batch_size']})"
+            print(f"{label:<6}{r['concurrency']:>5}{r['requests_per_s']:>10,.0f}{r['images_per_s']:>10,.0f}"
+                  f"{r['latency_p50_ms']:>9.3f}{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}{direct_cell:>18}"
                   f"{r['ratio_to_direct_same_batch']:>7.2f}{r['ratio_to_best_direct_batch_256']:>8.3f}{r['errors']:>7}"
                   f"{r['wrong']:>4}/{r['checked']}")
         d = " | ".join(f"b{r['batch_size']}: {r['latency_median_ms']:.3f} ms, {r['images_per_s']:,.0f} img/s"
