@@ -354,3 +354,23 @@ def test_cli_serve_bad_input_is_one_line(serve_run, tmp_path, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # the serve extra is not installed
     assert main(["serve", str(serve_run)]) == 2
     assert 'pip install "leanvision[serve]"' in capsys.readouterr().err
+
+
+def test_corrupted_images_of_every_format_never_give_a_5xx(client, digits):
+    """Seeded byte flips and truncations of real PNG, JPEG, BMP, GIF and WebP files: a 200 or a one-line 4xx each."""
+    rng = np.random.default_rng(0)
+    statuses = set()
+    for fmt in ("PNG", "JPEG", "BMP", "GIF", "WEBP"):
+        data = bytearray(png_bytes(digits.test.images[0, 0].numpy(), "RGB", (48, 40), fmt))
+        for trial in range(12):
+            broken = bytearray(data)
+            for i in rng.integers(0, len(broken), size=int(rng.integers(1, 8))):
+                broken[i] = int(rng.integers(0, 256))
+            if trial % 3 == 0:
+                broken = broken[: int(rng.integers(1, len(broken)))]
+            response = client.post("/predict", files=[("files", (f"x.{fmt.lower()}", bytes(broken), "image/png"))])
+            statuses.add(response.status_code)
+            assert response.status_code in (200, 413, 422), (fmt, trial, response.text)
+            if response.status_code != 200:
+                assert list(response.json()) == ["error"]
+    assert 422 in statuses

@@ -241,7 +241,8 @@ def decode_image(data: bytes, name: str, size_hw: tuple[int, int], channels: int
     except UnidentifiedImageError:
         raise ApiError(422, f"{name} is not an image PIL can read ({len(data):,} bytes). Send a PNG, JPEG, BMP, GIF "
                             "or WebP image.", "not_an_image") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:  # truncated or corrupt data
+    except Exception as e:  # noqa: BLE001 - corrupt data makes PIL's plugins raise many types (OSError, struct.error,
+        # IndexError, SyntaxError, ...): all of them mean "not a valid image", a 4xx, never a 5xx
         text = " ".join(str(e).split())[:120] or type(e).__name__
         raise ApiError(422, f"{name} cannot be decoded ({type(e).__name__}: {text}). Send a valid PNG, JPEG, BMP, "
                             "GIF or WebP image.", "not_an_image") from None
@@ -302,8 +303,9 @@ async def image_parts(request: Request, config: ServeConfig) -> list[tuple[str, 
     try:
         parts = []
         for _, value in form.multi_items():
-            if not isinstance(value, str):
-                parts.append((value.filename or f"file {len(parts) + 1}", await value.read()))
+            if not isinstance(value, str):  # the client's file name, echoed in answers: one line, bounded
+                name = " ".join((value.filename or "").split())[:100] or f"file {len(parts) + 1}"
+                parts.append((name, await value.read()))
     finally:
         await form.close()
     if not parts:
