@@ -374,3 +374,17 @@ def test_corrupted_images_of_every_format_never_give_a_5xx(client, digits):
             if response.status_code != 200:
                 assert list(response.json()) == ["error"]
     assert 422 in statuses
+
+
+def test_animated_gif_uses_its_first_frame_like_predict(client, serve_run, digits, tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(digits.test.images[i, 0].numpy()) for i in range(3)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    frames[0].save(tmp_path / "first.png")
+    expected, first = predict_files(load_run(serve_run), [str(path), str(tmp_path / "first.png")], top_k=3)
+    response = client.post("/predict?top_k=3", content=path.read_bytes(), headers={"content-type": "image/gif"})
+    assert response.status_code == 200
+    assert_same_predictions(response.json()["results"][0]["predictions"], expected["predictions"])
+    assert_same_predictions(expected["predictions"], first["predictions"])  # the first frame, as a still image

@@ -43,7 +43,7 @@ def num_workers() -> int:
 
 def convert_image(img: Image.Image, size_hw: tuple[int, int], channels: int) -> np.ndarray:
     """Convert a PIL image to a uint8 array of shape (channels, H, W) (see the module docstring for the rules)."""
-    if getattr(img, "n_frames", 1) > 1:
+    if getattr(img, "tell", lambda: 0)() != 0:  # first frame; not `n_frames`, which decodes a whole GIF to count
         img.seek(0)
     mode = img.mode
     if mode == "1":

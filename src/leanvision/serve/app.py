@@ -43,8 +43,10 @@ except ImportError as e:  # pragma: no cover - exercised by the CLI test that hi
 
 #: File formats PIL may open for a request (those of `data.images.IMAGE_EXTENSIONS`); nothing else is parsed.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
-#: Bodies above this size are decoded in a worker thread, so a large image does not stall the event loop.
+#: Bodies above this size are decoded in a worker thread, so a large image does not stall the event loop; at most
+#: `DECODE_SLOTS` such decodes run at once, which bounds the memory of decoded pixels (up to --max-pixels each).
 INLINE_DECODE_BYTES = 32 * 1024
+DECODE_SLOTS = max(2, os.cpu_count() or 1)
 #: A lone image is computed on the event loop (no thread hand-off) when the model's batch-1 call takes less than this
 #: (measured at start-up, including the hand-off, so the real call is shorter still).
 INLINE_MAX_S = 0.001
@@ -402,6 +404,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
     batcher = Batcher(model.infer, config.max_batch_size, config.max_wait_ms, observe=metrics.observe_batch)
     c, h, w = model.input_shape
     state = {"ready": False, "in_flight": 0}
+    decode_slots = asyncio.Semaphore(DECODE_SLOTS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -479,7 +482,9 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             images = []
             for name, data in parts:
                 if len(data) > INLINE_DECODE_BYTES:
-                    images.append(await run_in_threadpool(decode_image, data, name, (h, w), c, config.max_pixels))
+                    async with decode_slots:
+                        images.append(await run_in_threadpool(decode_image, data, name, (h, w), c,
+                                                              config.max_pixels))
                 else:
                     images.append(decode_image(data, name, (h, w), c, config.max_pixels))
             futures = [batcher.submit(image) for image in images]
