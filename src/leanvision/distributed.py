@@ -77,9 +77,21 @@ def is_main() -> bool:
 
 
 def local_device_name(name: str) -> str:
-    """This rank's device under torchrun: `auto`/`cuda` -> `cuda:LOCAL_RANK` (CPU when no GPU); else `name`."""
+    """This rank's device under torchrun: `auto`/`cuda` -> `cuda:LOCAL_RANK` (CPU when no GPU); else `name`.
+
+    An explicit `cuda:N` is kept when it is this rank's GPU (N == LOCAL_RANK) or when torchrun runs one process per
+    machine (LOCAL_WORLD_SIZE=1); otherwise every rank would share GPU N, so it is refused with a one-line error.
+    """
     env = launch_env()
     name = (name or "auto").strip().lower()
+    if env is not None and name.startswith("cuda:"):
+        index = name.split(":", 1)[1]
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
+        if index.isdigit() and int(index) != env.local_rank and local_processes != 1:
+            raise LeanvisionError(f"--device {name} under torchrun would put every process on GPU {index} (this is "
+                                  f"local rank {env.local_rank}). Use --device cuda: each process then takes "
+                                  "cuda:LOCAL_RANK (select GPUs with CUDA_VISIBLE_DEVICES).")
+        return name
     if env is None or name not in ("auto", "cuda"):
         return name
     return f"cuda:{env.local_rank}" if torch.cuda.is_available() else ("cpu" if name == "auto" else name)
@@ -127,6 +139,18 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | None = None) 
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device or "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu().tolist()
+
+
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
+    """True on every rank when `flag` is True on at least one (an all-reduce MAX), so all ranks take the same branch
+    (e.g. stop on a NaN loss seen by one rank instead of leaving the others waiting in the next all-reduce)."""
+    if not active():
+        return bool(flag)
+    if device is None or device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device or "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def contiguous_slice(total: int, part: int, parts: int) -> tuple[int, int]:

@@ -25,7 +25,8 @@ from torch import nn
 
 from . import distributed
 from .accel.compile import compile_for_training
-from .accel.devices import LossTracker, prepare_input, prepare_model, setup_train_device, step_done
+from .accel.devices import (LAZY_LOSS_CHECK_EVERY, LossTracker, check_autocast, prepare_input, prepare_model, setup_train_device,
+                            step_done)
 from .config import TrainConfig
 from .data.core import ImageSet, batch_order
 from .errors import LeanvisionError, TrainingDiverged
@@ -34,6 +35,7 @@ from .models import regularization_loss
 
 CHECKPOINT = "checkpoint.safetensors"
 PRENORMALIZE_MAX_BYTES = 2 * 1024**3  # normalize the train split once into float32 when it fits in this much
+DEVICE_UINT8_MAX_FRACTION = 0.25  # else keep the uint8 split on the GPU when it fits in this share of its memory
 METRICS = "metrics.jsonl"
 
 
@@ -41,14 +43,24 @@ class TrainingInterrupted(LeanvisionError):
     """Ctrl-C during training; a resumable checkpoint was saved."""
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer of `cfg`; on CUDA the fused implementation (one kernel per step, and no host sync in
+    GradScaler's step for fp16), elsewhere PyTorch's default."""
     params = [p for p in model.parameters() if p.requires_grad]
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}.get(cfg.optimizer, torch.optim.AdamW)
+    kwargs: dict[str, Any] = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if fused_optimizer(cls, device):
+        kwargs["fused"] = True
+    return cls(params, **kwargs)
+
+
+def fused_optimizer(cls: type, device: torch.device | None) -> bool:
+    """Whether `cls` is built with `fused=True` on `device`: CUDA only, where this torch has the argument."""
+    import inspect
+
+    return device is not None and device.type == "cuda" and "fused" in inspect.signature(cls.__init__).parameters
 
 
 def learning_rate_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -103,11 +115,14 @@ def normalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch.de
 
 
 class _NormalizedSplit:
-    """An in-memory train split normalized once into float32 on the training device, batched exactly like ImageSet
-    (same order for the same generator), so no step pays for uint8 -> float conversion."""
+    """An in-memory train split on the training device, batched exactly like ImageSet (same order for the same
+    generator): normalized once into float32 (no step pays for uint8 -> float conversion), or, with
+    `normalized=False`, kept as uint8 (normalized per batch on the device). The epoch's permutation is copied to
+    the device once, so no batch waits for a host copy."""
 
-    def __init__(self, split: ImageSet, normalize, device: torch.device):
-        self.images, self.labels = normalize(split.images), split.labels.to(device)
+    def __init__(self, split: ImageSet, normalize, device: torch.device, normalized: bool = True):
+        self.images = normalize(split.images) if normalized else split.images.to(device)
+        self.labels = split.labels.to(device)
         self.num_batches = split.num_batches
 
     def __len__(self) -> int:
@@ -115,8 +130,7 @@ class _NormalizedSplit:
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False, start_batch: int = 0):
-        for idx in batch_order(len(self), batch_size, shuffle, generator, drop_last, start_batch):
-            idx = idx.to(self.images.device) if isinstance(idx, torch.Tensor) else idx
+        for idx in batch_order(len(self), batch_size, shuffle, generator, drop_last, start_batch, self.images.device):
             yield self.images[idx], self.labels[idx]
 
 
@@ -208,13 +222,16 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     # -- end data parallelism
     augment = _resolve_augment(cfg, dataset.input_shape[0])
     normalize = normalizer(dataset.mean, dataset.std, device)
-    optimizer = make_optimizer(model, cfg)
+    check_autocast(device, cfg.precision)  # MPS/XLA: bf16 autocast depends on the torch and OS version
+    optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     aug_seed = cfg.seed + 17 + (7919 * dp.rank if dp is not None else 0)  # each rank its own augmentation stream
     aug_gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(aug_seed)
     train = dataset.train
     if isinstance(train, ImageSet) and train.images.numel() * 4 <= PRENORMALIZE_MAX_BYTES:
         train = _NormalizedSplit(train, normalize, device)
+    elif isinstance(train, ImageSet) and _fits_on_gpu(train.images.numel(), device):
+        train = _NormalizedSplit(train, normalize, device, normalized=False)
     if len(train) == 0:
         raise LeanvisionError("The training split is empty. Expected at least one training image.")
     remainder = len(train) % cfg.batch_size  # BatchNorm cannot train on a batch of one (per rank under torchrun)
@@ -247,11 +264,14 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                                   "Resume with the same options, or start a new --out.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a CUDA checkpoint's fused=True must not follow it to another device
+            if "fused" in group:
+                group["fused"] = True if fused_optimizer(type(optimizer), device) else None
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        aug_gen.set_state(state["rng"]["aug"])
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
+        _restore_generator(aug_gen, state["rng"], aug_seed, global_step)
         best_acc, bad_epochs = state["best_acc"], state["bad_epochs"]
         history, running = state["history"], state["running"]
 
@@ -259,7 +279,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
         save_state(out / CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "aug": aug_gen.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "aug": aug_gen.get_state(), "aug_device": aug_gen.device.type},
             "epoch": epoch, "step": step, "global_step": global_step, "best_acc": best_acc,
             "bad_epochs": bad_epochs, "history": history, "running": running, "config": _config_for_compare(cfg),
         })
@@ -274,7 +294,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # same order after a resume
             bar.start_epoch(epoch, start_step if epoch == start_epoch else 0)
             correct = torch.zeros((), dtype=torch.long, device=device)
-            losses = LossTracker(device)  # reads the loss every step, every 50 on XLA (no per-step host sync)
+            losses = LossTracker(device, LAZY_LOSS_CHECK_EVERY if dp is not None else None)  # no per-step sync
             tick = time.perf_counter()
             batches = train.batches(cfg.batch_size, shuffle=True, generator=order, drop_last=drop_last,
                                     start_batch=start_step if epoch == start_epoch else 0)
@@ -297,32 +317,28 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                     loss = loss_fn(logits.float(), y, x)
                 if regularized:
                     loss = loss + regularization_loss(model)
-                loss_value = losses.add(loss, len(yb))
-                if not math.isfinite(loss_value):
-                    last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "nothing was saved"
-                    raise TrainingDiverged(
-                        f"Loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
-                        f"{last_good} in {out}. Lower --lr, or use --precision fp32."
-                    )
                 optimizer.zero_grad(set_to_none=True)
-                if dp is not None:
-                    loss = loss * dp.loss_weight(len(yb))  # DDP averages gradients over ranks
+                weighted = loss * dp.loss_weight(len(yb)) if dp is not None else loss  # DDP averages over ranks
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    scaler.scale(weighted).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
+                    weighted.backward()
                     optimizer.step()
                 step_done(device)  # XLA: run the traced step now
-                running["loss_sum"] += losses.pop()  # python float64, same sum however the epoch is split
+                loss_value = losses.add(loss, len(yb))  # after the step: on XLA a read then costs no extra graph
+                if losses.read_last:  # every step on CPU, every 50 on CUDA/XLA and under torchrun: same on all ranks
+                    _stop_if_diverged(loss_value, dp, device, epoch, step, learning_rate, out)
+                running["loss_sum"] = losses.drain_into(running["loss_sum"])  # float64, same however it is read
                 correct += (logits.detach().argmax(1) == y).sum()
                 step += 1
                 global_step += 1
                 running["seen"] += len(yb)
-                bar.advance(loss_value, correct, running, time.perf_counter() - tick + running["time"])
+                bar.advance(loss, correct, running, time.perf_counter() - tick + running["time"])
                 if sigint["hit"] or (interrupt_at_step is not None and global_step == interrupt_at_step):
-                    running["loss_sum"] += losses.flush()
+                    running["loss_sum"] = losses.flush_into(running["loss_sum"])
+                    _stop_if_diverged(running["loss_sum"], dp, device, epoch, step - 1, learning_rate, out)
                     running["correct"] += int(correct.item())
                     running["time"] += time.perf_counter() - tick
                     if main:
@@ -331,10 +347,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                         f"Interrupted at epoch {epoch + 1}, step {step}; checkpoint saved in {out}. "
                         "Run the same command with --resume to continue."
                     )
-            running["loss_sum"] += losses.flush()
-            if not math.isfinite(running["loss_sum"]):  # XLA: the last steps' losses are only read here
-                raise TrainingDiverged(f"Loss became {running['loss_sum']} in epoch {epoch + 1}; the last good "
-                                       f"checkpoint is kept in {out}. Lower --lr, or use --precision fp32.")
+            running["loss_sum"] = losses.flush_into(running["loss_sum"])  # CUDA/XLA: the last steps are read here
+            _stop_if_diverged(running["loss_sum"], dp, device, epoch, step - 1, learning_rate, out)
             running["correct"] += int(correct.item())
             running["time"] += time.perf_counter() - tick
             totals = running
@@ -381,6 +395,42 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     return history
 
 
+def _stop_if_diverged(value: float, dp, device: torch.device, epoch: int, step: int, learning_rate: float,
+                      out: Path) -> None:
+    """Raise `TrainingDiverged` when `value` (a loss or loss sum) is NaN/inf; under torchrun on every rank as soon as
+    one rank sees it (an all-reduce of the flag), so no rank is left waiting in the next gradient all-reduce."""
+    bad = not math.isfinite(value)
+    if dp is not None and distributed.any_rank(bad, device):
+        bad, value = True, value if bad else float("nan")
+    if bad:
+        last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "nothing was saved"
+        where = " on another rank" if dp is not None and math.isfinite(value) else ""
+        raise TrainingDiverged(
+            f"Loss became {value}{where} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
+            f"{last_good} in {out}. Lower --lr, or use --precision fp32."
+        )
+
+
+def _fits_on_gpu(numel: int, device: torch.device) -> bool:
+    """Whether a uint8 train split of `numel` bytes may live on `device`: CUDA, within a share of its memory."""
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return numel <= DEVICE_UINT8_MAX_FRACTION * total
+
+
+def _restore_generator(generator: torch.Generator, rng: dict[str, Any], seed: int, global_step: int) -> None:
+    """Restore the augmentation generator saved in a checkpoint; when the checkpoint comes from another device type
+    (a CUDA generator state is 16 bytes, a CPU one 5056), re-seed it deterministically from (seed, step) instead:
+    the run continues reproducibly, though not bit-identical to one that never changed device."""
+    state = rng["aug"]
+    same_type = rng.get("aug_device", generator.device.type) == generator.device.type  # old checkpoints: no type
+    if same_type and state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+    else:
+        generator.manual_seed(seed * 1_000_003 + global_step)
+
+
 def _config_for_compare(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     for key in ("device", "compile", "channels_last", "memory_fraction", "expandable_segments"):
@@ -420,7 +470,7 @@ class _Progress:
             self.task = self.progress.add_task(f"epoch {epoch + 1}/{self.total_epochs}", total=self.steps_per_epoch,
                                                completed=done, info="")
 
-    def advance(self, loss: float, correct: torch.Tensor, running: dict[str, Any], elapsed: float) -> None:
+    def advance(self, loss: torch.Tensor, correct: torch.Tensor, running: dict[str, Any], elapsed: float) -> None:
         if self.progress is None:
             return
         now = time.perf_counter()
@@ -428,7 +478,7 @@ class _Progress:
             self._last = now
             seen = running["seen"]
             accuracy = (running["correct"] + int(correct.item())) / max(1, seen)
-            info = f"loss {loss:.4f}  acc {accuracy:.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
+            info = f"loss {float(loss):.4f}  acc {accuracy:.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
             self.progress.update(self.task, advance=1, info=info)
         else:
             self.progress.update(self.task, advance=1)

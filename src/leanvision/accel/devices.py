@@ -9,7 +9,9 @@ the loss for NaN/inf only every `XLA_LOSS_CHECK_EVERY` steps (`LossTracker`).
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -17,10 +19,12 @@ from torch import nn
 
 from ..device import resolve_device
 from ..distributed import local_device_name
-from ..errors import LeanvisionError
+from ..errors import LeanvisionError, first_line
 
-ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
-XLA_LOSS_CHECK_EVERY = 50  # optimizer steps between host reads of the loss on XLA (each read is a device sync)
+ALLOC_CONF = "PYTORCH_ALLOC_CONF"  # the allocator's variable from torch 2.9; older versions read the next one only
+LEGACY_ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+LAZY_LOSS_CHECK_EVERY = 50  # optimizer steps between host reads of the loss on CUDA and XLA (each read is a sync)
+XLA_LOSS_CHECK_EVERY = LAZY_LOSS_CHECK_EVERY
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where PyTorch has channels_last convolution kernels (cuDNN, oneDNN)
 
 
@@ -35,8 +39,10 @@ def setup_device(name: str = "auto", *, channels_last: bool = False, memory_frac
         memory_fraction: cap this process's CUDA caching allocator at this fraction (0, 1] of the GPU's memory
             (`torch.cuda.set_per_process_memory_fraction`); an allocation past it raises out-of-memory. CUDA only.
         expandable_segments: let the CUDA allocator grow segments instead of reserving new blocks
-            (`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`), PyTorch's counterpart of TensorFlow's memory
-            growth: less fragmentation with varying batch shapes. Must be set before CUDA is initialized.
+            (`PYTORCH_ALLOC_CONF=expandable_segments:True`), PyTorch's counterpart of TensorFlow's memory
+            growth: less fragmentation with varying batch shapes. Applied through the allocator's settings API when
+            this torch has one (`allocator_settings()` reads it back), else through the environment before CUDA
+            initializes.
         cudnn_benchmark: let cuDNN time its convolution algorithms on the first call of each input shape and keep
             the fastest (`torch.backends.cudnn.benchmark`); results are then not bitwise deterministic.
 
@@ -56,24 +62,48 @@ def setup_device(name: str = "auto", *, channels_last: bool = False, memory_frac
     if expandable_segments:
         _enable_expandable_segments()
     if memory_fraction is not None:
-        if not 0.0 < memory_fraction <= 1.0:
+        if isinstance(memory_fraction, bool) or not 0.0 < memory_fraction <= 1.0:
             raise LeanvisionError(f"Invalid value for `memory_fraction`. Expected a number > 0 and <= 1. "
                                   f"Received: memory_fraction={memory_fraction}")
-        torch.cuda.set_per_process_memory_fraction(memory_fraction, device)
+        index = device.index if device.index is not None else torch.cuda.current_device()  # needs an index
+        torch.cuda.set_per_process_memory_fraction(float(memory_fraction), index)  # float: YAML's `1` is an int
     torch.backends.cudnn.benchmark = cudnn_benchmark
     return device
 
 
 def _enable_expandable_segments() -> None:
-    current = os.environ.get(ALLOC_CONF, "")
-    if "expandable_segments:true" in current.replace(" ", "").lower():
-        return
-    if torch.cuda.is_initialized():
+    """Turn on expandable segments for this process (and, through the environment, for its children).
+
+    torch >= 2.9 reads `PYTORCH_ALLOC_CONF` (older: `PYTORCH_CUDA_ALLOC_CONF`) once, when the allocator starts, so
+    the environment alone is too late after CUDA initialized; the settings API (`torch._C.
+    _accelerator_setAllocatorSettings`, torch >= 2.9; `torch.cuda.memory._set_allocator_settings` before) applies
+    it at any time, to segments allocated from then on.
+    """
+    for var in (ALLOC_CONF, LEGACY_ALLOC_CONF):
+        current = os.environ.get(var, "")
+        if "expandable_segments:true" not in current.replace(" ", "").lower():
+            os.environ[var] = ",".join(part for part in (current, "expandable_segments:True") if part)
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:
+        setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    if setter is not None:
+        setter("expandable_segments:True")
+    elif torch.cuda.is_initialized():
         raise LeanvisionError(
-            "expandable_segments must be set before CUDA is initialized, but CUDA is already in use in this process. "
-            f"Start the process with {ALLOC_CONF}=expandable_segments:True instead."
+            "expandable_segments must be set before CUDA is initialized with this torch version, but CUDA is already "
+            f"in use in this process. Start the process with {LEGACY_ALLOC_CONF}=expandable_segments:True instead."
         )
-    os.environ[ALLOC_CONF] = ",".join(part for part in (current, "expandable_segments:True") if part)
+
+
+def allocator_settings() -> str | None:
+    """The CUDA caching allocator's settings as the allocator reports them (torch >= 2.9), None where unreadable."""
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    if getter is None:
+        return None
+    try:
+        return str(getter())
+    except RuntimeError:  # no accelerator in this process
+        return None
 
 
 def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool = False) -> nn.Module:
@@ -89,8 +119,53 @@ def prepare_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_works(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether `torch.autocast(device.type, dtype)` really computes a matmul in `dtype` on `device`, and why not.
+
+    Apple MPS depends on the torch version (2.4 raises, 2.5 silently computes bf16 in fp32, 2.6+ needs macOS 14
+    for bf16), so a tiny probe is more reliable than a version table. Example: `autocast_works(dev, torch.bfloat16)`.
+    """
+    try:
+        a = torch.ones(8, 8, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's "disabling autocast" warning: the dtype check below says it
+            with torch.autocast(device.type, dtype=dtype):
+                out = a @ a
+    except Exception as e:  # noqa: BLE001 - any failure means autocast is not usable here
+        return False, f"autocast raised {first_line(e, with_type=True, limit=160)}"
+    if out.dtype != dtype:
+        return False, f"autocast silently computed {str(out.dtype).replace('torch.', '')}"
+    return True, ""
+
+
+@functools.lru_cache(maxsize=None)
+def _autocast_works_cached(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    return autocast_works(device, dtype)
+
+
+def check_autocast(device: torch.device, precision: str) -> None:
+    """Raise a one-line error when `precision` autocast does not really run on `device` (checked once per process
+    on devices other than the CPU and CUDA, where PyTorch's support depends on the torch and OS version)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None or device.type in ("cpu", "cuda"):
+        return
+    ok, why = _autocast_works_cached(device, dtype)
+    if not ok:
+        raise LeanvisionError(f"precision {precision} does not run on device '{device}' with torch {torch.__version__}"
+                              f" ({why}). Use --precision fp32 there, or a newer torch (MPS bf16: torch>=2.6, "
+                              "macOS 14).")
+
+
 def is_xla(device: torch.device) -> bool:
     return device.type == "xla"
+
+
+def inference_context(device: torch.device):
+    """`torch.inference_mode()`, or `torch.no_grad()` on XLA devices (inference tensors are reported to fail there)."""
+    return torch.no_grad() if is_xla(device) else torch.inference_mode()
 
 
 def step_done(device: torch.device) -> None:
@@ -117,45 +192,66 @@ def synchronize(device: torch.device) -> None:
 class LossTracker:
     """Per-epoch sum of `batch loss x batch size`, read on the host every `check_every` steps for the NaN check.
 
-    Eager devices read every step (one sync per step, which also gives an exact float64 sum); XLA devices keep the
-    sum on the device and read it every `XLA_LOSS_CHECK_EVERY` steps, so a step never waits for the TPU.
+    The CPU reads every step (a read costs nothing there). CUDA and XLA devices keep the step losses on the device
+    and read them all at once every `LAZY_LOSS_CHECK_EVERY` steps, so a step never waits for the GPU or TPU; each
+    read adds the losses one by one in float64 on the host, so the sum is the same whichever way it is read. Call
+    `add` after the optimizer step (after `step_done`), so on XLA the read does not cut an extra graph.
 
     Example: `value = tracker.add(loss, len(y)); running += tracker.pop()` (value is NaN/inf when it diverged).
     """
 
     def __init__(self, device: torch.device, check_every: int | None = None):
-        self.check_every = check_every or (XLA_LOSS_CHECK_EVERY if is_xla(device) else 1)
-        self._pending: torch.Tensor | None = None  # device-side sum since the last read (lazy mode only)
-        self._host = 0.0  # host-side sum not yet popped
+        lazy = device.type in ("cuda", "xla")
+        self.check_every = check_every or (LAZY_LOSS_CHECK_EVERY if lazy else 1)
+        self._pending: list[tuple[torch.Tensor, int]] = []  # device-side losses since the last read (lazy mode)
+        self._host: list[float] = []  # host-side `loss x batch size` values not yet popped, in step order
         self._steps = 0
+        self.read_last = False  # whether the last `add` read the device (its value is then worth checking)
 
     def add(self, loss: torch.Tensor, batch_size: int) -> float:
         """Account one batch; returns a finite-or-not value to check (the loss, or a partial sum, or 0.0 unread)."""
         self._steps += 1
         if self.check_every == 1:
             value = loss.item()  # one host sync per step: the divergence check needs it anyway
-            self._host += value * batch_size
+            self._host.append(value * batch_size)
+            self.read_last = True
             return value
-        weighted = loss.detach().float() * batch_size
-        self._pending = weighted if self._pending is None else self._pending + weighted
-        return self._read() if self._steps % self.check_every == 0 else 0.0
+        self._pending.append((loss.detach().float().reshape(()), batch_size))
+        self.read_last = self._steps % self.check_every == 0
+        return self._read() if self.read_last else 0.0
 
     def _read(self) -> float:
-        value = float(self._pending.item()) if self._pending is not None else 0.0
-        self._pending = None
-        self._host += value
-        return value
+        if not self._pending:
+            return 0.0
+        values = torch.stack([v for v, _ in self._pending]).tolist()  # one device -> host copy for all of them
+        total = 0.0
+        for value, (_, batch_size) in zip(values, self._pending):
+            self._host.append(value * batch_size)  # same float64 values as the eager path
+            total += value * batch_size
+        self._pending = []
+        return total
 
     def pop(self) -> float:
         """The host-side sum accumulated since the last pop (without forcing a device read)."""
-        value, self._host = self._host, 0.0
-        return value
+        return self.drain_into(0.0)
+
+    def drain_into(self, total: float) -> float:
+        """`total` plus each host-side value since the last pop, added one at a time in step order: the same float64
+        sum however often the device was read (so a resumed run's loss matches an uninterrupted one bit for bit)."""
+        for value in self._host:
+            total += value
+        self._host = []
+        return total
 
     def flush(self) -> float:
         """Read any device-side remainder (a sync), then pop; raises nothing, check `math.isfinite` yourself."""
-        if self._pending is not None:
-            self._read()
+        self._read()
         return self.pop()
+
+    def flush_into(self, total: float) -> float:
+        """Read any device-side remainder (a sync), then `drain_into(total)`."""
+        self._read()
+        return self.drain_into(total)
 
 
 def setup_train_device(cfg: Any) -> torch.device:

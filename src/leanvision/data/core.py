@@ -39,14 +39,17 @@ def check_batch_args(batch_size: int, start_batch: int) -> None:
 
 
 def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                drop_last: bool, start_batch: int) -> Iterator[torch.Tensor | slice]:
+                drop_last: bool, start_batch: int, device: torch.device | None = None) -> Iterator[torch.Tensor | slice]:
     """Yield the index (a tensor of indices, or a slice when not shuffling) of each remaining batch of an epoch.
 
     The permutation is drawn from `generator` only (torch's default generator when it is None), before any batch
-    is skipped, so the same generator state always gives the same order and `start_batch` resumes it.
+    is skipped, so the same generator state always gives the same order and `start_batch` resumes it. With `device`,
+    the permutation is copied there once per epoch, so batches are indexed on the device without a copy per batch.
     """
     check_batch_args(batch_size, start_batch)
     order = torch.randperm(n, generator=generator) if shuffle else None
+    if order is not None and device is not None and device.type != "cpu":
+        order = order.to(device)
     total = n // batch_size if drop_last else -(-n // batch_size)
     for b in range(start_batch, total):
         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
