@@ -1,8 +1,10 @@
 import json
 
 import pytest
+import torch
 
 from leanvision.cli import main
+from leanvision.errors import LeanvisionError
 from leanvision.recipes import fast_precision, resolve_recipe
 
 
@@ -41,3 +43,21 @@ def test_unknown_recipe_is_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("device", ["cpu"])
 def test_fast_precision_is_a_known_precision(device):
     assert fast_precision(device) in ("bf16", "fp32")
+
+
+@pytest.mark.parametrize("device, backend", [("mps", "mps"), ("tpu", "xla"), ("xla", "xla")])
+def test_fast_recipe_runs_where_channels_last_is_refused(device, backend, monkeypatch):
+    """`--recipe fast` on MPS/TPU resolves to a config setup_device accepts (it used to force channels_last)."""
+    from leanvision.accel import devices
+    from leanvision.config import TrainConfig
+
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        recipe = resolve_recipe("fast", shape, device)
+        cfg = TrainConfig(**{**recipe.train, "device": device})
+        assert cfg.channels_last is False and cfg.precision == ("fp32" if device == "mps" else "bf16")
+        monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(backend))  # a faked MPS/TPU
+        assert devices.setup_train_device(cfg).type == backend
+        with pytest.raises(LeanvisionError, match="channels_last is supported on cuda and cpu"):
+            devices.setup_device(device, channels_last=True)  # what the recipe used to ask for
+    assert resolve_recipe("fast", (1, 28, 28), "cpu").train["channels_last"] is True
+    assert resolve_recipe("fast", (1, 28, 28), "cuda:1").train["channels_last"] is True

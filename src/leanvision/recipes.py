@@ -36,13 +36,30 @@ RECIPES: Registry = Registry("recipe")
 
 
 def fast_precision(device: str = "auto") -> str:
-    """bf16 where the hardware has native bf16 math (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else fp32."""
+    """bf16 where the hardware has native bf16 math (AVX512-BF16/AMX CPUs, Ampere+ GPUs, TPUs), else fp32 (always on
+    Apple MPS, whose bf16 autocast depends on the torch and macOS version)."""
+    device = (device or "auto").strip().lower()
+    if device == "auto" and not torch.cuda.is_available() and not fast_channels_last("auto"):
+        device = "mps"  # what auto resolves to here
+    if device == "mps":
+        return "fp32"
+    if device in ("tpu", "xla"):
+        return "bf16"
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     cpu = getattr(torch, "cpu", None)
     has_bf16 = bool(cpu and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
     has_amx = bool(cpu and getattr(cpu, "_is_amx_tile_supported", lambda: False)())
     return "bf16" if has_bf16 or has_amx else "fp32"
+
+
+def fast_channels_last(device: str = "auto") -> bool:
+    """NHWC only where `setup_device` accepts it (CUDA and CPU kernels); never on MPS or TPU, where it is refused."""
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return torch.cuda.is_available() or not (mps is not None and mps.is_available())  # auto: cuda, mps, cpu
+    return device == "cpu" or device == "cuda" or device.startswith("cuda:")
 
 
 @RECIPES.register("fast")
@@ -54,7 +71,8 @@ def fast(input_shape: tuple[int, int, int], device: str = "auto") -> Recipe:
     """
     channels = input_shape[0]
     common = dict(optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle", label_smoothing=0.1,
-                  precision=fast_precision(device), channels_last=True)  # NHWC: faster bf16 conv/pool on CPU too
+                  precision=fast_precision(device),
+                  channels_last=fast_channels_last(device))  # NHWC: faster bf16 conv/pool on CUDA and CPU
     if channels == 1:
         return Recipe(model="fastnet", model_kwargs={"width": 16, "pool_first": True},
                       train=dict(common, epochs=2, batch_size=128, learning_rate=0.1, weight_decay=5e-4,

@@ -102,6 +102,16 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     out = Path(out_dir)
     device = setup_train_device(cfg.train)  # fail fast on a missing device or bad device option, before any write
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
+    try:
+        return _train_run(cfg, out, device, resume=resume, progress=progress, interrupt_at_step=interrupt_at_step,
+                          dataset=dataset, loss_fn=loss_fn)
+    finally:  # also on errors (a NaN stops every rank): the group is torn down, not left to the NCCL watchdog
+        if owns_group:
+            distributed.destroy()
+
+
+def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool, progress: bool,
+               interrupt_at_step: int | None, dataset, loss_fn) -> dict[str, Any]:
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
         raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
@@ -136,10 +146,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     wall = time.perf_counter() - start
     if not main:  # torchrun: rank 0 evaluates the test split and writes result.json; the other ranks read it
         distributed.barrier()
-        result = read_json(out / "result.json")
-        if owns_group:
-            distributed.destroy()
-        return result
+        return read_json(out / "result.json")
     model.load_state_dict(load_weights(out / "best.safetensors"))
     result: dict[str, Any] = {
         "model": cfg.model,
@@ -161,8 +168,6 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
         result.update(test_accuracy=correct / len(labels), test_correct=correct, test_total=len(labels))
     write_json(out / "result.json", result)
     distributed.barrier()
-    if owns_group:
-        distributed.destroy()
     return result
 
 

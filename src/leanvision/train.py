@@ -399,12 +399,11 @@ def _stop_if_diverged(value: float, dp, device: torch.device, epoch: int, step: 
                       out: Path) -> None:
     """Raise `TrainingDiverged` when `value` (a loss or loss sum) is NaN/inf; under torchrun on every rank as soon as
     one rank sees it (an all-reduce of the flag), so no rank is left waiting in the next gradient all-reduce."""
-    bad = not math.isfinite(value)
-    if dp is not None and distributed.any_rank(bad, device):
-        bad, value = True, value if bad else float("nan")
-    if bad:
+    mine = not math.isfinite(value)
+    anyone = distributed.any_rank(mine, device) if dp is not None else mine  # every rank joins the all-reduce
+    if anyone:
         last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "nothing was saved"
-        where = " on another rank" if dp is not None and math.isfinite(value) else ""
+        value, where = (value, "") if mine else (float("nan"), " on another rank")
         raise TrainingDiverged(
             f"Loss became {value}{where} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
             f"{last_good} in {out}. Lower --lr, or use --precision fp32."

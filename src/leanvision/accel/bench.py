@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from ..device import resolve_device
 from ..errors import LeanvisionError, first_line
 from ..measure.runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
 from ..measure.timing import measure_latency
-from .devices import synchronize
+from .devices import setup_device, synchronize
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
 
 ROW_KEYS = (
@@ -81,7 +80,7 @@ def bench_run(run_dir: str | Path, config: BenchConfig = BenchConfig(), data_dir
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    device = setup_device(config.device)  # the same cuDNN autotune setting whatever ran before in this process
     run = load_run(run_dir, weights=weights)
     dataset = run.load_dataset(data_dir)
     split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",

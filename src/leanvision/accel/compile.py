@@ -88,8 +88,16 @@ def compile_for_training(module: nn.Module, device: torch.device, batch_shapes: 
     return compiled, seconds
 
 
-def compile_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
-    """A compiled eval-mode copy of `model` on `device` (static shapes: one graph per batch size)."""
+def compile_for_inference(model: nn.Module, device: torch.device, mode: str | None = None) -> nn.Module:
+    """A compiled eval-mode copy of `model` on `device` (static shapes: one graph per batch size); `mode` is
+    torch.compile's (`reduce-overhead`: CUDA graphs, for small-batch latency)."""
     check_compile_support(device)
     net = copy.deepcopy(model).to(device).eval()
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net, dynamic=False, mode=mode)
+
+
+def recompile_limit() -> int:
+    """How many graphs Dynamo keeps per function before it silently falls back to eager (`recompile_limit`, named
+    `cache_size_limit` before torch 2.6); 8 by default."""
+    config = torch._dynamo.config
+    return int(getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 8)))

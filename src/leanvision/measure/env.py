@@ -16,7 +16,9 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
 
     Keys: `python`, `torch`, `numpy`, `onnxruntime` (None if not installed), `torch_cuda` (CUDA version torch was
     built with, or None), `torch_threads`, `platform`, `machine`, `cpu_model`, `cpu_count`, `device`, `gpu_name`
-    (None unless `device` is CUDA). The hostname and user are deliberately left out so reports can be shared.
+    (None unless `device` is CUDA); on CUDA also `cudnn_version`, `cudnn_benchmark` (autotuning on),
+    `tf32_matmul` and `tf32_cudnn` (TF32 allowed in matmuls / convolutions), the settings that change GPU speed.
+    The hostname and user are deliberately left out so reports can be shared.
 
     Example: `environment(torch.device("cuda"))["gpu_name"]`.
     """
@@ -24,6 +26,10 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     gpu_name = None
     if device.type == "cuda" and torch.cuda.is_available():
         gpu_name = torch.cuda.get_device_name(device)
+    cuda: dict[str, Any] = {}
+    if device.type == "cuda":
+        cuda = {"cudnn_version": torch.backends.cudnn.version(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -37,6 +43,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": str(device),
         "gpu_name": gpu_name,
+        **cuda,
     }
 
 

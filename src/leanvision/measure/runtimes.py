@@ -92,12 +92,15 @@ class TorchRuntime(Runtime):
                 f"precision='fp16' needs a CUDA device for the torch runtime. Received: device='{device}'. "
                 "Use precision='bf16' or 'fp32' on this device, or --device cuda."
             )
+        from ..accel.devices import check_autocast, inference_context
+
+        check_autocast(device, precision)  # MPS: bf16 autocast depends on the torch and macOS version
         net = copy.deepcopy(model).to(device).eval()  # a copy: the caller's model keeps its device and train flag
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with torch.inference_mode(), autocast:
+            with inference_context(device), autocast:  # no_grad on XLA, inference_mode elsewhere
                 return net(x.to(device, non_blocking=True)).float()
 
         return predict
@@ -107,13 +110,17 @@ class TorchRuntime(Runtime):
 class OnnxRuntime(Runtime):
     """ONNX Runtime on the model exported by `export_onnx` (fp32, dynamic batch).
 
-    Uses the CPU execution provider, or TensorRT/CUDA providers when `device` is CUDA and the installed build has
-    them. Inputs are copied to host memory as numpy arrays, so GPU timings include host<->device copies; logits
-    come back as float32 CPU tensors. `predict.providers` lists the providers the session actually uses.
+    On the CPU: the CPU execution provider, inputs copied to host memory as numpy arrays, logits as float32 CPU
+    tensors. On CUDA (needs the `onnxruntime-gpu` build, see `ort_gpu_providers`): TensorRT (engine and timing cache
+    in `trt_cache_dir()`, fp16 kernels for precision fp16) then CUDA providers, with IO binding: the input is read
+    from, and the logits written to, CUDA memory that torch owns, with no host copy. If ORT could not load any GPU
+    provider (it then silently runs on the CPU), `prepare` raises instead of timing the CPU under a CUDA label.
+    `predict.providers` lists the providers the session actually uses.
     """
 
     name = "onnxruntime"
-    host_input = True
+    precisions = ("fp32", "fp16")  # fp16: TensorRT on CUDA only
+    host_input = True  # the CPU path; `prepare` on CUDA sets it False on this instance (IO binding reads CUDA memory)
     onnx_models = True
 
     def is_available(self) -> tuple[bool, str]:
@@ -127,11 +134,16 @@ class OnnxRuntime(Runtime):
         self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
     ) -> Predict:
         (session,) = self._sessions(model, example, precision, device, count=1, threads=torch.get_num_threads())
-        input_name = session.get_inputs()[0].name
+        device = torch.device(device)
+        if device.type == "cuda":
+            self.host_input = False
+            predict = bound_predict(session, device)
+        else:
+            input_name = session.get_inputs()[0].name
 
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-            return torch.from_numpy(session.run(None, {input_name: array})[0])
+            def predict(x: torch.Tensor) -> torch.Tensor:
+                array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+                return torch.from_numpy(session.run(None, {input_name: array})[0])
 
         predict.providers = session.get_providers()  # type: ignore[attr-defined]
         return predict
@@ -148,20 +160,100 @@ class OnnxRuntime(Runtime):
         device = torch.device(device)
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
-            available = ort.get_available_providers()
-            gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
-            if not gpu:
-                raise LeanvisionError(
-                    f"device='{device}' requested for onnxruntime, but this onnxruntime build has no CUDA or TensorRT "
-                    f"provider (available: {', '.join(available)}). Install onnxruntime-gpu or use --device cpu."
-                )
-            providers = [(p, {"device_id": device.index or 0}) for p in gpu] + providers
+            providers = ort_gpu_providers(ort.get_available_providers(), device, precision)
         elif device.type != "cpu":
             raise LeanvisionError(f"Runtime {self.name!r} supports devices cpu and cuda. Received: device='{device}'.")
+        elif precision != "fp32":
+            raise LeanvisionError(f"Runtime {self.name!r} runs {precision} only through TensorRT on CUDA. Received: "
+                                  f"device='{device}'. Use precision fp32 here.")
         with tempfile.TemporaryDirectory(prefix="leanvision-onnx-") as tmp:
             path = export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
-            return [ort_session(path, threads, providers, getattr(model, "session_kwargs", {}))  # an int8 model's
-                    for _ in range(count)]
+            sessions = [ort_session(path, threads, providers, getattr(model, "session_kwargs", {}))  # an int8 model's
+                        for _ in range(count)]
+        if device.type == "cuda":
+            check_gpu_session(sessions[0].get_providers(), precision)
+        return sessions
+
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def trt_cache_dir() -> str:
+    """Where TensorRT keeps built engines and timing caches between runs: $LEANVISION_TRT_CACHE, else
+    ~/.cache/leanvision/tensorrt (an engine takes seconds to minutes to build; the cache makes reruns start fast)."""
+    import os
+
+    path = Path(os.environ.get("LEANVISION_TRT_CACHE") or Path.home() / ".cache" / "leanvision" / "tensorrt")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def ort_gpu_providers(available: Sequence[str], device: torch.device, precision: str = "fp32") -> list[Any]:
+    """The provider list for a CUDA session: TensorRT (engine + timing cache, fp16 when asked), then CUDA, then CPU.
+
+    ONNX Runtime's CPU package (`onnxruntime`, a core dependency) has no GPU provider; the GPU build is the separate
+    `onnxruntime-gpu` package with the same import name, so it replaces the CPU one (`pip install
+    'leanvision[cuda]'`, see the README). Example: `ort_gpu_providers(ort.get_available_providers(), dev)`.
+    """
+    gpu = [p for p in GPU_PROVIDERS if p in available]
+    if not gpu:
+        raise LeanvisionError(
+            f"device='{device}' requested for onnxruntime, but this onnxruntime build has no CUDA or TensorRT "
+            f"provider (available: {', '.join(available)}). Replace it with the GPU build: pip uninstall -y "
+            "onnxruntime && pip install onnxruntime-gpu; or use --device cpu."
+        )
+    if precision == "fp16" and "TensorrtExecutionProvider" not in gpu:
+        raise LeanvisionError("onnxruntime runs fp16 only through its TensorRT provider, which this build lacks "
+                              f"(available: {', '.join(available)}). Use precision fp32, or install TensorRT.")
+    index = device.index or 0
+    providers: list[Any] = []
+    if "TensorrtExecutionProvider" in gpu:
+        cache = trt_cache_dir()
+        providers.append(("TensorrtExecutionProvider", {
+            "device_id": index, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}))
+    if "CUDAExecutionProvider" in gpu and precision == "fp32":  # fp16 must not fall through to fp32 CUDA kernels
+        providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    return providers + ["CPUExecutionProvider"]
+
+
+def check_gpu_session(loaded: Sequence[str], precision: str = "fp32") -> None:
+    """Raise when a CUDA session ended up without its GPU provider: ORT then falls back to the CPU silently (a
+    missing CUDA/cuDNN/TensorRT library), and the timings would be the CPU's under a `device=cuda` label."""
+    if precision == "fp16" and "TensorrtExecutionProvider" not in loaded:
+        raise LeanvisionError(f"onnxruntime fp16 needs TensorRT, which failed to load (session providers: "
+                              f"{', '.join(loaded)}). Check the TensorRT libraries, or use precision fp32.")
+    if not any(p in loaded for p in GPU_PROVIDERS):
+        raise LeanvisionError(f"onnxruntime fell back to CPU: its CUDA/TensorRT provider failed to load (session "
+                              f"providers: {', '.join(loaded)}). Check the CUDA and cuDNN libraries onnxruntime-gpu "
+                              "needs, or use --device cpu.")
+
+
+def bound_predict(session: Any, device: torch.device) -> Predict:
+    """`predict(x)` through ORT's IO binding: the input is bound from torch's memory on `device` and the logits are
+    written into a torch tensor there, so CUDA runs copy nothing through the host (works on the CPU too)."""
+    input_name, output = session.get_inputs()[0].name, session.get_outputs()[0]
+    num_classes = output.shape[-1]
+    kind, index = device.type, device.index or 0
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to(device, torch.float32).contiguous()
+        classes = num_classes if isinstance(num_classes, int) else None
+        binding = session.io_binding()
+        binding.bind_input(input_name, kind, index, np.float32, list(x.shape), x.data_ptr())
+        if classes is None:  # symbolic class dimension: let ORT allocate, then copy
+            binding.bind_output(output.name, kind, index)
+        else:
+            out = torch.empty((x.shape[0], classes), dtype=torch.float32, device=device)
+            binding.bind_output(output.name, kind, index, np.float32, list(out.shape), out.data_ptr())
+        if kind == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # the input written by torch is complete before ORT reads
+        session.run_with_iobinding(binding)
+        if classes is None:
+            return torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(device)
+        return out
+
+    return predict
 
 
 @RUNTIMES.register("onnxruntime-streams")
