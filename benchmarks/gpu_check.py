@@ -1,4 +1,4 @@
-"""GPU check: what works on a CUDA GPU and how fast, stage by stage, in at most 7 minutes (a rerun fits the device time).
+"""GPU check: what works on a CUDA GPU and how fast, stage by stage, in at most 7 minutes (a rerun fits the budget).
 
 Each stage runs in a fresh Python process with its own time budget (killed past it) and writes its JSON to
 OUT/NN-stage.json as soon as it finishes (its output goes to OUT/NN-stage.log); OUT/summary.json lists them all.
@@ -478,7 +478,6 @@ def stage_precision(ctx: Ctx) -> dict:
             rows.append({"precision": precision, "batch_size": batch, "status": "ok", "steps": steps,
                          "train_images_per_s": batch * steps / seconds,
                          "peak_memory_mib": torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.cuda else None})
-            del model, optimizer, x, y
     if not ctx.cuda:
         rows.append({"precision": "fp16", "status": "unsupported: fp16 autocast is CUDA-only here"})
     ok = [r for r in rows if r["status"] == "ok"]

@@ -25,8 +25,15 @@ from torch import nn
 
 from . import distributed
 from .accel.compile import compile_for_training
-from .accel.devices import (LAZY_LOSS_CHECK_EVERY, LossTracker, check_autocast, prepare_input, prepare_model, setup_train_device,
-                            step_done)
+from .accel.devices import (
+    LAZY_LOSS_CHECK_EVERY,
+    LossTracker,
+    check_autocast,
+    prepare_input,
+    prepare_model,
+    setup_train_device,
+    step_done,
+)
 from .config import TrainConfig
 from .data.core import ImageSet, batch_order
 from .errors import LeanvisionError, TrainingDiverged

@@ -141,7 +141,7 @@ def autocast_works(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]
     return True, ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _autocast_works_cached(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
     return autocast_works(device, dtype)
 

@@ -38,8 +38,8 @@ def check_batch_args(batch_size: int, start_batch: int) -> None:
         raise DataError(f"Invalid start_batch={start_batch!r}: expected an integer >= 0 (batches already done).")
 
 
-def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                drop_last: bool, start_batch: int, device: torch.device | None = None) -> Iterator[torch.Tensor | slice]:
+def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, drop_last: bool,
+                start_batch: int, device: torch.device | None = None) -> Iterator[torch.Tensor | slice]:
     """Yield the index (a tensor of indices, or a slice when not shuffling) of each remaining batch of an epoch.
 
     The permutation is drawn from `generator` only (torch's default generator when it is None), before any batch
