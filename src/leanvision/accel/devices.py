@@ -87,7 +87,11 @@ def _enable_expandable_segments() -> None:
     if setter is None:
         setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
     if setter is not None:
-        setter("expandable_segments:True")
+        try:
+            setter("expandable_segments:True")
+        except RuntimeError as e:
+            raise LeanvisionError(f"expandable_segments could not be set in this process ({first_line(e)}). Start "
+                                  f"it with {ALLOC_CONF}=expandable_segments:True instead.") from None
     elif torch.cuda.is_initialized():
         raise LeanvisionError(
             "expandable_segments must be set before CUDA is initialized with this torch version, but CUDA is already "
