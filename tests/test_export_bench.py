@@ -114,7 +114,7 @@ def test_cli_bench_table_names_units_and_unsupported_precisions(digits_run, caps
     assert "median ms/batch" in out and "images/s" in out and "threads" in out and "dtype" in out
     assert "energy:" in out
     assert main(["bench", str(digits_run), "--runtime", "onnxruntime", "--precision", "bf16"]) == 2
-    assert "supports fp32 only" in one_error_line(capsys.readouterr().err)
+    assert "supports fp32, fp16 only" in one_error_line(capsys.readouterr().err)
 
 
 def test_bench_all_marks_unsupported_precision_as_a_row(digits_run, monkeypatch):
@@ -123,12 +123,12 @@ def test_bench_all_marks_unsupported_precision_as_a_row(digits_run, monkeypatch)
                                              repeats=2, warmup=0))
     status = {(r["runtime"], r["precision"]): r["status"] for r in rows}
     assert status[("torch", "bf16")] == "ok" and status[("onnxruntime", "fp32")] == "ok"
-    assert status[("onnxruntime", "bf16")].startswith("unsupported: Runtime 'onnxruntime' supports fp32 only")
+    assert status[("onnxruntime", "bf16")].startswith("unsupported: Runtime 'onnxruntime' supports fp32, fp16 only")
     # asked for by name, an unsupported pair is a row too, unless nothing asked for can run: then an error
     rows = bench_run(digits_run, BenchConfig(runtimes=("onnxruntime",), precisions=("fp32", "bf16"), batch_sizes=(1,),
                                              repeats=2, warmup=0))
     assert [r["status"][:11] for r in rows] == ["ok", "unsupported"]
-    with pytest.raises(LeanvisionError, match="supports fp32 only"):
+    with pytest.raises(LeanvisionError, match="supports fp32, fp16 only"):
         bench_run(digits_run, BenchConfig(runtimes=("onnxruntime",), precisions=("bf16",), batch_sizes=(1,)))
 
 
