@@ -21,7 +21,7 @@ from typing import Any, get_type_hints
 from jsonargparse import ArgumentParser
 
 from . import __version__
-from .cliparse import command_list, explain, polish, suggest_key, unknown_command
+from .cliparse import as_flags, command_list, explain, polish, suggest_key, unknown_command
 from .config import DataConfig, RunConfig, TrainConfig
 from .errors import LeanvisionError
 
@@ -53,7 +53,7 @@ def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: tuple[str, ...]
         flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = default is not None and default is not False  # None/False: the help text says what unset means
-        text = helps.get(f.name, "") + (f" (default: {default})" if shown else "")
+        text = helps.get(f.name, "").replace("; None = ", "; default: ") + (f" (default: {default})" if shown else "")
         if hints[f.name] is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=text)
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command](ns[command])
     except LeanvisionError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {as_flags(_one_line(e), parser, command)}", file=sys.stderr)
         from .train import TrainingInterrupted
 
         return 130 if isinstance(e, TrainingInterrupted) else 2

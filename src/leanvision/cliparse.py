@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import typing
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
@@ -104,6 +105,17 @@ def _check_types(argv: list[str], parser: ArgumentParser) -> str | None:
     return None
 
 
+def _check_choices(argv: list[str], parser: ArgumentParser) -> str | None:
+    for flag, value, action in _typed_values(argv, _options(parser)):
+        if action.choices and value not in action.choices:
+            from .registry import did_you_mean
+
+            hint = did_you_mean(value, action.choices).strip()
+            return (f"{flag} expects one of {', '.join(map(str, action.choices))}, received {value!r}"
+                    + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
+    return None
+
+
 def _unknown_flag(argv: list[str], parser: ArgumentParser) -> str | None:
     options = _options(parser)
     for token in argv:
@@ -144,7 +156,7 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
     target = sub if sub is not None else parser
     rest = argv[argv.index(command) + 1:] if sub is not None else argv
     text = str(error)
-    for reason in (_check_types(rest, target), _missing(text, target),
+    for reason in (_check_types(rest, target), _check_choices(rest, target), _missing(text, target),
                    _unknown_flag(rest, target) if "unrecognized arguments" in text else None):
         if reason:
             return reason
@@ -154,9 +166,24 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
     return f"{first} ({given})" if given and given != first else first
 
 
+def as_flags(message: str, parser: ArgumentParser, command: str) -> str:
+    """A library error names config fields (`batch_size`, `batch_size=0`); say the command's flags instead
+    (`--batch-size`, `--batch-size 0`). Errors about a --config file keep its keys."""
+    sub = subcommands(parser).get(command)
+    if sub is None or "--config" in message:
+        return message
+    for action in sub._actions:
+        flag = next((f for f in action.option_strings if f.startswith("--")), None)
+        if flag is None or action.dest in ("help", argparse.SUPPRESS):
+            continue
+        message = message.replace(f"`{action.dest}`", flag)
+        message = re.sub(rf"(?<![\w-]){re.escape(action.dest)}=", f"{flag} ", message)
+    return message
+
+
 def suggest_key(key: str, known: typing.Iterable[str]) -> str:
     near = difflib.get_close_matches(key, list(known), n=1)
     return f"; did you mean {near[0]!r}?" if near else ""
 
 
-__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "suggest_key"]
+__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags", "suggest_key"]

@@ -20,7 +20,10 @@ AUGMENTS = ("auto", "none", "flip", "crop", "crop-flip")
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise LeanvisionError(f"Invalid value for `{name}`. Expected one of {', '.join(choices)}. Received: {value!r}")
+        from .registry import did_you_mean
+
+        raise LeanvisionError(f"Invalid value for `{name}`. Expected one of {', '.join(choices)}. Received: {value!r}."
+                              f"{did_you_mean(value, choices)}")
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None, *, low_open: bool = False) -> None:

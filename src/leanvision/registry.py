@@ -12,6 +12,12 @@ from .errors import LeanvisionError
 T = TypeVar("T")
 
 
+def did_you_mean(name: str, known) -> str:
+    """` Did you mean 'x'?` for the closest of `known` (difflib), or '' when none is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 class Registry(Generic[T]):
     """Maps names to objects; duplicate names fail at registration, unknown names fail with a close match.
 
@@ -35,8 +41,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name in self._items:
             return self._items[name]
-        close = difflib.get_close_matches(name, self._items, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, self._items)
         raise LeanvisionError(
             f"Unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._items))}."
         )

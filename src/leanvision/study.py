@@ -56,8 +56,13 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
     else:
         path = Path(plan)
         if not path.is_file():
-            raise LeanvisionError(f"Unknown plan {plan!r}. Expected one of {', '.join(PLAN_NAMES)} "
-                                  "or a plan .yaml file.")
+            from .registry import did_you_mean
+
+            if path.suffix.lower() in (".yaml", ".yml", ".json") or len(path.parts) > 1:
+                raise LeanvisionError(f"Plan file {plan} does not exist. Give an existing plan .yaml file or a "
+                                      f"built-in plan: {', '.join(PLAN_NAMES)}.")
+            raise LeanvisionError(f"Unknown plan {plan!r}.{did_you_mean(plan, PLAN_NAMES)} Expected one of "
+                                  f"{', '.join(PLAN_NAMES)} or a plan .yaml file.")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:

@@ -278,6 +278,13 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
+        if start_epoch > cfg.epochs or (start_epoch == cfg.epochs and start_step > 0):
+            raise LeanvisionError(f"Cannot resume {out} with --epochs {cfg.epochs}: it has already trained "
+                                  f"{start_epoch + (start_step > 0)} epochs. Give a larger --epochs to extend it, "
+                                  "or start a new --out.")
+        if start_epoch == cfg.epochs and main:  # finished: the result is only re-evaluated
+            print(f"note: nothing to train: {out} has already trained {start_epoch} epochs (give a larger --epochs "
+                  "to extend it); its result is re-evaluated.", file=sys.stderr, flush=True)
         _restore_generator(aug_gen, state["rng"], aug_seed, global_step)
         best_acc, bad_epochs = state["best_acc"], state["bad_epochs"]
         history, running = state["history"], state["running"]
@@ -484,7 +491,7 @@ class _Progress:
             self._last = now
             seen = running["seen"]
             accuracy = (running["correct"] + int(correct.item())) / max(1, seen)
-            info = f"loss {float(loss):.4f}  acc {accuracy:.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
+            info = f"loss {float(loss.detach()):.4f}  acc {accuracy:.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
             self.progress.update(self.task, advance=1, info=info)
         else:
             self.progress.update(self.task, advance=1)

@@ -23,6 +23,8 @@ def _csv(text: str, cast: type = str, flag: str = "") -> tuple:
         raise LeanvisionError(f"Invalid {flag} {text!r}. Expected comma-separated values, e.g. 1,256.") from None
     if not values:
         raise LeanvisionError(f"Invalid {flag} {text!r}. Expected at least one value.")
+    if cast is int and min(values) < 1:
+        raise LeanvisionError(f"{flag} expects positive integers, received {text!r} (e.g. 1,256).")
     return values
 
 

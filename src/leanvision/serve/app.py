@@ -179,7 +179,10 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
         raise LeanvisionError(f"Run directory {path} not found (no model.json). Expected a folder written by "
                               "`leanvision train` or `leanvision optimize`.")
     if runtime not in RUNTIMES.names():
-        raise LeanvisionError(f"Unknown --runtime {runtime!r}. Expected one of: {', '.join(RUNTIMES.names())}.")
+        from ..registry import did_you_mean
+
+        raise LeanvisionError(f"Unknown --runtime {runtime!r}.{did_you_mean(runtime, RUNTIMES.names())} Expected one "
+                              f"of: {', '.join(RUNTIMES.names())}.")
     engine = get_runtime(runtime)
     ok, reason = engine.is_available()
     if not ok:
