@@ -298,6 +298,13 @@ def cmd_study(ns: Any) -> int:
 def cmd_optimize(ns: Any) -> int:
     from .optimize import build_chain, optimize_run, step_table
 
+    if all(v is None for v in (ns.prune, ns.unstructured, ns.quantize, ns.distill_from)):
+        techniques = "--prune, --unstructured, --distill-from, --quantize"
+        if ns.no_fold:
+            raise LeanvisionError(f"Nothing to do: no technique given. Give some of {techniques} (e.g. --prune 0.5 "
+                                  "--quantize int8).")
+        print(f"note: no technique given ({techniques}): only folding BatchNorm into the convolutions.",
+              file=sys.stderr, flush=True)
     chain = build_chain(prune=ns.prune, prune_method=ns.prune_method, unstructured=ns.unstructured,
                         quantize=ns.quantize, distill_from=ns.distill_from, alpha=ns.alpha,
                         temperature=ns.temperature, finetune_epochs=ns.finetune_epochs,
@@ -519,7 +526,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = ns.command
     try:
-        return COMMANDS[command](ns[command])
+        code = COMMANDS[command](ns[command])
+        sys.stdout.flush()  # a reader that closed the pipe (`| head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # like other CLIs: stop quietly (Python docs, "Note on SIGPIPE")
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except LeanvisionError as e:
         print(f"error: {as_flags(_one_line(e), parser, command)}", file=sys.stderr)
         from .train import TrainingInterrupted

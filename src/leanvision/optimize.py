@@ -10,6 +10,7 @@ and `export` accept it (pruned/folded runs rebuild from model.json; int8 runs lo
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,18 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
     return text + "".join(f"; {note}" for note in step["notes"])
 
 
+def _warn_weaker_teacher(configs: list[TechniqueConfig], src: Path) -> None:
+    """One line on stderr when the distillation teacher's recorded test accuracy is below the student run's."""
+    teacher = next((c.teacher for c in configs if c.name == "distill"), None)
+    if teacher is None or not (Path(teacher) / "result.json").is_file() or not (src / "result.json").is_file():
+        return
+    t_acc = read_json(Path(teacher) / "result.json").get("test_accuracy")
+    s_acc = read_json(src / "result.json").get("test_accuracy")
+    if isinstance(t_acc, (int, float)) and isinstance(s_acc, (int, float)) and t_acc < s_acc:
+        print(f"warning: teacher {teacher} has a lower recorded test accuracy ({t_acc:.4f}) than the student run {src} "
+              f"({s_acc:.4f}); distilling from it will likely not help.", file=sys.stderr, flush=True)
+
+
 def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], out_dir: str | Path, *,
                  dataset=None, data_dir: str | None = None, progress: bool = True, overwrite: bool = False,
                  repeats: int = 50) -> dict[str, Any]:
@@ -170,8 +183,10 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
                               "the source run instead; one call can combine every technique.")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise LeanvisionError(f"{out} already exists and is not empty. Choose another --out or delete it.")
+            raise LeanvisionError(f"{out} already exists and is not empty. Use --overwrite to replace it, or choose "
+                                  "another --out.")
         shutil.rmtree(out)
+    _warn_weaker_teacher(configs, src)
     run = load_run(src)
     dataset = dataset if dataset is not None else run.load_dataset(data_dir)
     if list(dataset.input_shape) != meta["input_shape"] or dataset.num_classes != meta["num_classes"]:

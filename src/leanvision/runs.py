@@ -11,6 +11,7 @@ A run directory holds everything needed to rebuild, evaluate and deploy the mode
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
         raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
+    _check_model_name(cfg.model)  # cheap, and a typo is the likelier mistake than the run directory
     if resume and not (out / CHECKPOINT).exists():
         raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
     if not resume and not overwrite and (out / CHECKPOINT).exists():
@@ -169,6 +171,17 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
     write_json(out / "result.json", result)
     distributed.barrier()
     return result
+
+
+def _check_model_name(model: Any) -> None:
+    """An unknown model name or a bad spec file fails here, before any run directory is looked at."""
+    from .models import MODELS, load_spec
+    from .models.registry_api import SPEC_SUFFIXES
+
+    if isinstance(model, str) and not model.lower().endswith(SPEC_SUFFIXES):
+        MODELS.get(model)
+    elif isinstance(model, (str, os.PathLike)):
+        load_spec(model)
 
 
 def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Run:
