@@ -26,6 +26,9 @@ from .config import DataConfig, RunConfig, TrainConfig
 from .errors import LeanvisionError
 
 ALIASES = {"learning_rate": ["--lr"]}
+DESCRIPTION = ("Make image classifiers small and fast, and measure it: train a model, compress it (prune, distill, "
+               "int8), compare variants in a report, export, benchmark and serve it. Start with `leanvision study`; "
+               "`leanvision COMMAND --help` shows a command's options.")
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -346,7 +349,8 @@ def _device(ns: Any):
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="leanvision", description=__doc__.splitlines()[0], exit_on_error=False)
+    parser = ArgumentParser(prog="leanvision", description=DESCRIPTION, usage="%(prog)s COMMAND [options]",
+                            exit_on_error=False)
     parser.add_argument("--version", action="version", version=f"leanvision {__version__}",
                         help="print the leanvision version and exit")
     sub = parser.add_subcommands(dest="command", required=True)

@@ -34,10 +34,24 @@ def subcommands(parser: ArgumentParser) -> dict[str, ArgumentParser]:
     return dict(action._name_parser_map) if action is not None else {}
 
 
+def _positional_usage(parser: ArgumentParser) -> str:
+    words = []
+    for action in parser._actions:
+        if action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue
+        name = str(action.metavar or action.dest).upper()
+        words.append({"?": f"[{name}]", "*": f"[{name} ...]", "+": f"{name} [{name} ...]"}.get(action.nargs, name))
+    return "".join(f" {w}" for w in words)
+
+
 def polish(parser: ArgumentParser) -> ArgumentParser:
-    """Use `HelpFormatter` for the parser and every subcommand parser."""
+    """`HelpFormatter`, no abbreviated flags (`--epoch` is not `--epochs`), and usage `leanvision train [options]`
+    for the parser and every subcommand parser."""
     parser.formatter_class = HelpFormatter
-    for sub in subcommands(parser).values():
+    parser.allow_abbrev = False
+    for name, sub in subcommands(parser).items():
+        sub.prog = f"{parser.prog} {name}"
+        sub.usage = f"%(prog)s [options]{_positional_usage(sub)}"
         polish(sub)
     return parser
 
@@ -122,7 +136,7 @@ def _unknown_flag(argv: list[str], parser: ArgumentParser) -> str | None:
         if not token.startswith("--"):
             continue
         flag = token.partition("=")[0]
-        if flag in options or any(o.startswith(flag) for o in options if o.startswith("--")):
+        if flag in options:
             continue
         near = difflib.get_close_matches(flag, _visible_flags(parser), n=1, cutoff=0.6)
         hint = f" (did you mean {near[0]}?)" if near else ""
