@@ -250,14 +250,18 @@ def cmd_models(ns: Any) -> int:
 def cmd_datasets(ns: Any) -> int:
     from .data import list_datasets
 
+    if ns.data_dir is not None and not os.path.isdir(ns.data_dir):
+        print(f"warning: --data-dir {ns.data_dir} does not exist; every dataset that needs files shows as missing.",
+              file=sys.stderr, flush=True)
     rows = list_datasets(ns.data_dir)
     if ns.json:
         _print_json(rows)
         return 0
+    print(f"{'dataset':<14} {'train':>6}  {'test':>6}  {'shape':<8} {'status':<8} location")
     for r in rows:
         shape = "x".join(str(s) for s in r.get("image_shape") or r.get("shape") or [])
         present = "present" if r.get("present") else "missing"
-        print(f"{r['name']:<14} train {r.get('num_train', '?'):>6}  test {r.get('num_test', '?'):>6}  {shape:<8} "
+        print(f"{r['name']:<14} {r.get('num_train', '?'):>6}  {r.get('num_test', '?'):>6}  {shape:<8} "
               f"{present:<8} {r.get('location', '')}")
         if r.get("description"):
             print(f"{'':<14} {r['description']}")
