@@ -6,14 +6,39 @@ Example: `uvicorn.run(create_app("runs/compact"), host="127.0.0.1", port=8000)`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
-def create_app(run_dir: Any, **kwargs: Any) -> Any:
-    """The ASGI app serving `run_dir` (see `leanvision.serve.app.create_app`); imports FastAPI only when called."""
+def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_size: int = 64,
+               max_wait_ms: float = 2.0, max_body_kb: int = 2048, max_concurrency: int = 256,
+               max_pixels: int = 16_000_000, max_files: int = 64, top_k: int = 1, warmup: int = 3,
+               threads: int | None = None) -> Any:
+    """The web app (ASGI, FastAPI) that serves the model of `run_dir`; run it with uvicorn.
+
+    Args:
+        run_dir: a run directory written by `leanvision train` or `leanvision optimize`.
+        runtime: onnxruntime | torch | onnxruntime-streams (an int8 run always uses onnxruntime).
+        max_batch_size: images per runtime call at most; concurrent requests are batched up to this.
+        max_wait_ms: an image waits at most this long for others to join its batch.
+        max_body_kb: larger request bodies get 413.
+        max_concurrency: requests in progress at most; more get 503.
+        max_pixels: larger images get 413 (decompression-bomb guard).
+        max_files: images per request at most.
+        top_k: predictions per image unless the request's `?top_k=` says otherwise.
+        warmup: untimed calls per batch size at start-up, so first requests are not slow.
+        threads: inference threads for this process; None keeps torch's current setting.
+
+    The model loads now, so a bad run directory fails here; `/ready` answers 200 once it is warmed up. Endpoints:
+    POST /predict, /model, /health, /ready, /metrics, a browser page at /, /docs and /openapi.json.
+
+    Example: `uvicorn.run(create_app("runs/compact", max_batch_size=64), host="127.0.0.1", port=8000)`.
+    """
     from .app import create_app as _create_app
 
-    return _create_app(run_dir, **kwargs)
+    return _create_app(run_dir, runtime=runtime, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                       max_body_kb=max_body_kb, max_concurrency=max_concurrency, max_pixels=max_pixels,
+                       max_files=max_files, top_k=top_k, warmup=warmup, threads=threads)
 
 
 __all__ = ["create_app"]

@@ -429,7 +429,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             state["ready"] = False
             await batcher.close()
 
-    app = FastAPI(title="leanvision serve", version="1", lifespan=lifespan,
+    app = FastAPI(title="leanvision serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image classification with {model.card['name']} ({model.card['precision']}, "
                               f"{runtime}) from run {model.card['run']}. POST images to /predict.")
     app.state.config, app.state.model, app.state.batcher, app.state.metrics = config, model, batcher, metrics
@@ -542,6 +542,12 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
     async def prometheus_metrics():
         return Response(prometheus_client.generate_latest(metrics.registry),
                         media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:  # FastAPI's Swagger UI needs a CDN; this page works offline
+        from .docs import docs_page
+
+        return HTMLResponse(docs_page(app.openapi()))
 
     @app.get("/", response_class=HTMLResponse, summary="A page to classify images in the browser")
     async def page():
