@@ -99,7 +99,8 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
             else:
                 out.append(f"{text}: no measurable difference, as expected for the same architecture.")
         if verdict in ("faster", "slower") and same_arch:
-            out[-1] = (f"{text}: the same inference graph as the base, so this gap ({ratio:.2f}x) is run-to-run timing "
+            gap = f"{ratio:.2f}x faster" if verdict == "faster" else f"{1 / ratio:.2f}x slower"
+            out[-1] = (f"{text}: the same inference graph as the base, so this gap ({gap}) is run-to-run timing "
                        "noise, not a real difference.")
     return out
 

@@ -283,9 +283,11 @@ def summary_lines(study: dict) -> list[tuple[str, str]]:
                          ("test ", d.get("num_test")),
                          ("input ", "×".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape),
                          ("classes ", d.get("num_classes")))),
-        ("Settings", join(*((f"{k} ", v) for k, v in s.items() if not isinstance(v, (dict, list))))),
+        ("Settings", join(*((f"{k} ", ", ".join(map(str, v)) if k == "runtimes" else v) for k, v in s.items()
+                            if (k == "runtimes" and isinstance(v, list)) or not isinstance(v, (dict, list))
+                            and not (k == "runtime" and isinstance(s.get("runtimes"), list))))),
         ("Measurement", join(("device ", e.get("device")), ("precision ", s.get("precision")),
-                             ("runtime ", primary_runtime(study)),
+                             ("headline runtime ", primary_runtime(study)),
                              ("latency batch ", s.get("latency_batch_size")),
                              ("throughput batch ", s.get("throughput_batch_size")),
                              ("repeats ", s.get("repeats")), ("warm-up ", s.get("warmup")),
