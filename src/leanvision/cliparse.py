@@ -200,4 +200,5 @@ def suggest_key(key: str, known: typing.Iterable[str]) -> str:
     return f"; did you mean {near[0]!r}?" if near else ""
 
 
-__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags", "suggest_key"]
+__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags",
+           "suggest_key"]
