@@ -141,7 +141,7 @@ def test_cli_bench_requested_unavailable_runtime_is_one_line_error(digits_run, c
 @pytest.mark.parametrize("args, fragment", [
     (["--runtime", "onnxrt"], "Did you mean 'onnxruntime'"),
     (["--device", "cuda"], "no CUDA GPU"),
-    (["--batch-sizes", "0"], "Invalid batch sizes"),
+    (["--batch-sizes", "0"], "--batch-sizes expects positive integers"),
     (["--precision", "int3"], "Invalid precision 'int3'"),
 ])
 def test_cli_bench_bad_input_is_one_line_error(digits_run, capsys, args, fragment):
