@@ -56,6 +56,9 @@ def test_errors_name_the_flag_not_the_python_field(trained, tmp_path, capsys):
     assert main(["train", "--batch-size", "0", "--out", str(tmp_path / "a")]) == 2
     line = _error(capsys.readouterr().err)
     assert "--batch-size" in line and "batch_size" not in line
+    assert main(["train", "--lr", "0", "--out", str(tmp_path / "a")]) == 2
+    line = _error(capsys.readouterr().err)
+    assert "--lr" in line and "learning_rate" not in line
     assert main(["bench", str(trained[0]), "--batch-sizes", "0"]) == 2
     assert "--batch-sizes expects positive integers, received '0'" in _error(capsys.readouterr().err)
     assert main(["train", "--help"]) == 0

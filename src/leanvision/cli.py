@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except LeanvisionError as e:
-        print(f"error: {as_flags(_one_line(e), parser, command)}", file=sys.stderr)
+        print(f"error: {as_flags(_one_line(e), parser, command, argv)}", file=sys.stderr)
         from .train import TrainingInterrupted
 
         return 130 if isinstance(e, TrainingInterrupted) else 2

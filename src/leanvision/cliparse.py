@@ -180,14 +180,17 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
     return f"{first} ({given})" if given and given != first else first
 
 
-def as_flags(message: str, parser: ArgumentParser, command: str) -> str:
+def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Sequence[str] = ()) -> str:
     """A library error names config fields (`batch_size`, `batch_size=0`); say the command's flags instead
-    (`--batch-size`, `--batch-size 0`). Errors about a --config file keep its keys."""
+    (`--batch-size`, `--batch-size 0`; an alias such as `--lr` when that is what argv has). Errors about a --config
+    file keep its keys."""
     sub = subcommands(parser).get(command)
     if sub is None or "--config" in message:
         return message
+    typed = {token.partition("=")[0] for token in argv}
     for action in sub._actions:
-        flag = next((f for f in action.option_strings if f.startswith("--")), None)
+        flag = next((f for f in action.option_strings if f in typed),
+                    next((f for f in action.option_strings if f.startswith("--")), None))
         if flag is None or action.dest in ("help", argparse.SUPPRESS):
             continue
         message = message.replace(f"`{action.dest}`", flag)
