@@ -31,3 +31,14 @@ def digits():
     from leanvision.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that set torch's thread count (serve's --threads, bench's --threads) must not change later tests'
+    arithmetic: reductions split over another number of threads round differently."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
