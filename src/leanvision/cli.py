@@ -137,7 +137,7 @@ def resolve_train_config(ns: Any) -> tuple[RunConfig, str, Any]:
     recipe = ns.recipe or requested.pop("recipe", None)
     requested.pop("recipe", None)
     out = ns.out or requested.pop("out", None) or os.path.join(
-        "runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(str(requested.get("model", RunConfig.model)))))
+        "runs", _run_name(str(requested.get("model", RunConfig.model))))
     requested.pop("out", None)
     stored: dict[str, Any] = {}
     if ns.resume and os.path.isfile(os.path.join(out, "config.json")):  # resume reads the run's own config
@@ -175,21 +175,36 @@ def cmd_train(ns: Any) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         return 0
     result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress, dataset=dataset,
-                       overwrite=bool(ns.overwrite))
+                       overwrite=bool(ns.overwrite), log=None if ns.json else print, recipe=ns.recipe,
+                       epoch_lines=True)
     from .distributed import is_main
 
     if not is_main():  # torchrun: rank 0 alone reports
         return 0
+    _print_warnings(result)
     if ns.json:
         _print_json(result)
     else:
-        acc = result.get("test_accuracy")
+        acc, n = result.get("test_accuracy"), result["epochs_run"]
         compiled = f"; plus {result['compile_time_s']:.1f} s torch.compile" if "compile_time_s" in result else ""
-        test = f"test accuracy {acc:.4f} ({result['test_correct']}/{result['test_total']})" if acc is not None else ""
-        print(f"{cfg.model} on {result['dataset']}: {test}, best val accuracy {result['best_val_accuracy']:.4f}, "
-              f"{result['epochs_run']} epochs in {result['train_time_s']:.1f} s (fp32 eval, {cfg.train.precision} "
+        test = f"test accuracy {acc:.2%} ({result['test_correct']}/{result['test_total']})" if acc is not None else ""
+        print(f"{cfg.model} on {result['dataset']}: {test}, best val accuracy {result['best_val_accuracy']:.2%}, "
+              f"{n} epoch{'s' * (n != 1)} in {result['train_time_s']:.1f} s (fp32 eval, {cfg.train.precision} "
               f"training{compiled}) -> {out}")
     return 0
+
+
+def _run_name(model: str) -> str:
+    """Default run folder name: the model name, or a spec file's stem (`specs/net.yaml` -> `net`)."""
+    name = os.path.basename(model)
+    stem, suffix = os.path.splitext(name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem if suffix.lower() in (".yaml", ".yml", ".json") else name)
+
+
+def _print_warnings(result: dict) -> None:
+    """A result's `warnings` (bad-looking numbers, see health.py), one `warning: ...` line each on stderr."""
+    for line in result.get("warnings") or []:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def cmd_evaluate(ns: Any) -> int:
