@@ -330,14 +330,15 @@ def cmd_optimize(ns: Any) -> int:
     chain = build_chain(prune=ns.prune, prune_method=ns.prune_method, unstructured=ns.unstructured,
                         quantize=ns.quantize, distill_from=ns.distill_from, alpha=ns.alpha,
                         temperature=ns.temperature, finetune_epochs=ns.finetune_epochs,
-                        calibration_size=ns.calibration_size, fold=not ns.no_fold)
+                        calibration_size=ns.calibration_size, fold=not ns.no_fold, round_to=ns.round_to)
     result = optimize_run(ns.run_dir, chain, ns.out, data_dir=ns.data_dir, progress=not ns.no_progress,
                           overwrite=bool(ns.overwrite))
+    _print_warnings(result)
     if ns.json:
         _print_json(result)
         return 0
     print(step_table(result))
-    print(f"test accuracy {result['source_test_accuracy']:.4f} -> {result['test_accuracy']:.4f} "
+    print(f"test accuracy {result['source_test_accuracy']:.2%} -> {result['test_accuracy']:.2%} "
           f"({result['test_correct']}/{result['test_total']}) -> {ns.out}")
     return 0
 
@@ -463,6 +464,8 @@ def build_parser() -> ArgumentParser:
     optimize.add_argument("run_dir", type=str, help="trained run directory to compress")
     optimize.add_argument("--prune", type=float, default=None, help="fraction of channels removed per layer (0-1)")
     optimize.add_argument("--prune-method", type=str, default="l1", help="l1 | l2 (weight norm) | bn (BN scale)")
+    optimize.add_argument("--round-to", type=int, default=None,
+                          help="keep pruned channel counts a multiple of this (8 or 16 suit CPU SIMD blocks)")
     optimize.add_argument("--unstructured", type=float, default=None,
                           help="fraction of single weights zeroed (masks only: no speed-up on dense runtimes)")
     optimize.add_argument("--quantize", type=str, default=None,
