@@ -208,7 +208,7 @@ def _print_warnings(result: dict) -> None:
 
 
 def cmd_evaluate(ns: Any) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, evaluate_table
     from .runs import load_run
 
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
@@ -216,11 +216,8 @@ def cmd_evaluate(ns: Any) -> int:
     if ns.json:
         _print_json(m)
         return 0
-    print(f"{m['split']} accuracy: {m['accuracy']:.4f} ({m['correct']}/{m['total']}) on {m['dataset']}")
-    width = max(len(p["class"]) for p in m["per_class"])
-    print(f"{'class':<{width}}  precision  recall  support")
-    for p in m["per_class"]:
-        print(f"{p['class']:<{width}}  {p['precision']:9.4f}  {p['recall']:6.4f}  {p['support']:7d}")
+    print(f"{m['split']} accuracy: {m['accuracy']:.2%} ({m['correct']}/{m['total']}) on {m['dataset']}")
+    print(evaluate_table(m))
     if "confusion_matrix_png" in m:
         print(f"confusion matrix: {m['confusion_matrix_png']}")
     return 0
@@ -249,7 +246,10 @@ def cmd_models(ns: Any) -> int:
 
     shape = _shape(ns.input_shape)
     rows = []
-    for name in list_models(ns.pattern):
+    names = list_models(ns.pattern)
+    if not names:
+        raise LeanvisionError(f"No registered model matches {ns.pattern!r}. Available: {', '.join(list_models())}.")
+    for name in names:
         model = create_model(name, num_classes=ns.num_classes, in_chans=shape[0], img_size=shape[1:])
         rows.append({"model": name, "params": count_params(model), "macs_per_image": count_macs(model, shape)})
     if ns.json:
@@ -298,11 +298,12 @@ def cmd_study(ns: Any) -> int:
         _print_json(study)
         return 1 if failed else 0
     print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
-    print(f"{'variant':<16}{'accuracy':>10}{'params':>10}{'MACs':>13}{'b1 ms':>9}{'img/s@256':>11}")
+    print(f"{'variant':<16}{'accuracy (%)':>14}{'params':>10}{'MACs':>13}{'latency b1 (ms)':>17}"
+          f"{'throughput b256 (img/s)':>25}")
     for v in sorted(ok, key=lambda v: -v["accuracy"]):
         mark = "*" if v.get("headline_runtime", "torch") != "torch" else ""  # e.g. an int8 ONNX variant
-        print(f"{v['name'] + mark:<16}{v['accuracy']:>10.4f}{v['params']:>10,}{v['macs']:>13,}"
-              f"{v['latency_b1_median_ms']:>9.3f}{v['throughput_images_per_s']:>11,.0f}")
+        print(f"{v['name'] + mark:<16}{100 * v['accuracy']:>14.2f}{v['params']:>10,}{v['macs']:>13,}"
+              f"{v['latency_b1_median_ms']:>17.3f}{v['throughput_images_per_s']:>25,.0f}")
     print("(latency: median of batch-1 calls, torch eager fp32 on " + study["settings"]["device"] + ", "
           f"{study['environment'].get('torch_threads')} threads)")
     if any(v.get("headline_runtime", "torch") != "torch" for v in ok):

@@ -19,7 +19,8 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Accuracy (a fraction), per-class precision/recall/support and the confusion matrix as nested lists."""
+    """Accuracy, per-class precision/recall/F1/support (fractions), their macro and support-weighted averages
+    (`macro_avg`, `weighted_avg`, as scikit-learn's classification_report) and the confusion matrix as nested lists."""
     k = len(classes)
     cm = confusion_matrix(logits.argmax(1), labels, k)
     tp = cm.diag().double()
@@ -27,20 +28,41 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     actual = cm.sum(1).double()
     per_class = []
     for i, name in enumerate(classes):
-        per_class.append({
-            "class": name,
-            "precision": (tp[i] / predicted[i]).item() if predicted[i] > 0 else 0.0,
-            "recall": (tp[i] / actual[i]).item() if actual[i] > 0 else 0.0,
-            "support": int(actual[i]),
-        })
+        precision = (tp[i] / predicted[i]).item() if predicted[i] > 0 else 0.0
+        recall = (tp[i] / actual[i]).item() if actual[i] > 0 else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        per_class.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
+                          "support": int(actual[i])})
     total = int(cm.sum())
+    averages = {}
+    for kind in ("macro", "weighted"):  # scikit-learn's classification_report (0 where a class was never predicted)
+        weights = [1.0] * k if kind == "macro" else [p["support"] for p in per_class]
+        norm = sum(weights) or 1.0
+        averages[f"{kind}_avg"] = {key: sum(w * p[key] for w, p in zip(weights, per_class)) / norm
+                                   for key in ("precision", "recall", "f1")} | {"support": total}
     return {
         "accuracy": tp.sum().item() / total if total else 0.0,
         "correct": int(tp.sum()),
         "total": total,
         "per_class": per_class,
+        **averages,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def evaluate_table(metrics: dict[str, Any]) -> str:
+    """Per-class precision, recall and F1 in % (2 decimals) with support, then macro and weighted averages."""
+    rows = [(p["class"], p) for p in metrics["per_class"]]
+    rows += [("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"])]
+    width = max(len("class"), *(len(str(name)) for name, _ in rows))
+    header = f"{'class':<{width}}  {'precision (%)':>13}  {'recall (%)':>10}  {'F1 (%)':>7}  {'support':>7}"
+    lines = [header]
+    for i, (name, p) in enumerate(rows):
+        if i == len(metrics["per_class"]):
+            lines.append("-" * len(header))
+        lines.append(f"{name:<{width}}  {100 * p['precision']:>13.2f}  {100 * p['recall']:>10.2f}  "
+                     f"{100 * p['f1']:>7.2f}  {p['support']:>7d}")
+    return "\n".join(lines)
 
 
 def evaluate_run(run: Run, *, split: str = "test", data_dir: str | None = None, plot: bool = True) -> dict[str, Any]:

@@ -189,8 +189,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
             study["report_note"] = (f"this run has {now} ok variants, the report in {out} has {earlier}: it is kept, "
                                     f"and this report was written to {report_dir}")  # the CLI prints it
     study["report_dir"] = str(report_dir)
-    files = write_report(study, report_dir)
-    console.print(f"report: {files.get('html')}")
+    write_report(study, report_dir)  # the CLI prints where the report is (once)
     return study
 
 
