@@ -231,13 +231,22 @@ def cmd_predict(ns: Any) -> int:
         raise LeanvisionError("No image files given. Usage: leanvision predict RUN_DIR IMAGE [IMAGE ...].")
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
     results = predict_files(run, ns.images, top_k=ns.top_k)
+    from .evaluate import polarity_warning
+
+    failed = [r for r in results if "error" in r]
     if ns.json:
         _print_json(results)
-        return 0
-    for r in results:
-        preds = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
-        print(f"{r['file']}: {preds}")
-    return 0
+    else:
+        for r in results:
+            if "error" not in r:
+                preds = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+                print(f"{r['file']}: {preds}")
+    warning = polarity_warning(results, run.meta["mean"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    for r in failed:  # reported after the others went on
+        print(f"error: cannot classify {r['file']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_models(ns: Any) -> int:
