@@ -33,6 +33,7 @@ from .train import CHECKPOINT, fit, predict_logits
 MODEL_FORMAT = "leanvision-model/1"
 RESUMABLE = {f"train.{k}" for k in ("epochs", "device", "compile", "channels_last", "memory_fraction",
                                     "expandable_segments")}  # what a resume may change (train._config_for_compare)
+CUSTOM_PREFIX = "custom:"  # model name of a run trained from a user's own nn.Module (class recorded, never imported)
 
 
 @dataclass
@@ -60,7 +61,15 @@ def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
                 val_fraction=d.val_fraction, strict=d.strict)
 
 
+def _custom_module_error(name: str, where: str) -> LeanvisionError:
+    return LeanvisionError(f"{where} was trained from your own nn.Module ({name[len(CUSTOM_PREFIX):]}); leanvision never "
+                           "imports code named in a file. Use the Python API: load_run(RUN_DIR, model=YourNet(...)), "
+                           "or leanvision.train(model=YourNet(...), ...) to train it again.")
+
+
 def build_model(cfg: RunConfig, dataset) -> nn.Module:
+    if cfg.model.startswith(CUSTOM_PREFIX):
+        raise _custom_module_error(cfg.model, "This config")
     c, h, w = dataset.input_shape
     return create_model(cfg.model, num_classes=dataset.num_classes, in_chans=c, img_size=(h, w), **cfg.model_kwargs)
 
@@ -225,8 +234,11 @@ def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: 
     return "\n".join(lines)
 
 
-def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Run:
+def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu", *,
+             model: nn.Module | None = None) -> Run:
     """Rebuild the model of a run directory from model.json and load its safetensors weights (no pickle).
+
+    `model`: load the weights into this module instead (required for a run trained from your own nn.Module).
 
     Example: `run = load_run("runs/compact"); logits = run.model(x)`.
     """
@@ -244,8 +256,12 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
         session = (meta.get("quantization") or {}).get("session")
         return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
     c, h, w = meta["input_shape"]
-    model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
-                         num_classes=meta["num_classes"], in_chans=c, img_size=(h, w), **meta.get("model_kwargs", {}))
+    if model is None and str(meta.get("model") or "").startswith(CUSTOM_PREFIX):
+        raise _custom_module_error(meta["model"], f"Run {path}")
+    if model is None:
+        model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
+                             num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
+                             **meta.get("model_kwargs", {}))
     if meta.get("shape_overrides") or meta.get("folded"):  # pruned and/or Conv-BN folded by `leanvision optimize`
         from .techniques import restore_structure_
 
@@ -264,5 +280,6 @@ def config_from_run(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(read_json(Path(run_dir) / "config.json")["config"])
 
 
-__all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description",
+__all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description", "run_summary",
+           "dataset_summary",
 ]
