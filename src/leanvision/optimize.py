@@ -187,7 +187,8 @@ def speed_change(step: dict[str, Any], before: dict[str, Any]) -> dict[str, dict
     out = {}
     for name, after in (step.get("speed") or {}).items():
         prev = (before.get("speed") or {}).get(name)
-        if not prev:
+        keys = ("latency_b1_median_ms", "latency_b1_p95_ms", "throughput_images_per_s")
+        if not prev or any(k not in after or k not in prev for k in keys):
             continue
         b256, prev_b256 = 256e3 / after["throughput_images_per_s"], 256e3 / prev["throughput_images_per_s"]
         out[name] = {"latency_b1": spread_verdict(after["latency_b1_median_ms"], after["latency_b1_p95_ms"],
@@ -253,7 +254,7 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
                 "throughput_speedup_streams": (int8["throughput_streams_images_per_s"]
                                                / fp32["throughput_streams_images_per_s"]),
                 "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"]}
-            record["speed"] = {"onnxruntime": {k: int8[k] for k in ("latency_b1_median_ms",
+            record["speed"] = {"onnxruntime": {k: int8[k] for k in ("latency_b1_median_ms", "latency_b1_p95_ms",
                                                                      "throughput_images_per_s")}}
         else:
             record["speed"] = step_speed(model, shape, repeats)

@@ -222,7 +222,7 @@ def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: 
     """The block printed at the start of `leanvision train`: dataset summary and the resolved settings."""
     t = cfg.train
     kwargs = f" {cfg.model_kwargs}" if cfg.model_kwargs else ""
-    chose = f" (recipe {recipe} chose model, optimizer, schedule, batch, precision, epochs)" if recipe else ""
+    chose = f" (recipe {recipe}: chose every setting below not given explicitly)" if recipe else ""
     optimizer = t.optimizer + (" nesterov" if t.nesterov else "") + (f" wd {t.weight_decay:g}" if t.weight_decay else "")
     schedule = t.schedule + (f", {t.warmup_epochs:g} warm-up epochs" if t.warmup_epochs else "")
     extras = ", ".join(x for x in (f"label smoothing {t.label_smoothing:g}" if t.label_smoothing else "",
