@@ -146,8 +146,8 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
             text += (f", speed on {', '.join(changes)}: same inference graph (same parameters and MACs), so not "
                      "measurably faster (any measured gap is timing noise)")
         else:
-            text += ", " + ", ".join(f"{name} batch-1 latency {_verdict_text(*c['latency_b1'])}, batch-256 "
-                                     f"throughput {_verdict_text(*c['throughput_b256'])}" for name, c in changes.items())
+            text += ", " + ", ".join(f"{name} batch-1 latency {_verdict_text(*c['latency_b1'])}, batch-256 throughput "
+                                     f"{_verdict_text(*c['throughput_b256'])}" for name, c in changes.items())
     speed = step.get("onnxruntime")
     if speed:
         text += (f", ORT throughput {speed['fp32']['throughput_images_per_s']:,.0f} -> "

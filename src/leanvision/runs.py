@@ -62,9 +62,10 @@ def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _custom_module_error(name: str, where: str) -> LeanvisionError:
-    return LeanvisionError(f"{where} was trained from your own nn.Module ({name[len(CUSTOM_PREFIX):]}); leanvision never "
-                           "imports code named in a file. Use the Python API: load_run(RUN_DIR, model=YourNet(...)), "
-                           "or leanvision.train(model=YourNet(...), ...) to train it again.")
+    return LeanvisionError(f"{where} was trained from your own nn.Module ({name[len(CUSTOM_PREFIX):]}); leanvision "
+                           "never imports code named in a file. Use the Python API: "
+                           "load_run(RUN_DIR, model=YourNet(...)), or leanvision.train(model=YourNet(...), ...) "
+                           "to train it again.")
 
 
 def build_model(cfg: RunConfig, dataset) -> nn.Module:
@@ -223,7 +224,8 @@ def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: 
     t = cfg.train
     kwargs = f" {cfg.model_kwargs}" if cfg.model_kwargs else ""
     chose = f" (recipe {recipe}: chose every setting below not given explicitly)" if recipe else ""
-    optimizer = t.optimizer + (" nesterov" if t.nesterov else "") + (f" wd {t.weight_decay:g}" if t.weight_decay else "")
+    optimizer = t.optimizer + (" nesterov" if t.nesterov else "")
+    optimizer += f" wd {t.weight_decay:g}" if t.weight_decay else ""
     schedule = t.schedule + (f", {t.warmup_epochs:g} warm-up epochs" if t.warmup_epochs else "")
     extras = ", ".join(x for x in (f"label smoothing {t.label_smoothing:g}" if t.label_smoothing else "",
                                    f"augment {t.augment}", "channels_last" if t.channels_last else "",

@@ -37,7 +37,7 @@ from .measure import (
     weight_bytes,
     wilson_interval,
 )
-from .runs import load_run, train_run
+from .runs import dataset_summary, load_run, train_run
 from .train import normalizer
 
 PLAN_NAMES = ("reference", "quick")
@@ -134,6 +134,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
 
         device = str(resolve_device(device))
     _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out, overwrite)
+    console.print("\n".join(dataset_summary(ds)), highlight=False, markup=False)  # what the variants are trained on
     started, tick = datetime.now(timezone.utc), time.perf_counter()
     available = []
     for name in runtimes:

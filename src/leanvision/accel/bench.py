@@ -3,9 +3,10 @@
 Each row holds latency (median and p95 per batch), throughput, the accuracy on the run's test split computed
 through that same runtime and precision, the first call's time apart (compilation, lazy initialisation, cuDNN
 autotuning), energy per image where a counter is readable (NVML, RAPL), and the cost per million images when a
-price per hour is given (energy: a number, or None with the reason in `energy_note`): `price_per_hour / 3600 / images_per_s * 1e6`. Unavailable runtimes are rows with a
-`status` saying why when every runtime was asked for (`all`), and an error when one is asked for by name. A
-runtime x precision pair that cannot run (onnxruntime in bf16, fp16 on a CPU) is an `unsupported: ...` row, or an
+price per hour is given: `price_per_hour / 3600 / images_per_s * 1e6` (energy: a number, or None with the reason
+in `energy_note`). Unavailable runtimes are rows with a `status` saying why when every runtime was asked for
+(`all`), and an error when one is asked for by name. A runtime x precision pair that cannot run (onnxruntime in
+bf16, fp16 on a CPU) is an `unsupported: ...` row, or an
 error when nothing asked for could be measured.
 """
 

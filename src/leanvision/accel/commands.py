@@ -97,7 +97,8 @@ def format_table(rows: list[dict], run_dir: str, price: float | None) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     if ok:
         r = ok[0]
-        text.append(f"latency: per batch, median and p95 of {r['repeats']} timed calls after {r['warmup']} warm-up calls; "
+        text.append(f"latency: per batch, median and p95 of {r['repeats']} timed calls after {r['warmup']} warm-up "
+                    "calls; "
                     f"'1st call' is timed apart (compilation, lazy init); accuracy: {r['accuracy_split']} split, "
                     f"{r['accuracy_images']} images, through each runtime and dtype")
         measured = r["energy_per_image_j"] is not None
