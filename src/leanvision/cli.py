@@ -228,7 +228,7 @@ def cmd_predict(ns: Any) -> int:
     from .runs import load_run
 
     if not ns.images:
-        raise LeanvisionError("No image files given. Usage: leanvision predict RUN_DIR IMAGE [IMAGE ...].")
+        raise LeanvisionError("No images given. Usage: leanvision predict RUN_DIR IMAGE_OR_FOLDER [...].")
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
     results = predict_files(run, ns.images, top_k=ns.top_k)
     from .evaluate import polarity_warning
