@@ -141,6 +141,8 @@ def test_optimize_round_to_warning_table_and_int8_export(good_run, tmp_path, cap
     assert main(["optimize", str(good_run), "--prune", "0.8", "--round-to", "8", "--finetune-epochs", "0",
                  "--quantize", "int8", "--calibration-size", "64", "--out", str(out), "--no-progress"]) == 0
     captured = capsys.readouterr()
+    first = captured.out.splitlines()[0]
+    assert first.startswith("optimize ") and "round_to=8" in first and "\ndata   digits: train" in captured.out
     assert "torch latency b1 (ms)" in captured.out and "ORT throughput b256 (img/s)" in captured.out
     assert "accuracy (%)" in captured.out
     warning = warnings_in(captured.err)

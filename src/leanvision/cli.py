@@ -342,7 +342,7 @@ def cmd_optimize(ns: Any) -> int:
                         temperature=ns.temperature, finetune_epochs=ns.finetune_epochs,
                         calibration_size=ns.calibration_size, fold=not ns.no_fold, round_to=ns.round_to)
     result = optimize_run(ns.run_dir, chain, ns.out, data_dir=ns.data_dir, progress=not ns.no_progress,
-                          overwrite=bool(ns.overwrite))
+                          overwrite=bool(ns.overwrite), log=None if ns.json else print)
     _print_warnings(result)
     if ns.json:
         _print_json(result)

@@ -204,8 +204,10 @@ def _verdict_text(verdict: str, ratio: float) -> str:
 
 def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], out_dir: str | Path, *,
                  dataset=None, data_dir: str | None = None, progress: bool = True, overwrite: bool = False,
-                 repeats: int = 50) -> dict[str, Any]:
+                 repeats: int = 50, log=None) -> dict[str, Any]:
     """Apply a technique chain to a trained run and write the result as a new run; returns result.json's content.
+
+    `log(text)`, when given, receives the start block: the chain as run and the dataset summary.
 
     Example: `optimize_run("runs/compact", ["prune:ratio=0.5,finetune_epochs=1", "quantize:mode=int8"], "runs/c8")`.
     """
@@ -230,6 +232,11 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
         raise LeanvisionError(f"Dataset {dataset.name} does not match run {src} (input {dataset.input_shape}, "
                               f"{dataset.num_classes} classes). Pass the dataset the run was trained on.")
     out.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        from .runs import dataset_summary
+
+        log("\n".join([f"optimize {src} -> {out}: {' -> '.join(c.spec() for c in configs)}",
+                       *dataset_summary(dataset)]))
     shape = tuple(meta["input_shape"])
     ctx = Context(dataset=dataset, train=config_from_run(src).train, work_dir=out, meta=meta, progress=progress)
     c, h, w = shape
