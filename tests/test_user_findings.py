@@ -288,7 +288,7 @@ def test_study_prints_report_once_in_percent_and_markdown_is_plain(tmp_path, cap
     plan = tmp_path / "plan.yaml"
     plan.write_text("name: tiny\nvariants:\n  - lenet5\n")
     out = tmp_path / "study"
-    assert main(["study", "--plan", str(plan), "--epochs", "1", "--runtimes", "torch", "--repeats", "3",
+    assert main(["study", "--plan", str(plan), "--epochs", "1", "--runtime", "torch", "--repeats", "3",
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("report:") == 1
