@@ -192,6 +192,9 @@ def test_public_api_is_listed_and_lazy():
              "export", "bench", "study"}
     assert names <= set(dir(leanvision)) and names <= set(leanvision.__all__)
     assert all(callable(getattr(leanvision, n)) for n in names)
+    import leanvision.train as train_module  # the submodule of the same name stays a module, and is callable
+
+    assert leanvision.train is train_module and callable(train_module.fit)
     code = "import sys, leanvision; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"

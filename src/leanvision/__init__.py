@@ -34,10 +34,15 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
+_CALLABLE_MODULES = ("train", "evaluate", "optimize", "study")  # names that are also submodules (train.py, ...)
+
+
 def __getattr__(name: str):
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'leanvision' has no attribute {name!r}")
+    if name in _CALLABLE_MODULES:  # importing binds the submodule, made callable by _Package.__setattr__
+        return _importlib.import_module(f"leanvision.{name}")
     value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # next access skips __getattr__
     return value
@@ -47,14 +52,23 @@ def __dir__() -> list[str]:
     return sorted({n for n in globals() if not n.startswith("_") or n == "__version__"} | set(__all__))
 
 
+class _CallableModule(_types.ModuleType):
+    """A submodule that is also the API function of the same name: `leanvision.train(...)` calls `api.train`,
+    while `leanvision.train.fit`, `import leanvision.train` and `from leanvision.train import fit` stay the module."""
+
+    def __call__(self, *args, **kwargs):
+        from . import api
+
+        return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+
+
 class _Package(_types.ModuleType):
-    """`train`, `evaluate`, `optimize` and `study` are both API functions and submodules (leanvision/train.py, ...).
-    Importing such a submodule would bind it as the package attribute; here the function keeps the name, and the
-    submodule stays importable by name (`from leanvision.train import fit`, `sys.modules["leanvision.train"]`)."""
+    """Binds `train`, `evaluate`, `optimize` and `study` (API functions that share their name with a submodule) as
+    the submodule made callable, whichever is imported first."""
 
     def __setattr__(self, name: str, value) -> None:
-        if name in _API and isinstance(value, _types.ModuleType):
-            return
+        if name in _CALLABLE_MODULES and isinstance(value, _types.ModuleType) and type(value) is _types.ModuleType:
+            value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
 
