@@ -421,7 +421,7 @@ def build_parser() -> ArgumentParser:
 
     predict = ArgumentParser(description="Classify image files with a trained run.", exit_on_error=False)
     predict.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
-    predict.add_argument("images", nargs="*", type=str, help="image files or folders (searched recursively) to classify")
+    predict.add_argument("images", nargs="*", type=str, help="image files or folders (recursively)")
     predict.add_argument("--top-k", type=int, default=1, help="classes shown per image, most probable first")
     predict.add_argument("--weights", type=str, default="best", choices=["best", "last"],
                          help="best (validation) or last epoch's weights")
