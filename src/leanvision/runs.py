@@ -120,14 +120,16 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
     try:
         return _train_run(cfg, out, device, resume=resume, progress=progress, interrupt_at_step=interrupt_at_step,
-                          dataset=dataset, loss_fn=loss_fn, overwrite=overwrite)
+                          dataset=dataset, loss_fn=loss_fn, overwrite=overwrite, log=log, recipe=recipe,
+                          epoch_lines=epoch_lines, model=model)
     finally:  # also on errors (a NaN stops every rank): the group is torn down, not left to the NCCL watchdog
         if owns_group:
             distributed.destroy()
 
 
 def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool, progress: bool,
-               interrupt_at_step: int | None, dataset, loss_fn, overwrite: bool) -> dict[str, Any]:
+               interrupt_at_step: int | None, dataset, loss_fn, overwrite: bool, log=None, recipe: str | None = None,
+               epoch_lines: bool | None = None, model: nn.Module | None = None) -> dict[str, Any]:
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
         raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
