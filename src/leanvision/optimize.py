@@ -170,8 +170,8 @@ def _warn_weaker_teacher(configs: list[TechniqueConfig], src: Path) -> None:
     t_acc = read_json(Path(teacher) / "result.json").get("test_accuracy")
     s_acc = read_json(src / "result.json").get("test_accuracy")
     if isinstance(t_acc, (int, float)) and isinstance(s_acc, (int, float)) and t_acc < s_acc:
-        print(f"warning: teacher {teacher} has a lower recorded test accuracy ({t_acc:.4f}) than the student run {src} "
-              f"({s_acc:.4f}); distilling from it will likely not help.", file=sys.stderr, flush=True)
+        print(f"warning: teacher {teacher} has a lower recorded test accuracy ({t_acc:.2%}) than the student run {src} "
+              f"({s_acc:.2%}); distilling from it will likely not help.", file=sys.stderr, flush=True)
 
 
 def same_graph(step: dict[str, Any], before: dict[str, Any]) -> bool:

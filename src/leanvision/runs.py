@@ -133,7 +133,8 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
         raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
-    _check_model_name(cfg.model)  # cheap, and a typo is the likelier mistake than the run directory
+    if model is None:  # a module given in Python is its own model
+        _check_model_name(cfg.model)  # cheap, and a typo is the likelier mistake than the run directory
     if resume and not (out / CHECKPOINT).exists():
         raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
     if not resume and not overwrite and (out / CHECKPOINT).exists():
