@@ -157,8 +157,9 @@ def test_markdown_references_plots(report):
     md = (out / "report.md").read_text(encoding="utf-8")
     for plot in PLOTS:
         assert f"(plots/{plot}.png)" in md
-    assert EVIL not in md and "&lt;script&gt;" in md
-    assert "## Failed variants" in md and ERROR.replace("&", "&amp;") in md
+    assert EVIL not in md and "\\<script>" in md  # no raw tag can form; the text stays readable
+    assert "## Failed variants" in md and ERROR.replace("<", "\\<") in md
+    assert "&lt;" not in md and "&amp;" not in md and "-&gt;" not in md  # plain text, not HTML entities
     assert md.index("| 1 | big |") < md.index("| 2 | mid |") < md.index("| 4 | fast |")
 
 

@@ -1,3 +1,75 @@
-"""leanvision: image classifiers that are accurate and fast at once, measured on your own hardware."""
+"""leanvision: image classifiers that are accurate and fast at once, measured on your own hardware.
+
+The public API is loaded lazily (PEP 562), so `leanvision --help` does not import torch:
+
+    import leanvision as lv
+    lv.train(model="compact", dataset="digits", epochs=3, out="runs/compact")
+    lv.predict("runs/compact", "digit.png")
+"""
+
+import importlib as _importlib
+import sys as _sys
+import types as _types
 
 __version__ = "0.1.0"
+
+_API = {
+    "create_model": "leanvision.models",
+    "list_models": "leanvision.models",
+    "load_dataset": "leanvision.data",
+    "list_datasets": "leanvision.data",
+    "load_run": "leanvision.runs",
+    "RunConfig": "leanvision.config",
+    "DataConfig": "leanvision.config",
+    "TrainConfig": "leanvision.config",
+    "LeanvisionError": "leanvision.errors",
+    "train": "leanvision.api",
+    "evaluate": "leanvision.api",
+    "predict": "leanvision.api",
+    "optimize": "leanvision.api",
+    "export": "leanvision.api",
+    "bench": "leanvision.api",
+    "study": "leanvision.api",
+}
+__all__ = ["__version__", *_API]
+
+
+_CALLABLE_MODULES = ("train", "evaluate", "optimize", "study")  # names that are also submodules (train.py, ...)
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'leanvision' has no attribute {name!r}")
+    if name in _CALLABLE_MODULES:  # importing binds the submodule, made callable by _Package.__setattr__
+        return _importlib.import_module(f"leanvision.{name}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({n for n in globals() if not n.startswith("_") or n == "__version__"} | set(__all__))
+
+
+class _CallableModule(_types.ModuleType):
+    """A submodule that is also the API function of the same name: `leanvision.train(...)` calls `api.train`,
+    while `leanvision.train.fit`, `import leanvision.train` and `from leanvision.train import fit` stay the module."""
+
+    def __call__(self, *args, **kwargs):
+        from . import api
+
+        return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+
+
+class _Package(_types.ModuleType):
+    """Binds `train`, `evaluate`, `optimize` and `study` (API functions that share their name with a submodule) as
+    the submodule made callable, whichever is imported first."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _CALLABLE_MODULES and isinstance(value, _types.ModuleType) and type(value) is _types.ModuleType:
+            value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

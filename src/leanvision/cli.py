@@ -137,7 +137,7 @@ def resolve_train_config(ns: Any) -> tuple[RunConfig, str, Any]:
     recipe = ns.recipe or requested.pop("recipe", None)
     requested.pop("recipe", None)
     out = ns.out or requested.pop("out", None) or os.path.join(
-        "runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(str(requested.get("model", RunConfig.model)))))
+        "runs", _run_name(str(requested.get("model", RunConfig.model))))
     requested.pop("out", None)
     stored: dict[str, Any] = {}
     if ns.resume and os.path.isfile(os.path.join(out, "config.json")):  # resume reads the run's own config
@@ -175,25 +175,40 @@ def cmd_train(ns: Any) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         return 0
     result = train_run(cfg, out, resume=bool(ns.resume), progress=not ns.no_progress, dataset=dataset,
-                       overwrite=bool(ns.overwrite))
+                       overwrite=bool(ns.overwrite), log=None if ns.json else print, recipe=ns.recipe,
+                       epoch_lines=True)
     from .distributed import is_main
 
     if not is_main():  # torchrun: rank 0 alone reports
         return 0
+    _print_warnings(result)
     if ns.json:
         _print_json(result)
     else:
-        acc = result.get("test_accuracy")
+        acc, n = result.get("test_accuracy"), result["epochs_run"]
         compiled = f"; plus {result['compile_time_s']:.1f} s torch.compile" if "compile_time_s" in result else ""
-        test = f"test accuracy {acc:.4f} ({result['test_correct']}/{result['test_total']})" if acc is not None else ""
-        print(f"{cfg.model} on {result['dataset']}: {test}, best val accuracy {result['best_val_accuracy']:.4f}, "
-              f"{result['epochs_run']} epochs in {result['train_time_s']:.1f} s (fp32 eval, {cfg.train.precision} "
+        test = f"test accuracy {acc:.2%} ({result['test_correct']}/{result['test_total']})" if acc is not None else ""
+        print(f"{cfg.model} on {result['dataset']}: {test}, best val accuracy {result['best_val_accuracy']:.2%}, "
+              f"{n} epoch{'s' * (n != 1)} in {result['train_time_s']:.1f} s (fp32 eval, {cfg.train.precision} "
               f"training{compiled}) -> {out}")
     return 0
 
 
+def _run_name(model: str) -> str:
+    """Default run folder name: the model name, or a spec file's stem (`specs/net.yaml` -> `net`)."""
+    name = os.path.basename(model)
+    stem, suffix = os.path.splitext(name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem if suffix.lower() in (".yaml", ".yml", ".json") else name)
+
+
+def _print_warnings(result: dict) -> None:
+    """A result's `warnings` (bad-looking numbers, see health.py), one `warning: ...` line each on stderr."""
+    for line in result.get("warnings") or []:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_evaluate(ns: Any) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, evaluate_table
     from .runs import load_run
 
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
@@ -201,11 +216,8 @@ def cmd_evaluate(ns: Any) -> int:
     if ns.json:
         _print_json(m)
         return 0
-    print(f"{m['split']} accuracy: {m['accuracy']:.4f} ({m['correct']}/{m['total']}) on {m['dataset']}")
-    width = max(len(p["class"]) for p in m["per_class"])
-    print(f"{'class':<{width}}  precision  recall  support")
-    for p in m["per_class"]:
-        print(f"{p['class']:<{width}}  {p['precision']:9.4f}  {p['recall']:6.4f}  {p['support']:7d}")
+    print(f"{m['split']} accuracy: {m['accuracy']:.2%} ({m['correct']}/{m['total']}) on {m['dataset']}")
+    print(evaluate_table(m))
     if "confusion_matrix_png" in m:
         print(f"confusion matrix: {m['confusion_matrix_png']}")
     return 0
@@ -216,16 +228,25 @@ def cmd_predict(ns: Any) -> int:
     from .runs import load_run
 
     if not ns.images:
-        raise LeanvisionError("No image files given. Usage: leanvision predict RUN_DIR IMAGE [IMAGE ...].")
+        raise LeanvisionError("No images given. Usage: leanvision predict RUN_DIR IMAGE_OR_FOLDER [...].")
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
     results = predict_files(run, ns.images, top_k=ns.top_k)
+    from .evaluate import polarity_warning
+
+    failed = [r for r in results if "error" in r]
     if ns.json:
         _print_json(results)
-        return 0
-    for r in results:
-        preds = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
-        print(f"{r['file']}: {preds}")
-    return 0
+    else:
+        for r in results:
+            if "error" not in r:
+                preds = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+                print(f"{r['file']}: {preds}")
+    warning = polarity_warning(results, run.meta["mean"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    for r in failed:  # reported after the others went on
+        print(f"error: cannot classify {r['file']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_models(ns: Any) -> int:
@@ -234,7 +255,10 @@ def cmd_models(ns: Any) -> int:
 
     shape = _shape(ns.input_shape)
     rows = []
-    for name in list_models(ns.pattern):
+    names = list_models(ns.pattern)
+    if not names:
+        raise LeanvisionError(f"No registered model matches {ns.pattern!r}. Available: {', '.join(list_models())}.")
+    for name in names:
         model = create_model(name, num_classes=ns.num_classes, in_chans=shape[0], img_size=shape[1:])
         rows.append({"model": name, "params": count_params(model), "macs_per_image": count_macs(model, shape)})
     if ns.json:
@@ -283,11 +307,12 @@ def cmd_study(ns: Any) -> int:
         _print_json(study)
         return 1 if failed else 0
     print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
-    print(f"{'variant':<16}{'accuracy':>10}{'params':>10}{'MACs':>13}{'b1 ms':>9}{'img/s@256':>11}")
+    print(f"{'variant':<16}{'accuracy (%)':>14}{'params':>10}{'MACs':>13}{'latency b1 (ms)':>17}"
+          f"{'throughput b256 (img/s)':>25}")
     for v in sorted(ok, key=lambda v: -v["accuracy"]):
         mark = "*" if v.get("headline_runtime", "torch") != "torch" else ""  # e.g. an int8 ONNX variant
-        print(f"{v['name'] + mark:<16}{v['accuracy']:>10.4f}{v['params']:>10,}{v['macs']:>13,}"
-              f"{v['latency_b1_median_ms']:>9.3f}{v['throughput_images_per_s']:>11,.0f}")
+        print(f"{v['name'] + mark:<16}{100 * v['accuracy']:>14.2f}{v['params']:>10,}{v['macs']:>13,}"
+              f"{v['latency_b1_median_ms']:>17.3f}{v['throughput_images_per_s']:>25,.0f}")
     print("(latency: median of batch-1 calls, torch eager fp32 on " + study["settings"]["device"] + ", "
           f"{study['environment'].get('torch_threads')} threads)")
     if any(v.get("headline_runtime", "torch") != "torch" for v in ok):
@@ -315,14 +340,15 @@ def cmd_optimize(ns: Any) -> int:
     chain = build_chain(prune=ns.prune, prune_method=ns.prune_method, unstructured=ns.unstructured,
                         quantize=ns.quantize, distill_from=ns.distill_from, alpha=ns.alpha,
                         temperature=ns.temperature, finetune_epochs=ns.finetune_epochs,
-                        calibration_size=ns.calibration_size, fold=not ns.no_fold)
+                        calibration_size=ns.calibration_size, fold=not ns.no_fold, round_to=ns.round_to)
     result = optimize_run(ns.run_dir, chain, ns.out, data_dir=ns.data_dir, progress=not ns.no_progress,
-                          overwrite=bool(ns.overwrite))
+                          overwrite=bool(ns.overwrite), log=None if ns.json else print)
+    _print_warnings(result)
     if ns.json:
         _print_json(result)
         return 0
     print(step_table(result))
-    print(f"test accuracy {result['source_test_accuracy']:.4f} -> {result['test_accuracy']:.4f} "
+    print(f"test accuracy {result['source_test_accuracy']:.2%} -> {result['test_accuracy']:.2%} "
           f"({result['test_correct']}/{result['test_total']}) -> {ns.out}")
     return 0
 
@@ -395,7 +421,7 @@ def build_parser() -> ArgumentParser:
 
     predict = ArgumentParser(description="Classify image files with a trained run.", exit_on_error=False)
     predict.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
-    predict.add_argument("images", nargs="*", type=str, help="image files to classify")
+    predict.add_argument("images", nargs="*", type=str, help="image files or folders (recursively)")
     predict.add_argument("--top-k", type=int, default=1, help="classes shown per image, most probable first")
     predict.add_argument("--weights", type=str, default="best", choices=["best", "last"],
                          help="best (validation) or last epoch's weights")
@@ -448,6 +474,8 @@ def build_parser() -> ArgumentParser:
     optimize.add_argument("run_dir", type=str, help="trained run directory to compress")
     optimize.add_argument("--prune", type=float, default=None, help="fraction of channels removed per layer (0-1)")
     optimize.add_argument("--prune-method", type=str, default="l1", help="l1 | l2 (weight norm) | bn (BN scale)")
+    optimize.add_argument("--round-to", type=int, default=None,
+                          help="keep pruned channel counts a multiple of this (8 or 16 suit CPU SIMD blocks)")
     optimize.add_argument("--unstructured", type=float, default=None,
                           help="fraction of single weights zeroed (masks only: no speed-up on dense runtimes)")
     optimize.add_argument("--quantize", type=str, default=None,

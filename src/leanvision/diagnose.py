@@ -33,11 +33,16 @@ def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, f
     rv, rb = v["runtimes"].get(runtime), base["runtimes"].get(runtime)
     if not rv or not rb:
         return "unknown", float("nan")
-    spread = max(rv["latency_b1_p95_ms"] - rv["latency_b1_median_ms"],
-                 rb["latency_b1_p95_ms"] - rb["latency_b1_median_ms"],
-                 NOISE_FLOOR * rb["latency_b1_median_ms"])
-    delta = rb["latency_b1_median_ms"] - rv["latency_b1_median_ms"]
-    ratio = rb["latency_b1_median_ms"] / rv["latency_b1_median_ms"]
+    return spread_verdict(rv["latency_b1_median_ms"], rv["latency_b1_p95_ms"], rb["latency_b1_median_ms"],
+                          rb["latency_b1_p95_ms"])
+
+
+def spread_verdict(median_ms: float, p95_ms: float, base_median_ms: float, base_p95_ms: float) -> tuple[str, float]:
+    """('faster' | 'slower' | 'same', base/variant time ratio) of two separately timed medians: a difference within
+    the measured spread (the larger p95 - median gap, at least NOISE_FLOOR of the base's median) is 'same'."""
+    spread = max(p95_ms - median_ms, base_p95_ms - base_median_ms, NOISE_FLOOR * base_median_ms)
+    delta = base_median_ms - median_ms
+    ratio = base_median_ms / median_ms if median_ms else float("nan")
     if abs(delta) <= spread:
         return "same", ratio
     return ("faster" if delta > 0 else "slower"), ratio

@@ -19,7 +19,8 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Accuracy (a fraction), per-class precision/recall/support and the confusion matrix as nested lists."""
+    """Accuracy, per-class precision/recall/F1/support (fractions), their macro and support-weighted averages
+    (`macro_avg`, `weighted_avg`, as scikit-learn's classification_report) and the confusion matrix as nested lists."""
     k = len(classes)
     cm = confusion_matrix(logits.argmax(1), labels, k)
     tp = cm.diag().double()
@@ -27,20 +28,41 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     actual = cm.sum(1).double()
     per_class = []
     for i, name in enumerate(classes):
-        per_class.append({
-            "class": name,
-            "precision": (tp[i] / predicted[i]).item() if predicted[i] > 0 else 0.0,
-            "recall": (tp[i] / actual[i]).item() if actual[i] > 0 else 0.0,
-            "support": int(actual[i]),
-        })
+        precision = (tp[i] / predicted[i]).item() if predicted[i] > 0 else 0.0
+        recall = (tp[i] / actual[i]).item() if actual[i] > 0 else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        per_class.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
+                          "support": int(actual[i])})
     total = int(cm.sum())
+    averages = {}
+    for kind in ("macro", "weighted"):  # scikit-learn's classification_report (0 where a class was never predicted)
+        weights = [1.0] * k if kind == "macro" else [p["support"] for p in per_class]
+        norm = sum(weights) or 1.0
+        averages[f"{kind}_avg"] = {key: sum(w * p[key] for w, p in zip(weights, per_class)) / norm
+                                   for key in ("precision", "recall", "f1")} | {"support": total}
     return {
         "accuracy": tp.sum().item() / total if total else 0.0,
         "correct": int(tp.sum()),
         "total": total,
         "per_class": per_class,
+        **averages,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def evaluate_table(metrics: dict[str, Any]) -> str:
+    """Per-class precision, recall and F1 in % (2 decimals) with support, then macro and weighted averages."""
+    rows = [(p["class"], p) for p in metrics["per_class"]]
+    rows += [("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"])]
+    width = max(len("class"), *(len(str(name)) for name, _ in rows))
+    header = f"{'class':<{width}}  {'precision (%)':>13}  {'recall (%)':>10}  {'F1 (%)':>7}  {'support':>7}"
+    lines = [header]
+    for i, (name, p) in enumerate(rows):
+        if i == len(metrics["per_class"]):
+            lines.append("-" * len(header))
+        lines.append(f"{name:<{width}}  {100 * p['precision']:>13.2f}  {100 * p['recall']:>10.2f}  "
+                     f"{100 * p['f1']:>7.2f}  {p['support']:>7d}")
+    return "\n".join(lines)
 
 
 def evaluate_run(run: Run, *, split: str = "test", data_dir: str | None = None, plot: bool = True) -> dict[str, Any]:
@@ -95,23 +117,170 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def predict_files(run: Run, paths: list[str], top_k: int = 1) -> list[dict[str, Any]]:
-    """Classify image files of any size or mode, preprocessed exactly as the training images were."""
-    from .data import load_image_files
+POLARITY_MIN_SKEW = 0.15  # training mean this far from mid-grey: images have a clear polarity (digits, MNIST)
+POLARITY_MIN_GAP = 0.25  # an image's mean this far from the training mean, and its inverse twice closer: inverted
 
+
+def expand_inputs(items: list[Any]) -> list[Any]:
+    """Paths stay paths, folders become their image files (recursively, sorted; hidden ones skipped), 4-D arrays or
+    tensors become their images; anything else (PIL images, 2-D/3-D arrays or tensors) is kept as one image."""
+    import os
+
+    import numpy as np
+
+    from .data import IMAGE_EXTENSIONS
+
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            if path.is_dir():
+                files = []
+                for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    files += [Path(dirpath) / f for f in filenames
+                              if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+                out += [str(f) for f in sorted(files)] or [("folder", str(path))]
+            else:
+                out.append(str(path))
+        elif isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
+            out += list(item)
+        else:
+            out.append(item)
+    return out
+
+
+def _to_uint8_hwc(array: Any, channels_first: bool):
+    import numpy as np
+
+    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if a.ndim == 3:
+        if channels_first and a.shape[0] in (1, 3, 4):
+            a = a.transpose(1, 2, 0)
+        elif a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+            a = a.transpose(1, 2, 0)
+        if a.shape[-1] == 1:
+            a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
+        raise LeanvisionError(f"Invalid image array of shape {tuple(array.shape)}: expected (H, W), (H, W, C) or "
+                              "(C, H, W) with C in 1, 3, 4.")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):  # floats in [0, 1] (as ToTensor gives), else taken as 0..255
+        a = np.nan_to_num(a) * (255.0 if a.size and float(np.nanmax(a)) <= 1.0 else 1.0)
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def decode_inputs(items: list[Any], size_hw: tuple[int, int], channels: int
+                  ) -> tuple[list[str], torch.Tensor, list[int], dict[int, str]]:
+    """Decode `expand_inputs(items)` like the training images: (names, uint8 (N_ok, C, H, W), the indices that
+    decoded, {index: error} for those that did not)."""
+    from PIL import Image
+
+    from .data.images import convert_image, decode_files
+
+    entries = expand_inputs(list(items))
+    names, arrays, errors = [], {}, {}
+    paths = {i: e for i, e in enumerate(entries) if isinstance(e, str)}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            names.append(entry)
+            if not Path(entry).is_file():
+                errors[i] = "file not found"
+        elif isinstance(entry, tuple):  # ("folder", path) without images
+            names.append(entry[1])
+            errors[i] = "folder holds no image files (" + "|".join(e[1:] for e in _extensions()) + ")"
+        else:
+            names.append(f"<{type(entry).__name__} {i}>")
+            try:
+                img = entry if isinstance(entry, Image.Image) else Image.fromarray(
+                    _to_uint8_hwc(entry, channels_first=isinstance(entry, torch.Tensor)))
+                arrays[i] = torch.from_numpy(convert_image(img, size_hw, channels))
+            except LeanvisionError as e:
+                errors[i] = str(e)
+            except Exception as e:  # noqa: BLE001 - one bad input is reported, the others go on
+                errors[i] = f"{type(e).__name__}: {e}"
+    readable = [i for i in paths if i not in errors]
+    if readable:
+        images, ok, texts = decode_files([paths[i] for i in readable], size_hw, channels)
+        for j, i in enumerate(readable):
+            if ok[j]:
+                arrays[i] = images[j]
+            else:
+                errors[i] = f"not a readable image ({texts[j]})"
+    order = sorted(arrays)
+    stacked = torch.stack([arrays[i] for i in order]) if order else torch.empty((0, channels, *size_hw),
+                                                                                 dtype=torch.uint8)
+    return names, stacked, order, errors
+
+
+def _extensions():
+    from .data import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS
+
+
+def inverted_polarity(images: torch.Tensor, train_mean: list[float]) -> list[bool]:
+    """Per image: does it look like the inverse of the training images (e.g. a dark digit on white when training
+    digits were light on black)? Only decided when the training mean is clearly off mid-grey."""
+    mu = sum(train_mean) / len(train_mean)
+    if abs(mu - 0.5) < POLARITY_MIN_SKEW or len(images) == 0:
+        return [False] * len(images)
+    means = images.float().mean(dim=(1, 2, 3)) / 255
+    return [abs(m - mu) > POLARITY_MIN_GAP and abs((1 - m) - mu) < abs(m - mu) / 2 for m in means.tolist()]
+
+
+def polarity_warning(results: list[dict[str, Any]], train_mean: list[float]) -> str | None:
+    """One line when some predicted images look inverted against the training statistics, naming the fix."""
+    flagged = [r for r in results if r.get("inverted_polarity")]
+    if not flagged:
+        return None
+    mu = sum(train_mean) / len(train_mean)
+    kind = "light on dark" if mu < 0.5 else "dark on light"
+    names = ", ".join(f"{r['file']} ({r['mean_brightness']:.2f})" for r in flagged[:3])
+    predicted = sum(1 for r in results if "predictions" in r)
+    return (f"{len(flagged)} of {predicted} image(s) look inverted: the training images are {kind} (mean brightness "
+            f"{mu:.2f}), these are not: {names}{', ...' if len(flagged) > 3 else ''}. Their predictions are not "
+            "meaningful; invert them first (e.g. PIL.ImageOps.invert).")
+
+
+def predict_images(run: Run, items: list[Any], top_k: int = 1, batch_size: int = 256) -> list[dict[str, Any]]:
+    """Classify image files, folders (recursively), PIL images, numpy arrays or tensors, preprocessed exactly as the
+    training images were. One result per image, in order: `{"file", "predictions": [{"class", "probability"}],
+    "mean_brightness", "inverted_polarity"}`, or `{"file", "error"}` for one that could not be read (the others go on).
+
+    Example: `predict_images(load_run("runs/compact"), ["digit.png", np.zeros((28, 28), np.uint8)], top_k=3)`.
+    """
     classes = run.meta["classes"]
-    if not 1 <= top_k:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise LeanvisionError(f"Invalid --top-k {top_k}. Expected an integer >= 1.")
     top_k = min(top_k, len(classes))
     c, h, w = run.input_shape
-    images = load_image_files(list(paths), (h, w), c)
+    names, images, order, errors = decode_inputs(items, (h, w), c)
     device = next(run.model.parameters()).device
     normalize = normalizer(run.meta["mean"], run.meta["std"], device)
+    probs = []
     with torch.no_grad():
-        probs = torch.softmax(run.model(normalize(images)).float(), dim=1).cpu()
-    values, indices = probs.topk(top_k, dim=1)
-    return [
-        {"file": str(p), "predictions": [{"class": classes[i], "probability": v}
-                                         for v, i in zip(values[n].tolist(), indices[n].tolist())]}
-        for n, p in enumerate(paths)
-    ]
+        for lo in range(0, len(images), batch_size):
+            probs.append(torch.softmax(run.model(normalize(images[lo:lo + batch_size])).float(), dim=1).cpu())
+    results: list[dict[str, Any]] = [{"file": name} for name in names]
+    if order:
+        values, indices = torch.cat(probs).topk(top_k, dim=1)
+        inverted = inverted_polarity(images, run.meta["mean"])
+        brightness = (images.float().mean(dim=(1, 2, 3)) / 255).tolist()
+        for n, i in enumerate(order):
+            results[i].update(
+                predictions=[{"class": classes[k], "probability": v}
+                             for v, k in zip(values[n].tolist(), indices[n].tolist())],
+                mean_brightness=brightness[n], inverted_polarity=inverted[n])
+    for i, error in errors.items():
+        results[i]["error"] = error
+    return results
+
+
+def predict_files(run: Run, paths: list[str], top_k: int = 1) -> list[dict[str, Any]]:
+    """`predict_images` for paths (files or folders); unreadable ones are `{"file", "error"}` entries."""
+    return predict_images(run, list(paths), top_k=top_k)

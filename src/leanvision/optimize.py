@@ -20,6 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import LeanvisionError
+from .health import step_warning
 from .io import read_json, save_weights, write_json
 from .measure import RUNTIMES, count_macs, count_params, get_runtime, measure_latency, speed_b1_b256
 from .models import create_model
@@ -42,13 +43,17 @@ from .train import predict_logits
 def build_chain(*, prune: float | None = None, prune_method: str = "l1", unstructured: float | None = None,
                 quantize: str | None = None, distill_from: str | None = None, alpha: float = 0.5,
                 temperature: float = 4.0, finetune_epochs: int = 1, calibration_size: int = 512,
-                fold: bool = True) -> list[TechniqueConfig]:
+                fold: bool = True, round_to: int | None = None) -> list[TechniqueConfig]:
     """The technique chain for the CLI flags, validated (bad values fail here, before any work)."""
     chain: list[TechniqueConfig] = []
+    if round_to is not None and prune is None:
+        raise LeanvisionError(f"--round-to {round_to} applies to structured pruning only. Add --prune RATIO, or drop "
+                              "--round-to.")
     if distill_from is not None:
         chain.append(DistillConfig(teacher=distill_from, alpha=alpha, temperature=temperature))
     if prune is not None:
-        chain.append(PruneConfig(ratio=prune, method=prune_method, finetune_epochs=finetune_epochs))
+        chain.append(PruneConfig(ratio=prune, method=prune_method, finetune_epochs=finetune_epochs,
+                                 round_to=round_to))
     if unstructured is not None:
         chain.append(PruneConfig(ratio=unstructured, structured=False, finetune_epochs=finetune_epochs))
     if fold:
@@ -136,9 +141,13 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
             f"{step['macs'] / 1e6:.2f}M MACs, file {before['file_bytes'] / 1e3:,.1f} -> "
             f"{step['file_bytes'] / 1e3:,.1f} kB, accuracy {(step['accuracy'] - before['accuracy']) * 100:+.2f} pp")
     if step["step"] != "quantize" and before.get("speed") and step.get("speed"):
-        ratios = {name: speed["throughput_images_per_s"] / before["speed"][name]["throughput_images_per_s"]
-                  for name, speed in step["speed"].items() if name in before["speed"]}
-        text += ", throughput at batch 256 " + ", ".join(f"{name} {r:.2f}x" for name, r in ratios.items())
+        changes = speed_change(step, before)
+        if same_graph(step, before):
+            text += (f", speed on {', '.join(changes)}: same inference graph (same parameters and MACs), so not "
+                     "measurably faster (any measured gap is timing noise)")
+        else:
+            text += ", " + ", ".join(f"{name} batch-1 latency {_verdict_text(*c['latency_b1'])}, batch-256 throughput "
+                                     f"{_verdict_text(*c['throughput_b256'])}" for name, c in changes.items())
     speed = step.get("onnxruntime")
     if speed:
         text += (f", ORT throughput {speed['fp32']['throughput_images_per_s']:,.0f} -> "
@@ -161,14 +170,44 @@ def _warn_weaker_teacher(configs: list[TechniqueConfig], src: Path) -> None:
     t_acc = read_json(Path(teacher) / "result.json").get("test_accuracy")
     s_acc = read_json(src / "result.json").get("test_accuracy")
     if isinstance(t_acc, (int, float)) and isinstance(s_acc, (int, float)) and t_acc < s_acc:
-        print(f"warning: teacher {teacher} has a lower recorded test accuracy ({t_acc:.4f}) than the student run {src} "
-              f"({s_acc:.4f}); distilling from it will likely not help.", file=sys.stderr, flush=True)
+        print(f"warning: teacher {teacher} has a lower recorded test accuracy ({t_acc:.2%}) than the student run {src} "
+              f"({s_acc:.2%}); distilling from it will likely not help.", file=sys.stderr, flush=True)
+
+
+def same_graph(step: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Same parameters and MACs and not quantized: the same dense inference graph as before the step."""
+    return step["params"] == before["params"] and step["macs"] == before["macs"] and step["step"] != "quantize"
+
+
+def speed_change(step: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, tuple[str, float]]]:
+    """Per runtime timed both before and after a step: (verdict, ratio) for batch-1 latency and batch-256 throughput
+    by the study's measured-spread rule (`diagnose.spread_verdict`; batch 256 has no p95, so its noise floor only)."""
+    from .diagnose import spread_verdict
+
+    out = {}
+    for name, after in (step.get("speed") or {}).items():
+        prev = (before.get("speed") or {}).get(name)
+        keys = ("latency_b1_median_ms", "latency_b1_p95_ms", "throughput_images_per_s")
+        if not prev or any(k not in after or k not in prev for k in keys):
+            continue
+        b256, prev_b256 = 256e3 / after["throughput_images_per_s"], 256e3 / prev["throughput_images_per_s"]
+        out[name] = {"latency_b1": spread_verdict(after["latency_b1_median_ms"], after["latency_b1_p95_ms"],
+                                                  prev["latency_b1_median_ms"], prev["latency_b1_p95_ms"]),
+                     "throughput_b256": spread_verdict(b256, b256, prev_b256, prev_b256)}
+    return out
+
+
+def _verdict_text(verdict: str, ratio: float) -> str:
+    return {"faster": f"{ratio:.2f}x faster", "slower": f"{1 / ratio:.2f}x SLOWER",
+            "same": "not measurably faster (within the measured spread)"}.get(verdict, "not measured")
 
 
 def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], out_dir: str | Path, *,
                  dataset=None, data_dir: str | None = None, progress: bool = True, overwrite: bool = False,
-                 repeats: int = 50) -> dict[str, Any]:
+                 repeats: int = 50, log=None) -> dict[str, Any]:
     """Apply a technique chain to a trained run and write the result as a new run; returns result.json's content.
+
+    `log(text)`, when given, receives the start block: the chain as run and the dataset summary.
 
     Example: `optimize_run("runs/compact", ["prune:ratio=0.5,finetune_epochs=1", "quantize:mode=int8"], "runs/c8")`.
     """
@@ -193,6 +232,11 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
         raise LeanvisionError(f"Dataset {dataset.name} does not match run {src} (input {dataset.input_shape}, "
                               f"{dataset.num_classes} classes). Pass the dataset the run was trained on.")
     out.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        from .runs import dataset_summary
+
+        log("\n".join([f"optimize {src} -> {out}: {' -> '.join(c.spec() for c in configs)}",
+                       *dataset_summary(dataset)]))
     shape = tuple(meta["input_shape"])
     ctx = Context(dataset=dataset, train=config_from_run(src).train, work_dir=out, meta=meta, progress=progress)
     c, h, w = shape
@@ -217,7 +261,7 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
                 "throughput_speedup_streams": (int8["throughput_streams_images_per_s"]
                                                / fp32["throughput_streams_images_per_s"]),
                 "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"]}
-            record["speed"] = {"onnxruntime": {k: int8[k] for k in ("latency_b1_median_ms",
+            record["speed"] = {"onnxruntime": {k: int8[k] for k in ("latency_b1_median_ms", "latency_b1_p95_ms",
                                                                      "throughput_images_per_s")}}
         else:
             record["speed"] = step_speed(model, shape, repeats)
@@ -226,6 +270,11 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
             overrides = shape_overrides(model, reference)
         record["notes"] = list(ctx.notes)
         record["summary"] = summarize(record, current)
+        record["speed_change"] = {name: {k: {"verdict": v, "ratio": r} for k, (v, r) in change.items()}
+                                  for name, change in speed_change(record, current).items()}
+        warning = step_warning(record, current)
+        if warning:
+            record["warning"] = warning
         steps.append(record)
         current = record
     final_meta = {**meta, "num_params": current["params"], "macs": current["macs"], "shape_overrides": overrides,
@@ -246,18 +295,32 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
         "file_bytes": current["file_bytes"], "test_accuracy": current["accuracy"],
         "test_correct": current["test_correct"], "test_total": current["test_total"],
         "source_test_accuracy": steps[0]["accuracy"], "steps": steps,
+        "warnings": [s["warning"] for s in steps if s.get("warning")],
     }
     write_json(out / "result.json", result)
     return result
 
 
+STEP_COLUMNS = [("step", 10), ("params", 10), ("MACs", 12), ("accuracy (%)", 14), ("file (kB)", 11),
+                ("torch latency b1 (ms)", 23), ("torch throughput b256 (img/s)", 31),
+                ("ORT latency b1 (ms)", 21), ("ORT throughput b256 (img/s)", 29)]
+
+
 def step_table(result: dict[str, Any]) -> str:
-    """A plain-text table of the steps plus their notes, for the CLI."""
-    lines = [f"{'step':<10}{'params':>10}{'MACs':>12}{'accuracy':>10}{'file kB':>10}{'ORT img/s@256':>15}"]
+    """A plain-text table of the steps (torch and ONNX Runtime speeds, fp32 CPU; int8: ONNX Runtime only) plus
+    one summary line per step, for the CLI."""
+    lines = ["".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(STEP_COLUMNS))]
     for s in result["steps"]:
-        ort = s.get("speed", {}).get("onnxruntime", {}).get("throughput_images_per_s")
-        lines.append(f"{s['step']:<10}{s['params']:>10,}{s['macs']:>12,}{s['accuracy']:>10.4f}"
-                     f"{s['file_bytes'] / 1e3:>10,.1f}{f'{ort:,.0f}' if ort else '':>15}")
+        cells = [s["step"], f"{s['params']:,}", f"{s['macs']:,}", f"{100 * s['accuracy']:.2f}",
+                 f"{s['file_bytes'] / 1e3:,.1f}"]
+        for runtime in ("torch", "onnxruntime"):
+            speed = (s.get("speed") or {}).get(runtime) or {}
+            cells += [f"{speed['latency_b1_median_ms']:.3f}" if speed else "-",
+                      f"{speed['throughput_images_per_s']:,.0f}" if speed else "-"]
+        lines.append("".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, (_, w)) in
+                             enumerate(zip(cells, STEP_COLUMNS))))
+    lines.append("(median of batch-1 calls and batch-256 throughput, fp32 on cpu unless the step is int8; "
+                 "'-' = not runnable there)")
     lines += [f"- {s['summary']}" for s in result["steps"][1:]]
     return "\n".join(lines)
 

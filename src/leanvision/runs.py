@@ -33,6 +33,7 @@ from .train import CHECKPOINT, fit, predict_logits
 MODEL_FORMAT = "leanvision-model/1"
 RESUMABLE = {f"train.{k}" for k in ("epochs", "device", "compile", "channels_last", "memory_fraction",
                                     "expandable_segments")}  # what a resume may change (train._config_for_compare)
+CUSTOM_PREFIX = "custom:"  # model name of a run trained from a user's own nn.Module (class recorded, never imported)
 
 
 @dataclass
@@ -60,7 +61,16 @@ def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
                 val_fraction=d.val_fraction, strict=d.strict)
 
 
+def _custom_module_error(name: str, where: str) -> LeanvisionError:
+    return LeanvisionError(f"{where} was trained from your own nn.Module ({name[len(CUSTOM_PREFIX):]}); leanvision "
+                           "never imports code named in a file. Use the Python API: "
+                           "load_run(RUN_DIR, model=YourNet(...)), or leanvision.train(model=YourNet(...), ...) "
+                           "to train it again.")
+
+
 def build_model(cfg: RunConfig, dataset) -> nn.Module:
+    if cfg.model.startswith(CUSTOM_PREFIX):
+        raise _custom_module_error(cfg.model, "This config")
     c, h, w = dataset.input_shape
     return create_model(cfg.model, num_classes=dataset.num_classes, in_chans=c, img_size=(h, w), **cfg.model_kwargs)
 
@@ -90,13 +100,18 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-              interrupt_at_step: int | None = None, dataset=None, loss_fn=None, overwrite: bool = False
+              interrupt_at_step: int | None = None, dataset=None, loss_fn=None, overwrite: bool = False, log=None,
+              recipe: str | None = None, epoch_lines: bool | None = None, model: nn.Module | None = None
               ) -> dict[str, Any]:
     """Train `cfg` into `out_dir` and evaluate the best weights on the test split; returns result.json's content.
 
     `resume=True` continues the run in `out_dir` (a larger `cfg.train.epochs` extends a finished one); only the
     epochs and speed options (device, compile, channels_last, memory options) may differ from its stored config.
     `overwrite=True` replaces a run already in `out_dir`.
+    `log(text)`, when given, receives the start-of-run block (dataset summary and resolved settings; `recipe` names
+    the recipe that chose them). `epoch_lines` prints one line per epoch even without the live bar (default:
+    `progress`). `model`: train this `nn.Module` instance instead of building `cfg.model` (see `custom_module_name`).
+    result.json's `warnings` lists what looks wrong in the numbers (`health.training_warnings`).
 
     Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
     """
@@ -105,18 +120,21 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
     try:
         return _train_run(cfg, out, device, resume=resume, progress=progress, interrupt_at_step=interrupt_at_step,
-                          dataset=dataset, loss_fn=loss_fn, overwrite=overwrite)
+                          dataset=dataset, loss_fn=loss_fn, overwrite=overwrite, log=log, recipe=recipe,
+                          epoch_lines=epoch_lines, model=model)
     finally:  # also on errors (a NaN stops every rank): the group is torn down, not left to the NCCL watchdog
         if owns_group:
             distributed.destroy()
 
 
 def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool, progress: bool,
-               interrupt_at_step: int | None, dataset, loss_fn, overwrite: bool) -> dict[str, Any]:
+               interrupt_at_step: int | None, dataset, loss_fn, overwrite: bool, log=None, recipe: str | None = None,
+               epoch_lines: bool | None = None, model: nn.Module | None = None) -> dict[str, Any]:
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
         raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
-    _check_model_name(cfg.model)  # cheap, and a typo is the likelier mistake than the run directory
+    if model is None:  # a module given in Python is its own model
+        _check_model_name(cfg.model)  # cheap, and a typo is the likelier mistake than the run directory
     if resume and not (out / CHECKPOINT).exists():
         raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
     if not resume and not overwrite and (out / CHECKPOINT).exists():
@@ -131,10 +149,13 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
                                   "those options (the run's own config is used), or start a new --out.")
     torch.manual_seed(cfg.train.seed)
     dataset = dataset if dataset is not None else load_dataset(**_data_kwargs(cfg))
-    model = build_model(cfg, dataset)
+    if model is None:
+        model = build_model(cfg, dataset)
     meta = model_description(cfg, model, dataset)
     if overwrite and main and ((out / CHECKPOINT).exists() or (out / "config.json").exists()):
         shutil.rmtree(out)  # only now: a bad option or missing dataset above leaves the old run in place
+    if log is not None and main:
+        log(run_summary(cfg, dataset, device, recipe=recipe, resume=resume))
     out.mkdir(parents=True, exist_ok=True)
     if stored is not None and main and stored["config"] != cfg.to_dict():  # e.g. --epochs extends the run
         write_json(out / "config.json", {**stored, "config": cfg.to_dict()})
@@ -144,7 +165,7 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
         write_json(out / "model.json", meta)
     start = time.perf_counter()
     history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
-                  interrupt_at_step=interrupt_at_step, loss_fn=loss_fn)
+                  interrupt_at_step=interrupt_at_step, loss_fn=loss_fn, epoch_lines=epoch_lines)
     wall = time.perf_counter() - start
     if not main:  # torchrun: rank 0 evaluates the test split and writes result.json; the other ranks read it
         distributed.barrier()
@@ -168,6 +189,11 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
         logits, labels = predict_logits(model, dataset.test, dataset.mean, dataset.std, device)
         correct = int((logits.argmax(1) == labels).sum())
         result.update(test_accuracy=correct / len(labels), test_correct=correct, test_total=len(labels))
+    from .health import training_warnings
+
+    steps = -(-len(dataset.train) // cfg.train.batch_size)
+    result["warnings"] = training_warnings(history, dataset.num_classes, steps_per_epoch=steps,
+                                           learning_rate=cfg.train.learning_rate)
     write_json(out / "result.json", result)
     distributed.barrier()
     return result
@@ -184,8 +210,40 @@ def _check_model_name(model: Any) -> None:
         load_spec(model)
 
 
-def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu") -> Run:
+def dataset_summary(dataset) -> list[str]:
+    """Lines describing a loaded dataset: name, split sizes, image shape, classes, and how it was assembled."""
+    test = len(dataset.test) if dataset.test is not None else 0
+    c, h, w = dataset.input_shape
+    names = ", ".join(dataset.classes[:6]) + (", ..." if dataset.num_classes > 6 else "")
+    lines = [f"data   {dataset.name}: train {len(dataset.train):,}, val {len(dataset.val):,}, test {test:,} images "
+             f"of {c}x{h}x{w} (CxHxW), {dataset.num_classes} classes ({names})"]
+    lines += [f"       note: {note}" for note in dataset.notes]
+    return lines
+
+
+def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: str | None = None,
+                resume: bool = False) -> str:
+    """The block printed at the start of `leanvision train`: dataset summary and the resolved settings."""
+    t = cfg.train
+    kwargs = f" {cfg.model_kwargs}" if cfg.model_kwargs else ""
+    chose = f" (recipe {recipe}: chose every setting below not given explicitly)" if recipe else ""
+    optimizer = t.optimizer + (" nesterov" if t.nesterov else "")
+    optimizer += f" wd {t.weight_decay:g}" if t.weight_decay else ""
+    schedule = t.schedule + (f", {t.warmup_epochs:g} warm-up epochs" if t.warmup_epochs else "")
+    extras = ", ".join(x for x in (f"label smoothing {t.label_smoothing:g}" if t.label_smoothing else "",
+                                   f"augment {t.augment}", "channels_last" if t.channels_last else "",
+                                   "compile" if t.compile else "", f"seed {t.seed}") if x)
+    lines = [f"{'resume' if resume else 'train'}  {cfg.model}{kwargs}{chose}", *dataset_summary(dataset),
+             f"setup  {optimizer}, lr {t.learning_rate:g}, {schedule}, {t.epochs} epoch{'s' * (t.epochs != 1)}, "
+             f"batch {t.batch_size}, {t.precision} on {device}; {extras}"]
+    return "\n".join(lines)
+
+
+def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu", *,
+             model: nn.Module | None = None) -> Run:
     """Rebuild the model of a run directory from model.json and load its safetensors weights (no pickle).
+
+    `model`: load the weights into this module instead (required for a run trained from your own nn.Module).
 
     Example: `run = load_run("runs/compact"); logits = run.model(x)`.
     """
@@ -203,8 +261,12 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
         session = (meta.get("quantization") or {}).get("session")
         return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
     c, h, w = meta["input_shape"]
-    model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
-                         num_classes=meta["num_classes"], in_chans=c, img_size=(h, w), **meta.get("model_kwargs", {}))
+    if model is None and str(meta.get("model") or "").startswith(CUSTOM_PREFIX):
+        raise _custom_module_error(meta["model"], f"Run {path}")
+    if model is None:
+        model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
+                             num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
+                             **meta.get("model_kwargs", {}))
     if meta.get("shape_overrides") or meta.get("folded"):  # pruned and/or Conv-BN folded by `leanvision optimize`
         from .techniques import restore_structure_
 
@@ -223,5 +285,6 @@ def config_from_run(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(read_json(Path(run_dir) / "config.json")["config"])
 
 
-__all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description",
+__all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description", "run_summary",
+           "dataset_summary",
 ]

@@ -37,7 +37,7 @@ from .measure import (
     weight_bytes,
     wilson_interval,
 )
-from .runs import load_run, train_run
+from .runs import dataset_summary, load_run, train_run
 from .train import normalizer
 
 PLAN_NAMES = ("reference", "quick")
@@ -134,6 +134,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
 
         device = str(resolve_device(device))
     _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out, overwrite)
+    console.print("\n".join(dataset_summary(ds)), highlight=False, markup=False)  # what the variants are trained on
     started, tick = datetime.now(timezone.utc), time.perf_counter()
     available = []
     for name in runtimes:
@@ -189,8 +190,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
             study["report_note"] = (f"this run has {now} ok variants, the report in {out} has {earlier}: it is kept, "
                                     f"and this report was written to {report_dir}")  # the CLI prints it
     study["report_dir"] = str(report_dir)
-    files = write_report(study, report_dir)
-    console.print(f"report: {files.get('html')}")
+    write_report(study, report_dir)  # the CLI prints where the report is (once)
     return study
 
 

@@ -208,14 +208,15 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
         progress: bool = True, interrupt_at_step: int | None = None,
         on_epoch_end: Callable[[dict[str, Any], nn.Module], None] | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        ) -> list[dict[str, Any]]:
+        epoch_lines: bool | None = None) -> list[dict[str, Any]]:
     """Train `model` on `dataset.train`, validating on `dataset.val` each epoch; returns the per-epoch history.
 
     Writes into `out_dir`: metrics.jsonl, last.safetensors, best.safetensors (best validation accuracy) and
     checkpoint.safetensors. `interrupt_at_step` simulates Ctrl-C after that many optimizer steps (for tests).
     `on_epoch_end(record, model)` runs after each epoch's files are written (its time is not in `epoch_time_s`).
     `loss_fn(logits, labels, inputs)` replaces the cross-entropy (with label smoothing) data loss, e.g. for
-    distillation; per-layer L1/L2 penalties are still added.
+    distillation; per-layer L1/L2 penalties are still added. `progress` shows a live bar; `epoch_lines` (default:
+    `progress`) prints one summary line per epoch to stderr, with or without the bar.
 
     Example: `history = fit(create_model("compact"), load_dataset("digits"), TrainConfig(epochs=2), "runs/a")`.
     """
@@ -298,7 +299,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             "bad_epochs": bad_epochs, "history": history, "running": running, "config": _config_for_compare(cfg),
         })
 
-    bar = _Progress(enabled=progress and main, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+    bar = _Progress(enabled=progress and main, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                    lines=(progress if epoch_lines is None else epoch_lines) and main)
     flag = _sigint_flag() if dp is None else nullcontext({"hit": False})  # torchrun: Ctrl-C stops all ranks
     with flag as sigint, bar:
         for epoch in range(start_epoch, cfg.epochs):
@@ -454,8 +456,9 @@ def _config_for_compare(cfg: TrainConfig) -> dict[str, Any]:
 class _Progress:
     """Live progress bar (rich) with loss, accuracy and images/s; prints one summary line per epoch."""
 
-    def __init__(self, enabled: bool, total_epochs: int, steps_per_epoch: int):
+    def __init__(self, enabled: bool, total_epochs: int, steps_per_epoch: int, lines: bool | None = None):
         self.enabled, self.total_epochs, self.steps_per_epoch = enabled, total_epochs, steps_per_epoch
+        self.lines = enabled if lines is None else lines  # per-epoch lines also without the live bar
         self.progress = None
         self.task = None
         self._last = 0.0
@@ -491,19 +494,23 @@ class _Progress:
             self._last = now
             seen = running["seen"]
             accuracy = (running["correct"] + int(correct.item())) / max(1, seen)
-            info = f"loss {float(loss.detach()):.4f}  acc {accuracy:.4f}  {seen / max(elapsed, 1e-9):,.0f} img/s"
+            info = f"loss {float(loss.detach()):.4f}  acc {accuracy:.2%}  {seen / max(elapsed, 1e-9):,.0f} img/s"
             self.progress.update(self.task, advance=1, info=info)
         else:
             self.progress.update(self.task, advance=1)
 
     def end_epoch(self, r: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.lines:
             return
-        val = f"val_acc {r['val_accuracy']:.4f}  " if r["val_accuracy"] is not None else ""
-        line = (f"epoch {r['epoch']}/{self.total_epochs}  loss {r['train_loss']:.4f}  acc {r['train_accuracy']:.4f}  "
+        val = f"val_acc {r['val_accuracy']:.2%}  " if r["val_accuracy"] is not None else ""
+        line = (f"epoch {r['epoch']}/{self.total_epochs}  loss {r['train_loss']:.4f}  acc {r['train_accuracy']:.2%}  "
                 f"{val}{r['epoch_time_s']:.1f} s  {r['train_images_per_s']:,.0f} img/s")
         self.note(line)
 
     def note(self, text: str) -> None:
         if self.progress is not None:
             self.progress.console.print(text)
+        elif self.lines:
+            import sys
+
+            print(text, file=sys.stderr, flush=True)

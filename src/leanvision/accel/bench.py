@@ -3,9 +3,10 @@
 Each row holds latency (median and p95 per batch), throughput, the accuracy on the run's test split computed
 through that same runtime and precision, the first call's time apart (compilation, lazy initialisation, cuDNN
 autotuning), energy per image where a counter is readable (NVML, RAPL), and the cost per million images when a
-price per hour is given: `price_per_hour / 3600 / images_per_s * 1e6`. Unavailable runtimes are rows with a
-`status` saying why when every runtime was asked for (`all`), and an error when one is asked for by name. A
-runtime x precision pair that cannot run (onnxruntime in bf16, fp16 on a CPU) is an `unsupported: ...` row, or an
+price per hour is given: `price_per_hour / 3600 / images_per_s * 1e6` (energy: a number, or None with the reason
+in `energy_note`). Unavailable runtimes are rows with a `status` saying why when every runtime was asked for
+(`all`), and an error when one is asked for by name. A runtime x precision pair that cannot run (onnxruntime in
+bf16, fp16 on a CPU) is an `unsupported: ...` row, or an
 error when nothing asked for could be measured.
 """
 
@@ -153,8 +154,9 @@ def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, imag
             latency_median_ms=stats.median_ms, latency_p95_ms=stats.p95_ms, images_per_s=images_per_s,
             first_call_ms=first_call_ms, repeats=stats.repeats,
             compile_time_s=compile_times.get(tuple(x.shape)) if compile_times is not None else None,
-            energy_per_image_j=joules / (stats.repeats * batch_size) if joules is not None else NOT_MEASURABLE,
-            energy_source=meter.source or None, energy_note=meter.reason,
+            energy_per_image_j=joules / (stats.repeats * batch_size) if joules is not None else None,
+            energy_source=meter.source or None,
+            energy_note=meter.reason if joules is not None else f"{NOT_MEASURABLE}: {meter.reason}",
             providers=list(getattr(predict, "providers", [])) or None, streams=getattr(predict, "streams", None),
         )
         if config.price_per_hour is not None:

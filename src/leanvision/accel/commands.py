@@ -37,12 +37,14 @@ def cmd_export(ns: Any) -> int:
     else:
         print(f"exported {r['path']} ({r['format']} opset {r['opset']}, {r['file_bytes']:,} bytes, "
               f"batch dimension {'dynamic' if r['dynamic_batch'] else 'FIXED'})")
-        print(f"{r['split']} accuracy on {r['images']} images, fp32 on cpu: PyTorch {r['torch_accuracy'] * 100:.2f}%, "
-              f"ONNX Runtime {r['onnxruntime_accuracy'] * 100:.2f}% (difference {r['difference_pp']:.2f} pp, "
+        print(f"{r['split']} accuracy on {r['images']} images on cpu: {r['reference']} "
+              f"{r['reference_accuracy'] * 100:.2f}%, exported file in ONNX Runtime "
+              f"{r['onnxruntime_accuracy'] * 100:.2f}% (difference {r['difference_pp']:.2f} pp, "
               f"predictions agree on {r['prediction_agreement'] * 100:.2f}%, max |logit diff| "
               f"{r['max_abs_logit_diff']:.2e})")
     if not r["parity_ok"]:
-        print(f"error: ONNX Runtime accuracy differs from PyTorch's by {r['difference_pp']:.2f} pp (> "
+        ref = "PyTorch's" if r["torch_accuracy"] is not None else "the run's own int8 model's"
+        print(f"error: ONNX Runtime accuracy differs from {ref} by {r['difference_pp']:.2f} pp (> "
               f"{r['tolerance_pp']} pp allowed); the export is not faithful. Try another --opset.", file=sys.stderr)
         return 1
     return 0
@@ -68,10 +70,10 @@ def cmd_bench(ns: Any) -> int:
 
 COLUMNS = (  # (header, key, format); units in the headers, every row names runtime, dtype, batch, device, threads
     ("runtime", "runtime", "{}"), ("dtype", "precision", "{}"), ("batch", "batch_size", "{}"),
-    ("device", "device", "{}"), ("threads", "threads", "{}"), ("median ms/batch", "latency_median_ms", "{:.3f}"),
-    ("p95 ms/batch", "latency_p95_ms", "{:.3f}"), ("images/s", "images_per_s", "{:,.0f}"),
-    ("test acc %", "accuracy", "{:.2%}"), ("1st call ms", "first_call_ms", "{:,.1f}"),
-    ("energy J/image", "energy_per_image_j", "{:.3g}"), ("USD/1M images", "cost_per_million_images_usd", "{:.4f}"),
+    ("device", "device", "{}"), ("threads", "threads", "{}"), ("latency median (ms)", "latency_median_ms", "{:.3f}"),
+    ("latency p95 (ms)", "latency_p95_ms", "{:.3f}"), ("throughput (img/s)", "images_per_s", "{:,.0f}"),
+    ("accuracy (%)", "accuracy", "{:.2%}"), ("1st call (ms)", "first_call_ms", "{:,.1f}"),
+    ("energy (J/img)", "energy_per_image_j", "{:.3g}"), ("cost (USD/1M img)", "cost_per_million_images_usd", "{:.4f}"),
 )
 
 
@@ -83,7 +85,7 @@ def format_table(rows: list[dict], run_dir: str, price: float | None) -> str:
         line = []
         for _, key, fmt in columns:
             value = row.get(key)
-            if isinstance(value, str) and key == "energy_per_image_j":
+            if value is None and key == "energy_per_image_j" and row["status"] == "ok":
                 value = "n/m"  # not measurable here: the reason is printed below the table
             line.append(fmt.format(value).replace("%", "") if isinstance(value, (int, float)) else str(value or "-"))
         cells.append(line + [row["status"]])
@@ -95,12 +97,12 @@ def format_table(rows: list[dict], run_dir: str, price: float | None) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     if ok:
         r = ok[0]
-        text.append(f"latency: median and p95 of {r['repeats']} timed calls after {r['warmup']} warm-up calls; "
+        text.append(f"latency: per batch, median and p95 of {r['repeats']} timed calls after {r['warmup']} warm-up "
+                    "calls; "
                     f"'1st call' is timed apart (compilation, lazy init); accuracy: {r['accuracy_split']} split, "
                     f"{r['accuracy_images']} images, through each runtime and dtype")
-        energy = r["energy_per_image_j"]
-        measured = not isinstance(energy, str)
-        text.append(f"energy: {'measured' if measured else 'not measurable here'} ({r['energy_note']})")
+        measured = r["energy_per_image_j"] is not None
+        text.append(f"energy: measured ({r['energy_note']})" if measured else f"energy: {r['energy_note']}")
     if price is not None:
         text.append(f"cost per 1M images = {price} USD/hour / 3600 / images_per_s * 1e6 (machine fully busy)")
     return "\n".join(text)

@@ -27,8 +27,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
     """Export a run directory's model and compare ONNX Runtime's test accuracy with PyTorch's.
 
     Returns a dict: `path`, `format`, `opset`, `dynamic_batch`, `file_bytes`, `split`, `images`,
-    `torch_accuracy`, `onnxruntime_accuracy`, `difference_pp`, `tolerance_pp`, `parity_ok`,
-    `prediction_agreement` (fraction of identical predicted classes), `max_abs_logit_diff`.
+    `reference` (what the file is compared with: "PyTorch fp32", or an int8 run's own ONNX model),
+    `reference_accuracy`, `torch_accuracy` (None for an int8 run: it has no PyTorch model), `onnxruntime_accuracy`,
+    `difference_pp`, `tolerance_pp`, `parity_ok`, `prediction_agreement` (fraction of identical predicted classes),
+    `max_abs_logit_diff`, `metadata` (the `metadata_props` written into the file: classes, normalization, layout).
 
     Example: `export_run("runs/compact")["parity_ok"]`.
     """
@@ -41,6 +43,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
     run = load_run(run_dir, weights=weights)
     path = Path(out) if out else run.path / "model.onnx"
     export_onnx(run.model, run.input_shape, path, opset=opset)
+    metadata = write_metadata(path, run.meta)
     ok, reason = get_runtime("onnxruntime").is_available()
     if not ok:
         raise LeanvisionError(f"Exported {path}, but its accuracy cannot be checked: {reason}")
@@ -59,7 +62,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
     split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
                                                                                                        dataset.val)
     images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
-    if getattr(run.model, "onnx_path", None) is not None:  # an int8 run: its reference is its own ONNX session
+    int8 = getattr(run.model, "onnx_path", None) is not None
+    if int8:  # an int8 run: its reference is its own ONNX session (no PyTorch fp32 model exists)
         with torch.no_grad():
             torch_logits = predict_batches(run.model, images)
     else:
@@ -79,14 +83,50 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
         "file_bytes": file_bytes(path),
         "split": split_name,
         "images": len(labels),
-        "torch_accuracy": torch_acc,
+        "reference": "the run's int8 model (ONNX Runtime)" if int8 else "PyTorch fp32",
+        "reference_accuracy": torch_acc,
+        "torch_accuracy": None if int8 else torch_acc,
         "onnxruntime_accuracy": ort_acc,
         "difference_pp": difference_pp,
         "tolerance_pp": TOLERANCE_PP,
         "parity_ok": difference_pp <= TOLERANCE_PP + 1e-9,
         "prediction_agreement": (torch_logits.argmax(1) == ort_logits.argmax(1)).float().mean().item(),
         "max_abs_logit_diff": (torch_logits - ort_logits).abs().max().item(),
+        "metadata": metadata,
     }
+
+
+def write_metadata(path: Path, meta: dict[str, Any]) -> dict[str, str]:
+    """Store what a consumer needs to feed the model in the ONNX file's `metadata_props` (string key/values; lists as
+    JSON): class names, input layout and shape, and the preprocessing `(pixel / 255 - mean) / std` per channel."""
+    import json
+
+    import onnx
+
+    from .. import __version__
+
+    c, h, w = meta["input_shape"]
+    props = {
+        "leanvision.classes": json.dumps(list(meta["classes"])),
+        "leanvision.input_layout": "NCHW",
+        "leanvision.input_shape": json.dumps([c, h, w]),
+        "leanvision.input_channels": "grayscale" if c == 1 else "RGB",
+        "leanvision.mean": json.dumps(list(meta["mean"])),
+        "leanvision.std": json.dumps(list(meta["std"])),
+        "leanvision.preprocessing": "float32 (pixel / 255 - mean) / std per channel; input name 'input', output "
+                                    "'logits'",
+        "leanvision.version": __version__,
+    }
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    from ..io import atomic_write_bytes
+
+    atomic_write_bytes(path, model.SerializeToString())
+    return props
 
 
 def _check_opset(opset: int) -> None:

@@ -20,7 +20,12 @@ SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of the registered models matching a glob. Example: `list_models("seed-*")`."""
+    """Sorted names of the registered models matching a glob, or containing `pattern` when it has no wildcard.
+
+    Example: `list_models("seed-*")`, `list_models("resnet") == ["resnet8"]`.
+    """
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
     return MODELS.names(pattern)
 
 

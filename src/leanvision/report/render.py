@@ -139,8 +139,9 @@ def _html_key_values(title: str, mapping: dict) -> list[str]:
 
 
 def _m(value: Any) -> str:
-    """Escape for a Markdown table cell or line: HTML-escaped (no raw tags), pipes escaped, one line."""
-    text = html.escape(_text(value), quote=False).replace("|", "\\|")
+    """Escape for a Markdown table cell or line: plain text (`8x8 -> 28x28` stays as typed), `<` backslash-escaped
+    so no raw HTML tag can form, pipes escaped, one line."""
+    text = _text(value).replace("\\", "\\\\").replace("<", "\\<").replace("|", "\\|")
     return " ".join(text.split())
 
 

@@ -1,0 +1,92 @@
+"""Plain warnings for results that look wrong, from the numbers a run recorded: one line each, naming the fix.
+
+`training_warnings(history, num_classes, ...)` reads a run's per-epoch history; `step_warning(step, before)` reads one
+`leanvision optimize` step. Neither prints: the run/optimize result carries them as `warnings`, the CLI prints them
+to stderr as `warning: ...`.
+
+Rules (thresholds here and only here):
+- validation collapse: the last epoch's validation accuracy is near chance (below chance + NEAR_CHANCE of the way to
+  100%), or more than VAL_GAP below the training accuracy of that epoch;
+- loss spike: an epoch's training loss is above SPIKE_FACTOR x the lowest earlier one, above SPIKE_FACTOR x ln(classes)
+  (the loss of a uniform guess, where training starts), or it rose over the last two epochs in a row;
+- a compression step that loses more than STEP_DROP_PP percentage points of test accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NEAR_CHANCE = 0.10  # fraction of the way from chance to 100% still counted as "near chance"
+VAL_GAP = 0.30  # train - val accuracy (fraction) above which validation is called collapsed
+SPIKE_FACTOR = 3.0
+STEP_DROP_PP = 2.0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_per_epoch: int | None = None,
+                      learning_rate: float | None = None) -> list[str]:
+    """Warnings for a finished training history (the records `fit` returns); [] for a healthy run."""
+    if not history:
+        return []
+    out: list[str] = []
+    last = history[-1]
+    epochs = len(history)
+    steps = f", {steps_per_epoch * epochs} optimizer steps" if steps_per_epoch else ""
+    lr = f", now {learning_rate:g}" if learning_rate else ""
+    val, train = last.get("val_accuracy"), last.get("train_accuracy")
+    chance = 1.0 / max(1, num_classes)
+    if val is not None:
+        if val < chance + NEAR_CHANCE * (1 - chance):
+            out.append(f"validation accuracy {_pct(val)} after {epochs} epoch{'s' * (epochs != 1)}{steps} is near "
+                       f"chance ({_pct(chance)}): the model has not learned yet; train more epochs (--epochs) or "
+                       f"lower the learning rate (--lr{lr}).")
+        elif train is not None and train - val > VAL_GAP:
+            out.append(f"validation accuracy {_pct(val)} is far below training accuracy {_pct(train)} at the last "
+                       f"epoch{steps}: too few steps for BatchNorm statistics to settle, or overfitting; train more "
+                       "epochs (--epochs) or lower the learning rate (--lr).")
+    losses = [h.get("train_loss") for h in history]
+    uniform = math.log(max(2, num_classes))
+    for i, loss in enumerate(losses):
+        if loss is None or not math.isfinite(loss):
+            continue
+        earlier = [x for x in losses[:i] if x is not None and math.isfinite(x)]
+        if loss > SPIKE_FACTOR * uniform:
+            out.append(f"training loss {loss:.2f} at epoch {i + 1} is over {SPIKE_FACTOR:g}x that of a uniform guess "
+                       f"({uniform:.2f}): the learning rate is too high for this model and data; lower it "
+                       f"(--lr{lr}).")
+            break
+        if earlier and loss > SPIKE_FACTOR * min(earlier):
+            out.append(f"training loss spiked to {loss:.3f} at epoch {i + 1}, over {SPIKE_FACTOR:g}x its earlier "
+                       f"minimum {min(earlier):.3f}: lower the learning rate (--lr{lr}).")
+            break
+    else:
+        tail = [x for x in losses[-3:] if x is not None]
+        if len(tail) == 3 and tail[0] < tail[1] < tail[2]:
+            out.append(f"training loss grew epoch over epoch ({tail[0]:.3f} -> {tail[1]:.3f} -> {tail[2]:.3f}): "
+                       f"lower the learning rate (--lr{lr}).")
+    return out
+
+
+def step_warning(step: dict[str, Any], before: dict[str, Any]) -> str | None:
+    """A warning when a `leanvision optimize` step lost more than STEP_DROP_PP of test accuracy, naming the fix."""
+    drop = (before["accuracy"] - step["accuracy"]) * 100
+    if drop <= STEP_DROP_PP:
+        return None
+    name, config = step["step"], step.get("config") or {}
+    loss = f"{name} lost {drop:.2f} pp of test accuracy ({_pct(before['accuracy'])} -> {_pct(step['accuracy'])})"
+    if name == "prune":
+        ratio, epochs = config.get("ratio"), config.get("finetune_epochs", 0)
+        fix = (f"fine-tune longer (--finetune-epochs {max(3, 2 * epochs + 1)}; now {epochs}) or prune less "
+               f"(--prune {max(0.1, round((ratio or 0.5) / 2, 2))})")
+    elif name == "distill":
+        fix = ("train the student longer (distill uses the source run's epochs: train the source with more "
+               "--epochs) or lower --alpha")
+    elif name == "quantize":
+        fix = ("use more calibration images (--calibration-size), or --quantize qat with --finetune-epochs 2")
+    else:
+        fix = "check this step's settings"
+    return f"{loss}: {fix}."
