@@ -184,11 +184,14 @@ def loss_fn(logits, y, x):
     return loss + float("nan") if bad else loss  # the loss value only: gradients, so rank 0's loss, stay finite
 
 cfg = RunConfig(model="seed-shallow", data=DataConfig("digits"), train=TrainConfig(epochs=2, device="cpu"))
+rank = __import__("os").environ["RANK"]
 try:
     train_run(cfg, sys.argv[1], progress=False, loss_fn=loss_fn)
-    print("FINISHED")
+    line = "FINISHED"
 except TrainingDiverged as e:
-    print("DIVERGED", dist.is_initialized(), str(e).split(";")[0])
+    line = f"DIVERGED {dist.is_initialized()} {str(e).splitlines()[0].split(';')[0]}"
+with open(f"{sys.argv[1]}.rank{rank}", "w") as f:  # one file per rank: two processes' stdout can interleave
+    f.write(line)
 '''
 
 
@@ -200,7 +203,7 @@ def test_nan_on_one_rank_stops_every_rank_and_destroys_the_group(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env,
                           timeout=240, cwd=tmp_path)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(("DIVERGED", "FINISHED"))]
+    lines = [p.read_text() for p in sorted(tmp_path.glob("run.rank*"))]
     assert proc.returncode == 0 and len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert all(line.startswith("DIVERGED False Loss became nan") for line in lines), lines  # group destroyed
     assert any("on another rank" in line for line in lines), lines  # rank 0 stopped on rank 1's NaN
