@@ -57,9 +57,29 @@ class _CallableModule(_types.ModuleType):
     while `leanvision.train.fit`, `import leanvision.train` and `from leanvision.train import fit` stay the module."""
 
     def __call__(self, *args, **kwargs):
+        return self._api_function()(*args, **kwargs)
+
+    def _api_function(self):
         from . import api
 
-        return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+        return getattr(api, self.__name__.rsplit(".", 1)[1])
+
+    @property
+    def __signature__(self):  # inspect.signature(leanvision.train): the API function's parameters
+        import inspect
+
+        return inspect.signature(self._api_function())
+
+    @property
+    def __doc__(self):  # help(leanvision.train): the API function first, then the submodule's own docstring
+        name = self.__name__.rsplit(".", 1)[1]
+        own = self.__dict__.get("__doc__") or ""
+        return (f"leanvision.{name}{self.__signature__}\n\n{self._api_function().__doc__ or ''}\n\n"
+                f"leanvision.{name} is also the submodule {self.__name__}:\n\n{own}")
+
+    @__doc__.setter
+    def __doc__(self, value) -> None:  # importlib.reload sets the module docstring
+        self.__dict__["__doc__"] = value
 
 
 class _Package(_types.ModuleType):

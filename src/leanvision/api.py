@@ -40,9 +40,12 @@ def _as_run(run: Run | str | Path, model: nn.Module | None = None) -> Run:
     return run if isinstance(run, Run) else load_run(run, model=model)
 
 
+TRAIN_ARGUMENTS = ("config", "model", "dataset", "out", "resume", "overwrite", "progress")  # besides the options
+
+
 def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | None = None, dataset: Any = None,
-          out: str | Path | None = None, resume: bool = False, progress: bool = False, **options: Any
-          ) -> dict[str, Any]:
+          out: str | Path | None = None, resume: bool = False, overwrite: bool = False, progress: bool = False,
+          **options: Any) -> dict[str, Any]:
     """Train a model into a run directory; returns result.json's content plus `run_dir`.
 
     `config`: a `RunConfig`, or its dict form (`{"model": ..., "data": {...}, "train": {...}}`); `options` are any
@@ -50,7 +53,8 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
     applied on top. `model`: a registered name, a spec file, or your own `nn.Module` instance. A custom module is
     trained in place and its weights saved (safetensors); the run records the class name only, since leanvision
     never imports code named in a file: reload it with `load_run(run_dir, model=YourNet(...))`. `dataset`: a
-    registered name, folder or .npz path, or an already loaded `leanvision.data.Dataset`.
+    registered name, folder or .npz path, or an already loaded `leanvision.data.Dataset`. `resume=True` continues
+    the run in `out`, `overwrite=True` replaces it (as the CLI's --resume and --overwrite).
 
     Example: `train(model="compact", dataset="digits", epochs=3, out="runs/compact")["test_accuracy"]`.
     """
@@ -67,7 +71,7 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
     unknown = sorted(set(options) - data_fields - train_fields - {"model_kwargs"})
     if unknown:
         raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: "
-                              f"{', '.join(sorted(data_fields | train_fields | {'model_kwargs'}))}.")
+                              f"{', '.join(sorted(data_fields | train_fields | {'model_kwargs', *TRAIN_ARGUMENTS}))}.")
     loaded = None
     if dataset is not None and not isinstance(dataset, (str, Path)):
         loaded, dataset = dataset, (dataset.source or {}).get("name", dataset.name)
@@ -86,7 +90,8 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
 
         loaded = load_dataset(**_data_kwargs(cfg))
     out = Path(out) if out is not None else Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(name)).stem)
-    result = train_run(cfg, out, resume=resume, progress=progress, dataset=loaded, model=module)
+    result = train_run(cfg, out, resume=resume, overwrite=overwrite, progress=progress, dataset=loaded,
+                       model=module)
     _warn(result.get("warnings"))
     return {**result, "run_dir": str(out)}
 
@@ -126,11 +131,12 @@ def predict(run: Run | str | Path, images: Any, *, top_k: int = 1, model: nn.Mod
     return results
 
 
-def optimize(run: str | Path, out: str | Path, *, techniques: list[str] | None = None, prune: float | None = None,
+def optimize(run: Run | str | Path, out: str | Path, *, techniques: list[str] | None = None, prune: float | None = None,
              round_to: int | None = None, quantize: str | None = None, distill_from: str | None = None,
-             finetune_epochs: int = 1, overwrite: bool = False, progress: bool = False, **chain: Any
-             ) -> dict[str, Any]:
-    """Compress a trained run into `out`: `techniques` as spec strings (`["prune:ratio=0.5,round_to=8",
+             finetune_epochs: int = 1, overwrite: bool = False, progress: bool = False,
+             model: nn.Module | None = None, **chain: Any) -> dict[str, Any]:
+    """Compress a trained run (a `Run` or a run directory; `model`: the module instance for a run trained from your
+    own nn.Module, which is left unchanged) into `out`: `techniques` as spec strings (`["prune:ratio=0.5,round_to=8",
     "quantize:mode=int8"]`), or the CLI's options (`prune=0.5, round_to=8, quantize="int8"`, and any other
     `optimize.build_chain` argument). Returns result.json's content (per-step measurements and `warnings`)."""
     from .optimize import build_chain, optimize_run
@@ -140,29 +146,37 @@ def optimize(run: str | Path, out: str | Path, *, techniques: list[str] | None =
                                  finetune_epochs=finetune_epochs, **chain)
     elif prune is not None or quantize is not None or distill_from is not None or round_to is not None or chain:
         raise LeanvisionError("Pass either techniques=[...] or the options (prune=, quantize=, ...), not both.")
-    result = optimize_run(run, techniques, out, progress=progress, overwrite=overwrite)
+    result = optimize_run(run, techniques, out, progress=progress, overwrite=overwrite, model=model)
     _warn(result.get("warnings"))
     return result
 
 
-def export(run: str | Path, out: str | Path | None = None, **options: Any) -> dict[str, Any]:
+def export(run: Run | str | Path, out: str | Path | None = None, *, model: nn.Module | None = None, **options: Any
+           ) -> dict[str, Any]:
     """Write the run's model as ONNX (with class names and normalization in its metadata) and check its accuracy
-    through ONNX Runtime; see `accel.export.export_run` for `options` and the returned keys."""
+    through ONNX Runtime; see `accel.export.export_run` for `options` and the returned keys. `run`: a `Run` or a
+    run directory (`model`: the module instance for a run trained from your own nn.Module)."""
     from .accel.export import export_run
 
-    return export_run(run, out, **options)
+    return export_run(run, out, model=model, **options)
 
 
-def bench(run: str | Path, *, data_dir: str | None = None, weights: str = "best", **config: Any
-          ) -> list[dict[str, Any]]:
+def bench(run: Run | str | Path, *, data_dir: str | None = None, weights: str = "best", model: nn.Module | None = None,
+          **config: Any) -> list[dict[str, Any]]:
     """Latency, throughput, accuracy and energy per runtime x precision x batch size; `config`: `BenchConfig`
-    fields (`runtimes=("torch", "onnxruntime")`, `batch_sizes=(1, 256)`, `repeats=50`, ...)."""
+    fields (`runtimes=("torch", "onnxruntime")`, `batch_sizes=(1, 256)`, `repeats=50`, ...). `run`: a `Run` or a
+    run directory (`model`: the module instance for a run trained from your own nn.Module)."""
     from .accel.bench import BenchConfig, bench_run
 
     for key in ("runtimes", "precisions", "batch_sizes"):
         if isinstance(config.get(key), (str, int)):
             config[key] = (config[key],)
-    return bench_run(run, BenchConfig(**config), data_dir=data_dir, weights=weights)
+    fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: "
+                              f"{', '.join(sorted(fields | {'data_dir', 'weights', 'model'}))}.")
+    return bench_run(run, BenchConfig(**config), data_dir=data_dir, weights=weights, model=model)
 
 
 def study(**options: Any) -> dict[str, Any]:

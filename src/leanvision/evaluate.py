@@ -28,9 +28,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     actual = cm.sum(1).double()
     per_class = []
     for i, name in enumerate(classes):
-        precision = (tp[i] / predicted[i]).item() if predicted[i] > 0 else 0.0
+        precision = (tp[i] / predicted[i]).item() if predicted[i] > 0 else None  # never predicted: undefined
         recall = (tp[i] / actual[i]).item() if actual[i] > 0 else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision and precision + recall > 0 else 0.0
         per_class.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
                           "support": int(actual[i])})
     total = int(cm.sum())
@@ -38,7 +38,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     for kind in ("macro", "weighted"):  # scikit-learn's classification_report (0 where a class was never predicted)
         weights = [1.0] * k if kind == "macro" else [p["support"] for p in per_class]
         norm = sum(weights) or 1.0
-        averages[f"{kind}_avg"] = {key: sum(w * p[key] for w, p in zip(weights, per_class)) / norm
+        averages[f"{kind}_avg"] = {key: sum(w * (p[key] or 0.0) for w, p in zip(weights, per_class)) / norm
                                    for key in ("precision", "recall", "f1")} | {"support": total}
     return {
         "accuracy": tp.sum().item() / total if total else 0.0,
@@ -60,7 +60,8 @@ def evaluate_table(metrics: dict[str, Any]) -> str:
     for i, (name, p) in enumerate(rows):
         if i == len(metrics["per_class"]):
             lines.append("-" * len(header))
-        lines.append(f"{name:<{width}}  {100 * p['precision']:>13.2f}  {100 * p['recall']:>10.2f}  "
+        precision = "n/a" if p["precision"] is None else f"{100 * p['precision']:.2f}"  # class never predicted
+        lines.append(f"{name:<{width}}  {precision:>13}  {100 * p['recall']:>10.2f}  "
                      f"{100 * p['f1']:>7.2f}  {p['support']:>7d}")
     return "\n".join(lines)
 
@@ -180,7 +181,7 @@ def decode_inputs(items: list[Any], size_hw: tuple[int, int], channels: int
     decoded, {index: error} for those that did not)."""
     from PIL import Image
 
-    from .data.images import convert_image, decode_files
+    from .data.images import EMPTY_FILE, convert_image, decode_files
 
     entries = expand_inputs(list(items))
     names, arrays, errors = [], {}, {}
@@ -210,7 +211,7 @@ def decode_inputs(items: list[Any], size_hw: tuple[int, int], channels: int
             if ok[j]:
                 arrays[i] = images[j]
             else:
-                errors[i] = f"not a readable image ({texts[j]})"
+                errors[i] = texts[j] if texts[j] == EMPTY_FILE else f"not a readable image ({texts[j]})"
     order = sorted(arrays)
     stacked = torch.stack([arrays[i] for i in order]) if order else torch.empty((0, channels, *size_hw),
                                                                                  dtype=torch.uint8)

@@ -9,6 +9,7 @@ and `export` accept it (pruned/folded runs rebuild from model.json; int8 runs lo
 
 from __future__ import annotations
 
+import copy
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ from .health import step_warning
 from .io import read_json, save_weights, write_json
 from .measure import RUNTIMES, count_macs, count_params, get_runtime, measure_latency, speed_b1_b256
 from .models import create_model
-from .runs import config_from_run, load_run
+from .runs import CUSTOM_PREFIX, Run, config_from_run, load_run
 from .techniques import (
     Context,
     DistillConfig,
@@ -202,17 +203,22 @@ def _verdict_text(verdict: str, ratio: float) -> str:
             "same": "not measurably faster (within the measured spread)"}.get(verdict, "not measured")
 
 
-def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], out_dir: str | Path, *,
+def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str | Path, *,
                  dataset=None, data_dir: str | None = None, progress: bool = True, overwrite: bool = False,
-                 repeats: int = 50, log=None) -> dict[str, Any]:
+                 repeats: int = 50, log=None, model: nn.Module | None = None) -> dict[str, Any]:
     """Apply a technique chain to a trained run and write the result as a new run; returns result.json's content.
+
+    `run_dir`: a run directory or a loaded `Run`; `model`: the module instance for a run directory trained from your
+    own nn.Module (reload the result with `load_run(out_dir, model=YourNet(...))`). The given module or Run's model
+    is left unchanged: the chain works on a copy.
 
     `log(text)`, when given, receives the start block: the chain as run and the dataset summary.
 
     Example: `optimize_run("runs/compact", ["prune:ratio=0.5,finetune_epochs=1", "quantize:mode=int8"], "runs/c8")`.
     """
     configs = order_chain(list(techniques))  # typed and validated before any work
-    src, out = Path(run_dir), Path(out_dir)
+    given = run_dir if isinstance(run_dir, Run) else None
+    src, out = (given.path if given is not None else Path(run_dir)), Path(out_dir)
     if not (src / "model.json").is_file():
         raise LeanvisionError(f"Run directory {src} not found (no model.json). Expected a folder written by "
                               "`leanvision train`.")
@@ -220,13 +226,18 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
     if meta.get("optimized_from") is not None:
         raise LeanvisionError(f"{src} was written by `leanvision optimize` (from {meta['optimized_from']}). Optimize "
                               "the source run instead; one call can combine every technique.")
+    custom = str(meta.get("model") or "").startswith(CUSTOM_PREFIX)
+    if custom and any(c.name == "distill" for c in configs):
+        raise LeanvisionError(f"distill rebuilds the run's architecture from model.json, which {src} cannot do: it "
+                              f"was trained from your own nn.Module ({meta['model'][len(CUSTOM_PREFIX):]}). Use the "
+                              "other techniques, or train a student with leanvision.train(model=YourNet(...)).")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise LeanvisionError(f"{out} already exists and is not empty. Use --overwrite to replace it, or choose "
                                   "another --out.")
         shutil.rmtree(out)
     _warn_weaker_teacher(configs, src)
-    run = load_run(src)
+    run = given if given is not None else load_run(src, model=model)
     dataset = dataset if dataset is not None else run.load_dataset(data_dir)
     if list(dataset.input_shape) != meta["input_shape"] or dataset.num_classes != meta["num_classes"]:
         raise LeanvisionError(f"Dataset {dataset.name} does not match run {src} (input {dataset.input_shape}, "
@@ -240,10 +251,14 @@ def optimize_run(run_dir: str | Path, techniques: list[TechniqueConfig | str], o
     shape = tuple(meta["input_shape"])
     ctx = Context(dataset=dataset, train=config_from_run(src).train, work_dir=out, meta=meta, progress=progress)
     c, h, w = shape
-    reference = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
-                             num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
-                             **meta.get("model_kwargs", {}))
-    model: nn.Module = run.model.cpu().eval()
+    if custom:  # no model.json rebuild: the unpruned shapes come from the loaded module itself
+        reference = copy.deepcopy(run.model).cpu()
+    else:
+        reference = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
+                                 num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
+                                 **meta.get("model_kwargs", {}))
+    user_owned = given is not None or model is not None  # never prune or fold the caller's own module in place
+    model: nn.Module = (copy.deepcopy(run.model) if user_owned else run.model).cpu().eval()
     current = {"step": "source", "run": str(src), **measure_step(model, dataset, shape),
                "speed": step_speed(model, shape, repeats)}
     steps, overrides, folded = [current], {}, False

@@ -261,6 +261,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
         session = (meta.get("quantization") or {}).get("session")
         return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
     c, h, w = meta["input_shape"]
+    given = model is not None
     if model is None and str(meta.get("model") or "").startswith(CUSTOM_PREFIX):
         raise _custom_module_error(meta["model"], f"Run {path}")
     if model is None:
@@ -274,11 +275,32 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     state = load_weights(path / f"{weights}.safetensors")
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise LeanvisionError(f"Weights in {path} do not fit the model in model.json ({first}).") from None
+    except RuntimeError:
+        which = f"the given {type(model).__name__}" if given else "the model in model.json"
+        raise LeanvisionError(f"Weights in {path} do not fit {which}: {state_mismatch(model, state)}. "
+                              + ("Pass an instance of the class the run was trained with (with the same arguments)."
+                                 if given else "model.json and the weights disagree; train the run again.")
+                              ) from None
     model.eval().to(device)
     return Run(path=path, model=model, meta=meta)
+
+
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """The first difference between `model`'s parameters and a saved state dict, in words (for one-line errors)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), first {missing[0]!r}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]!r}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch(es), first {k!r}: {tuple(state[k].shape)} in the weights, "
+                     f"{tuple(own[k].shape)} in the model")
+    return "; ".join(parts) or "the state dict does not load"
 
 
 def config_from_run(run_dir: str | Path) -> RunConfig:

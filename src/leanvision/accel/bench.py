@@ -69,20 +69,23 @@ class BenchConfig:
             raise LeanvisionError(f"Invalid threads={self.threads}. Expected an integer >= 1.")
 
 
-def bench_run(run_dir: str | Path, config: BenchConfig = BenchConfig(), data_dir: str | None = None,
-              weights: str = "best") -> list[dict[str, Any]]:
-    """Measure a trained run directory on every requested runtime, precision and batch size; returns the rows.
+def bench_run(run_dir, config: BenchConfig = BenchConfig(), data_dir: str | None = None,
+              weights: str = "best", model=None) -> list[dict[str, Any]]:
+    """Measure a trained run on every requested runtime, precision and batch size; returns the rows.
+
+    `run_dir`: a run directory or a loaded `runs.Run`; `model`: the module instance for a run directory trained from
+    your own nn.Module.
 
     Every row has all of `ROW_KEYS` (None where not applicable). Example:
     `rows = bench_run("runs/compact", BenchConfig(runtimes=("torch", "onnxruntime"), batch_sizes=(1,)))`.
     """
-    from ..runs import load_run
+    from ..runs import Run, load_run
     from ..train import normalizer
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = setup_device(config.device)  # the same cuDNN autotune setting whatever ran before in this process
-    run = load_run(run_dir, weights=weights)
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, weights=weights, model=model)
     dataset = run.load_dataset(data_dir)
     split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
                                                                                                        dataset.val)

@@ -22,9 +22,13 @@ MIN_OPSET = 13  # the lowest opset the legacy exporter handles well for these mo
 TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
-               data_dir: str | None = None, weights: str = "best") -> dict[str, Any]:
-    """Export a run directory's model and compare ONNX Runtime's test accuracy with PyTorch's.
+def export_run(run_dir, out: str | Path | None = None, *, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
+               data_dir: str | None = None, weights: str = "best", model=None) -> dict[str, Any]:
+    """Export a run's model and compare ONNX Runtime's test accuracy with PyTorch's.
+
+    `run_dir`: a run directory or a loaded `runs.Run`; `model`: the module instance for a run directory trained from
+    your own nn.Module. `out` defaults to RUN/model.onnx; for an int8 run (whose own model.onnx is its model) to
+    RUN/export/model.onnx. A file of the run itself is never overwritten, and an int8 run's graph keeps its opset.
 
     Returns a dict: `path`, `format`, `opset`, `dynamic_batch`, `file_bytes`, `split`, `images`,
     `reference` (what the file is compared with: "PyTorch fp32", or an int8 run's own ONNX model),
@@ -34,14 +38,14 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
 
     Example: `export_run("runs/compact")["parity_ok"]`.
     """
-    from ..runs import load_run
+    from ..runs import Run, load_run
     from ..train import normalizer
 
     if fmt not in FORMATS:
         raise LeanvisionError(f"Invalid format {fmt!r}. Expected one of: {', '.join(FORMATS)}.")
     _check_opset(opset)
-    run = load_run(run_dir, weights=weights)
-    path = Path(out) if out else run.path / "model.onnx"
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, weights=weights, model=model)
+    path = _out_path(run, out, opset)
     export_onnx(run.model, run.input_shape, path, opset=opset)
     metadata = write_metadata(path, run.meta)
     ok, reason = get_runtime("onnxruntime").is_available()
@@ -94,6 +98,20 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, fmt: str =
         "max_abs_logit_diff": (torch_logits - ort_logits).abs().max().item(),
         "metadata": metadata,
     }
+
+
+def _out_path(run, out: str | Path | None, opset: int) -> Path:
+    """Where to write: `out`, or the default; refuses a path that is a file of the run (an int8 run's own model)."""
+    own = run.meta.get("onnx_file") if run.meta.get("runtime") == "onnxruntime" else None
+    if own is not None and opset != DEFAULT_OPSET:
+        raise LeanvisionError(f"Run {run.path} is int8: its ONNX graph ({own}) is already fixed, so --opset {opset} "
+                              "cannot change it. Export without --opset, or export the fp32 source run.")
+    path = Path(out) if out else run.path / ("export" if own else "") / "model.onnx"
+    if own is not None and path.resolve() == (run.path / own).resolve():
+        raise LeanvisionError(f"{path} is the int8 run's own model; exporting there would overwrite it. Choose "
+                              f"another --out (default: {run.path / 'export' / 'model.onnx'}).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def write_metadata(path: Path, meta: dict[str, Any]) -> dict[str, str]:

@@ -86,8 +86,13 @@ def probe_file(path: str | os.PathLike) -> tuple[int, int, str]:
         return img.size[0], img.size[1], img.mode
 
 
-def _error_text(e: BaseException) -> str:
+def _error_text(e: BaseException, path: str | os.PathLike | None = None) -> str:
+    if path is not None and os.path.isfile(path) and os.path.getsize(path) == 0:
+        return EMPTY_FILE
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
+
+
+EMPTY_FILE = "empty file (0 bytes)"
 
 
 class DecodeFiles(torch.utils.data.Dataset):
@@ -103,7 +108,7 @@ class DecodeFiles(torch.utils.data.Dataset):
         try:
             return torch.from_numpy(decode_file(self.paths[i], self.size_hw, self.channels)), True, ""
         except Exception as e:  # any decoding failure marks the file unreadable; the caller decides
-            return torch.zeros((self.channels, *self.size_hw), dtype=torch.uint8), False, _error_text(e)
+            return torch.zeros((self.channels, *self.size_hw), dtype=torch.uint8), False, _error_text(e, self.paths[i])
 
 
 class _ProbeFiles(torch.utils.data.Dataset):
@@ -119,7 +124,7 @@ class _ProbeFiles(torch.utils.data.Dataset):
         try:
             return probe_file(self.paths[i]), ""
         except Exception as e:
-            return None, _error_text(e)
+            return None, _error_text(e, self.paths[i])
 
 
 def collate_decoded(items: list) -> tuple[torch.Tensor, list[bool], list[str]]:
