@@ -120,11 +120,12 @@ def test_classification_metrics_match_scikit_learn():
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 5, (300,), generator=gen)
     logits = torch.randn(300, 5, generator=gen) + 2.5 * torch.nn.functional.one_hot(labels, 5)
-    logits[:, 4] -= 100  # class 4 is never predicted: precision 0 by scikit-learn's zero_division=0
+    logits[:, 4] -= 100  # class 4 is never predicted: precision None (n/a); 0 in the averages (zero_division=0)
     m = classification_metrics(logits, labels, list("abcde"))
     pred = logits.argmax(1).numpy()
     p, r, f, s = precision_recall_fscore_support(labels.numpy(), pred, labels=range(5), zero_division=0)
-    assert np.allclose([c["precision"] for c in m["per_class"]], p)
+    assert m["per_class"][4]["precision"] is None
+    assert np.allclose([c["precision"] or 0.0 for c in m["per_class"]], p)
     assert np.allclose([c["recall"] for c in m["per_class"]], r)
     assert np.allclose([c["f1"] for c in m["per_class"]], f)
     for kind in ("macro", "weighted"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,11 @@ from ..measure.runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predi
 from ..measure.timing import measure_latency
 from .devices import setup_device, synchronize
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..runs import Run
 
 ROW_KEYS = (
     "runtime", "precision", "device", "threads", "batch_size", "status", "latency_median_ms", "latency_p95_ms",
@@ -69,8 +74,8 @@ class BenchConfig:
             raise LeanvisionError(f"Invalid threads={self.threads}. Expected an integer >= 1.")
 
 
-def bench_run(run_dir, config: BenchConfig = BenchConfig(), data_dir: str | None = None,
-              weights: str = "best", model=None) -> list[dict[str, Any]]:
+def bench_run(run_dir: str | Path | Run, config: BenchConfig = BenchConfig(), data_dir: str | None = None,
+              weights: str = "best", model: nn.Module | None = None) -> list[dict[str, Any]]:
     """Measure a trained run on every requested runtime, precision and batch size; returns the rows.
 
     `run_dir`: a run directory or a loaded `runs.Run`; `model`: the module instance for a run directory trained from

@@ -8,7 +8,7 @@ by the PyTorch model (eager, fp32) and by ONNX Runtime on the exported file itse
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,14 +16,20 @@ from ..errors import LeanvisionError
 from ..measure.counts import file_bytes
 from ..measure.runtimes import ONNX_INPUT_NAME, export_onnx, get_runtime, predict_batches
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..runs import Run
+
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO >= 2023 all run opset 17
 MIN_OPSET = 13  # the lowest opset the legacy exporter handles well for these models
 TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points
 
 
-def export_run(run_dir, out: str | Path | None = None, *, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
-               data_dir: str | None = None, weights: str = "best", model=None) -> dict[str, Any]:
+def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt: str = "onnx",
+               opset: int = DEFAULT_OPSET, data_dir: str | None = None, weights: str = "best",
+               model: nn.Module | None = None) -> dict[str, Any]:
     """Export a run's model and compare ONNX Runtime's test accuracy with PyTorch's.
 
     `run_dir`: a run directory or a loaded `runs.Run`; `model`: the module instance for a run directory trained from
