@@ -189,3 +189,21 @@ def test_empty_image_file_is_reported_as_empty(custom_run, tmp_path, capsys):
     run = lv.load_run(custom_run, model=MyNet())
     result = lv.predict(run, [str(empty), np.zeros((8, 8), np.uint8)])
     assert result[0]["error"] == "empty file (0 bytes)" and "predictions" in result[1]
+
+
+def test_empty_image_file_in_predict_cli_and_in_a_folder_dataset(int8_run, tmp_path, capsys):
+    from PIL import Image
+
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+    main(["predict", str(int8_run), str(empty)])
+    captured = capsys.readouterr()
+    assert "empty file (0 bytes)" in captured.out + captured.err and "Unidentified" not in captured.out + captured.err
+    for cls in ("a", "b"):
+        (tmp_path / "ds" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "ds" / cls / f"{i}.png")
+    (tmp_path / "ds" / "a" / "empty.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"empty\.jpg \(empty file \(0 bytes\)\)"):
+        lv.load_dataset(str(tmp_path / "ds"), image_size=8, channels=1)
