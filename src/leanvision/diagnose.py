@@ -2,9 +2,13 @@
 
 Rules (all from numbers in the study, none typed in):
 - "faster" means the variant's batch-1 median latency is below its base's by more than the measured spread: the
-  larger of the two p95 - median gaps, and at least NOISE_FLOOR of the base's median (variants are timed one after
-  another, so drift between their timing windows is noise too); otherwise the difference is "within the measured
-  spread".
+  smaller of the two p95 - median gaps (a busy machine can blow up one side's tail; a gap larger than the steadier
+  side's spread is still real), and at least NOISE_FLOOR of the base's median (variants are timed one after another,
+  so drift between their timing windows is noise too); otherwise the difference is "within the measured spread".
+- A measured speed-up more than DISTURBED_MACS_FACTOR x the MAC ratio, while the slower side's p95 is over
+  DISTURBED_TAIL x its median, is flagged as disturbed timing (re-time with --remeasure), not reported as a gain.
+- A variant whose test accuracy is near chance (`health.near_chance`) "did not learn": it is named in the findings
+  and kept off the headlines and the Pareto fronts (`did_not_learn: true`).
 - Accuracy differences are "within noise" when the two 95% Wilson intervals overlap.
 """
 
@@ -13,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 NOISE_FLOOR = 0.10  # relative: latency differences under 10% between separately timed variants are not claimed
+DISTURBED_MACS_FACTOR = 3.0  # a speed-up this many times the MAC ratio is suspicious ...
+DISTURBED_TAIL = 1.5  # ... when the slower side's p95 is over this many times its median (a busy machine)
 
 
 def _pp(a: float, b: float) -> str:
@@ -39,13 +45,42 @@ def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, f
 
 def spread_verdict(median_ms: float, p95_ms: float, base_median_ms: float, base_p95_ms: float) -> tuple[str, float]:
     """('faster' | 'slower' | 'same', base/variant time ratio) of two separately timed medians: a difference within
-    the measured spread (the larger p95 - median gap, at least NOISE_FLOOR of the base's median) is 'same'."""
-    spread = max(p95_ms - median_ms, base_p95_ms - base_median_ms, NOISE_FLOOR * base_median_ms)
+    the measured spread (the smaller p95 - median gap of the two, at least NOISE_FLOOR of the base's median) is
+    'same'. The smaller gap: a busy machine inflates one side's tail, and a gap beyond the steadier side's spread
+    (e.g. 0.052 ms vs 0.232 ms) is real even when the other side's p95 is far out."""
+    spread = max(min(p95_ms - median_ms, base_p95_ms - base_median_ms), NOISE_FLOOR * base_median_ms)
     delta = base_median_ms - median_ms
     ratio = base_median_ms / median_ms if median_ms else float("nan")
     if abs(delta) <= spread:
         return "same", ratio
     return ("faster" if delta > 0 else "slower"), ratio
+
+
+def disturbed_timing(v: dict, base: dict, runtime: str = "torch") -> str | None:
+    """A sentence when `runtime`'s measured batch-1 gap between `v` and `base` is far beyond their MAC ratio while
+    the slower side's timings were spread out (p95 >> median): the timing was disturbed, not the model faster."""
+    rv, rb = v["runtimes"].get(runtime), base["runtimes"].get(runtime)
+    if not rv or not rb or not v.get("macs") or not base.get("macs"):
+        return None
+    verdict, ratio = latency_verdict(v, base, runtime)
+    if verdict not in ("faster", "slower"):
+        return None
+    speedup, macs_ratio = (ratio, base["macs"] / v["macs"]) if verdict == "faster" else (1 / ratio,
+                                                                                         v["macs"] / base["macs"])
+    slow = rb if verdict == "faster" else rv
+    tail = slow["latency_b1_p95_ms"] / slow["latency_b1_median_ms"] if slow["latency_b1_median_ms"] else 0.0
+    if speedup <= DISTURBED_MACS_FACTOR * max(macs_ratio, 1.0) or tail <= DISTURBED_TAIL:
+        return None
+    return (f"measured {speedup:.2f}x {verdict} but the MAC ratio is only {macs_ratio:.2f}x and the slower side's p95 "
+            f"is {tail:.1f}x its median: the timing was disturbed (busy machine?), not a real gain; re-time with "
+            "`leanvision study ... --remeasure` on a quiet machine")
+
+
+def did_not_learn(v: dict, num_classes: int | None) -> bool:
+    """True for an ok variant whose test accuracy is near chance (`health.near_chance`)."""
+    from .health import near_chance
+
+    return bool(num_classes) and v.get("accuracy") is not None and near_chance(v["accuracy"], num_classes)
 
 
 def diagnose_variant(v: dict, base: dict) -> list[str]:
@@ -77,6 +112,10 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
         if verdict == "unknown" or blat is None:
             continue
         text = f"{runtime} batch-1 latency {lat:.3f} ms vs {blat:.3f} ms"
+        disturbed = disturbed_timing(v, base, runtime)
+        if disturbed:
+            out.append(f"{text}: {disturbed}.")
+            continue
         if verdict == "faster":
             out.append(f"{text}: {ratio:.2f}x faster.")
         elif verdict == "slower":
@@ -119,14 +158,30 @@ def diagnose(study: dict[str, Any]) -> dict[str, Any]:
         base = ok.get(v.get("base") or "")
         if v.get("status") == "ok" and base is not None:
             v["diagnosis"] = [*v.get("technique_steps", []), *diagnose_variant(v, base)]
-    if ok:
-        best = max(ok.values(), key=lambda v: v["accuracy"])
-        timed = [v for v in ok.values() if "torch" in v["runtimes"]] or list(ok.values())  # not int8 ONNX runs
+    num_classes = (study.get("dataset") or {}).get("num_classes")
+    for v in ok.values():
+        v["did_not_learn"] = did_not_learn(v, num_classes)
+        if v["did_not_learn"]:
+            why = "; ".join(v.get("warnings") or []) or (f"test accuracy {v['accuracy']:.2%} is near chance "
+                                                        f"({1 / num_classes:.2%})")
+            findings.append(f"{v['name']} did not learn: {why} It is left out of the headlines and Pareto fronts.")
+        elif v.get("warnings"):
+            findings.append(f"{v['name']}: {'; '.join(v['warnings'])}")
+    learned = {name: v for name, v in ok.items() if not v["did_not_learn"]}
+    if learned:
+        best = max(learned.values(), key=lambda v: v["accuracy"])
+        timed = [v for v in learned.values() if "torch" in v["runtimes"]] or list(learned.values())  # not int8 ONNX
         fastest = min(timed, key=lambda v: v["latency_b1_median_ms"])
         findings.append(f"Most accurate: {best['name']} at {best['accuracy']:.2%} test accuracy "
                         f"({best['params']:,} parameters, {best['macs']:,} MACs per image).")
-        findings.append(f"Fastest at batch 1 (torch eager, fp32, CPU): {fastest['name']} at "
-                        f"{fastest['latency_b1_median_ms']:.3f} ms median, {fastest['accuracy']:.2%} accuracy.")
+        tied = [o["name"] for o in timed if o is not fastest and latency_verdict(o, fastest)[0] == "same"]
+        head = (f"{fastest['name']} at {fastest['latency_b1_median_ms']:.3f} ms median, "
+                f"{fastest['accuracy']:.2%} accuracy")
+        if tied:
+            findings.append(f"Fastest at batch 1 (torch eager, fp32, CPU): no measurable winner: {head} is tied "
+                            f"within the measured spread with {', '.join(tied)}.")
+        else:
+            findings.append(f"Fastest at batch 1 (torch eager, fp32, CPU): {head}.")
     for v in study["variants"]:
         base = ok.get(v.get("base") or "")
         if v.get("status") != "ok" or base is None or not v["name"].startswith("seed-"):

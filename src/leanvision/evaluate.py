@@ -234,18 +234,44 @@ def inverted_polarity(images: torch.Tensor, train_mean: list[float]) -> list[boo
     return [abs(m - mu) > POLARITY_MIN_GAP and abs((1 - m) - mu) < abs(m - mu) / 2 for m in means.tolist()]
 
 
+def _colour_inputs(entries: list[Any], order: list[int]) -> list[bool]:
+    """Per decoded input (indices `order` into `expand_inputs` entries): was it a colour image (mode/shape)?"""
+    from PIL import Image
+
+    from .data.images import GRAY_MODES, probe_files
+
+    paths = [i for i in order if isinstance(entries[i], str)]
+    modes = {i: (info[2] if info else "L") for i, (info, _) in zip(paths, probe_files([entries[i] for i in paths]))}
+    out = []
+    for i in order:
+        entry = entries[i]
+        if i in modes:
+            out.append(modes[i] not in GRAY_MODES)
+        elif isinstance(entry, Image.Image):
+            out.append(entry.mode not in GRAY_MODES)
+        else:
+            shape = tuple(getattr(entry, "shape", ()))
+            chans = shape[0] if isinstance(entry, torch.Tensor) and len(shape) == 3 else (
+                shape[-1] if len(shape) == 3 else 1)
+            out.append(chans in (3, 4))
+    return out
+
+
 def polarity_warning(results: list[dict[str, Any]], train_mean: list[float]) -> str | None:
     """One line when some predicted images look inverted against the training statistics, naming the fix."""
+    colour = sum(1 for r in results if r.get("converted_from_colour"))
+    converted = (f"converted {colour} colour image(s) to grayscale: the model was trained on 1-channel images, so "
+                 "predictions on colour photos may not be meaningful") if colour else None
     flagged = [r for r in results if r.get("inverted_polarity")]
     if not flagged:
-        return None
+        return converted and converted + "."
     mu = sum(train_mean) / len(train_mean)
     kind = "light on dark" if mu < 0.5 else "dark on light"
     names = ", ".join(f"{r['file']} ({r['mean_brightness']:.2f})" for r in flagged[:3])
     predicted = sum(1 for r in results if "predictions" in r)
     return (f"{len(flagged)} of {predicted} image(s) look inverted: the training images are {kind} (mean brightness "
             f"{mu:.2f}), these are not: {names}{', ...' if len(flagged) > 3 else ''}. Their predictions are not "
-            "meaningful; invert them first (e.g. PIL.ImageOps.invert).")
+            "meaningful; invert them first (e.g. PIL.ImageOps.invert)." + (f" Also {converted}." if converted else ""))
 
 
 def predict_images(run: Run, items: list[Any], top_k: int = 1, batch_size: int = 256) -> list[dict[str, Any]]:
@@ -270,13 +296,18 @@ def predict_images(run: Run, items: list[Any], top_k: int = 1, batch_size: int =
     results: list[dict[str, Any]] = [{"file": name} for name in names]
     if order:
         values, indices = torch.cat(probs).topk(top_k, dim=1)
-        inverted = inverted_polarity(images, run.meta["mean"])
+        # colour inputs into a 1-channel model were converted to grayscale: not the training domain, so the
+        # polarity check (made for grayscale inputs like the training data) is skipped for them
+        colour = _colour_inputs(expand_inputs(list(items)), order) if c == 1 else [False] * len(order)
+        inverted = [flag and not col for flag, col in zip(inverted_polarity(images, run.meta["mean"]), colour)]
         brightness = (images.float().mean(dim=(1, 2, 3)) / 255).tolist()
         for n, i in enumerate(order):
             results[i].update(
                 predictions=[{"class": classes[k], "probability": v}
                              for v, k in zip(values[n].tolist(), indices[n].tolist())],
                 mean_brightness=brightness[n], inverted_polarity=inverted[n])
+            if colour[n]:
+                results[i]["converted_from_colour"] = True
     for i, error in errors.items():
         results[i]["error"] = error
     return results

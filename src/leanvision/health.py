@@ -9,7 +9,8 @@ Rules (thresholds here and only here):
   100%), or more than VAL_GAP below the training accuracy of that epoch;
 - loss spike: an epoch's training loss is above SPIKE_FACTOR x the lowest earlier one, above SPIKE_FACTOR x ln(classes)
   (the loss of a uniform guess, where training starts), or it rose over the last two epochs in a row;
-- a compression step that loses more than STEP_DROP_PP percentage points of test accuracy.
+- a compression step that loses more than STEP_DROP_PP percentage points of test accuracy, or a structured prune
+  step that removed no parameters.
 """
 
 from __future__ import annotations
@@ -27,9 +28,31 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Accuracy below chance + NEAR_CHANCE of the way from chance to 100%: the model has not learned."""
+    chance = 1.0 / max(1, num_classes)
+    return accuracy < chance + NEAR_CHANCE * (1 - chance)
+
+
+def _loss_diverged(losses: list[Any], uniform: float) -> bool:
+    """Any training loss non-finite, above SPIKE_FACTOR x a uniform guess's, or above SPIKE_FACTOR x an earlier one."""
+    seen: list[float] = []
+    for loss in losses:
+        if loss is None:
+            continue
+        if not math.isfinite(loss) or loss > SPIKE_FACTOR * uniform or (seen and loss > SPIKE_FACTOR * min(seen)):
+            return True
+        seen.append(loss)
+    return False
+
+
 def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_per_epoch: int | None = None,
-                      learning_rate: float | None = None) -> list[str]:
-    """Warnings for a finished training history (the records `fit` returns); [] for a healthy run."""
+                      learning_rate: float | None = None, batchnorm: bool = False) -> list[str]:
+    """Warnings for a finished training history (the records `fit` returns); [] for a healthy run.
+
+    A near-chance run advises a lower learning rate only when its loss spiked or diverged; otherwise (loss still
+    falling, few steps) it is under-trained: more epochs, and for BatchNorm nets (`batchnorm`) a note that few steps
+    leave the BatchNorm statistics unsettled."""
     if not history:
         return []
     out: list[str] = []
@@ -39,17 +62,22 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
     lr = f", now {learning_rate:g}" if learning_rate else ""
     val, train = last.get("val_accuracy"), last.get("train_accuracy")
     chance = 1.0 / max(1, num_classes)
+    losses = [h.get("train_loss") for h in history]
+    uniform = math.log(max(2, num_classes))
     if val is not None:
-        if val < chance + NEAR_CHANCE * (1 - chance):
+        if near_chance(val, num_classes):
+            if _loss_diverged(losses, uniform):
+                fix = f"the training loss spiked or diverged, so lower the learning rate (--lr{lr})"
+            else:
+                fix = f"it is under-trained; train more epochs (--epochs, now {epochs})"
+                if batchnorm:
+                    fix += " (with this few steps the BatchNorm running statistics have not settled either)"
             out.append(f"validation accuracy {_pct(val)} after {epochs} epoch{'s' * (epochs != 1)}{steps} is near "
-                       f"chance ({_pct(chance)}): the model has not learned yet; train more epochs (--epochs) or "
-                       f"lower the learning rate (--lr{lr}).")
+                       f"chance ({_pct(chance)}): the model has not learned yet; {fix}.")
         elif train is not None and train - val > VAL_GAP:
             out.append(f"validation accuracy {_pct(val)} is far below training accuracy {_pct(train)} at the last "
                        f"epoch{steps}: too few steps for BatchNorm statistics to settle, or overfitting; train more "
                        "epochs (--epochs) or lower the learning rate (--lr).")
-    losses = [h.get("train_loss") for h in history]
-    uniform = math.log(max(2, num_classes))
     for i, loss in enumerate(losses):
         if loss is None or not math.isfinite(loss):
             continue
@@ -73,10 +101,16 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
 
 def step_warning(step: dict[str, Any], before: dict[str, Any]) -> str | None:
     """A warning when a `leanvision optimize` step lost more than STEP_DROP_PP of test accuracy, naming the fix."""
+    name, config = step["step"], step.get("config") or {}
+    if name == "prune" and config.get("structured", True) and step["params"] >= before["params"]:
+        round_to = config.get("round_to")
+        why = (f"--round-to {round_to} is larger than the layers' channel counts to prune, so rounding undid the "
+               f"pruning; use a smaller --round-to (e.g. 8) or drop it" if round_to and round_to > 1 else
+               "raise --prune or check which layers can be pruned")
+        return f"prune removed nothing ({before['params']:,} -> {step['params']:,} params): {why}."
     drop = (before["accuracy"] - step["accuracy"]) * 100
     if drop <= STEP_DROP_PP:
         return None
-    name, config = step["step"], step.get("config") or {}
     loss = f"{name} lost {drop:.2f} pp of test accuracy ({_pct(before['accuracy'])} -> {_pct(step['accuracy'])})"
     if name == "prune":
         ratio, epochs = config.get("ratio"), config.get("finetune_epochs", 0)

@@ -193,7 +193,9 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
 
     steps = -(-len(dataset.train) // cfg.train.batch_size)
     result["warnings"] = training_warnings(history, dataset.num_classes, steps_per_epoch=steps,
-                                           learning_rate=cfg.train.learning_rate)
+                                           learning_rate=cfg.train.learning_rate,
+                                           batchnorm=any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                         for m in model.modules()))
     write_json(out / "result.json", result)
     distributed.barrier()
     return result
@@ -225,7 +227,7 @@ def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: 
                 resume: bool = False) -> str:
     """The block printed at the start of `leanvision train`: dataset summary and the resolved settings."""
     t = cfg.train
-    kwargs = f" {cfg.model_kwargs}" if cfg.model_kwargs else ""
+    kwargs = (" (" + ", ".join(f"{k}={v}" for k, v in cfg.model_kwargs.items()) + ")") if cfg.model_kwargs else ""
     chose = f" (recipe {recipe}: chose every setting below not given explicitly)" if recipe else ""
     optimizer = t.optimizer + (" nesterov" if t.nesterov else "")
     optimizer += f" wd {t.weight_decay:g}" if t.weight_decay else ""

@@ -280,6 +280,8 @@ def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtime
         history=[{k: h[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")}
                  for h in (read_json_lines(vdir / "seed0" / "metrics.jsonl"))],
         run_dir=str(final_dir.as_posix()), config_hash=_hash(key),
+        # what looked wrong in the runs (health.py: e.g. near-chance validation), seed 0's and every seed's optimize
+        warnings=list(dict.fromkeys(w for r in results for w in r.get("warnings") or [])),
     )
     write_json(record_path, record)
     return record

@@ -91,7 +91,7 @@ def _resolve_shape(paths: list[str], image_size: tuple[int, int] | None, channel
             image_size = DEFAULT_SIZE
             if sizes:
                 notes.append(f"images have {len(sizes)} different sizes: resized to {image_size[0]}x{image_size[1]} "
-                             "(pass image_size to choose)")
+                             "(pass --image-size / image_size= to choose)")
     if channels is None:
         channels = 1 if modes and modes <= GRAY_MODES else 3
     return image_size, check_channels(channels), notes

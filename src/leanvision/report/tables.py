@@ -51,11 +51,12 @@ def accuracy_of(variant: dict) -> float | None:
 def pareto_flags(variants: Sequence[dict]) -> dict[str, list[bool]]:
     """Pareto membership of each variant (same order) on accuracy (max) vs latency, params and MACs (min).
 
-    Only variants with status "ok" and both numbers present compete; the others get False.
+    Only variants with status "ok" and both numbers present compete; the others get False, as do variants the
+    diagnosis marked `did_not_learn` (near-chance accuracy: no trade-off worth a star).
 
     Example: `pareto_flags(study["variants"])["latency"][0]` is True when the first variant is on the latency front.
     """
-    ok = [i for i, v in enumerate(variants) if is_ok(v)]
+    ok = [i for i, v in enumerate(variants) if is_ok(v) and not v.get("did_not_learn")]
     flags = {}
     for front, key in FRONTS.items():
         points = [{"accuracy": accuracy_of(variants[i]), key: number(variants[i].get(key))} for i in ok]

@@ -105,9 +105,10 @@ def _structured_(model: nn.Module, config: PruneConfig, ctx: Context) -> nn.Modu
             model.eval()
     widths = sorted({m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)})
     odd = [w for w in widths if w % 8]
-    if odd:
+    if odd and config.round_to is None:  # an explicit --round-to is the user's choice: no advice against it
         ctx.notes.append(f"channel counts {', '.join(map(str, odd))} are not multiples of 8; CPU kernels work in "
-                         "blocks of 8-16 channels, so the speed-up can be smaller than the MAC saving (try round_to=8)")
+                         "blocks of 8-16 channels, so the speed-up can be smaller than the MAC saving (try "
+                         "--round-to 8)")
     return model
 
 
