@@ -58,7 +58,7 @@ def test_static_int8_accuracy_close_to_fp32_and_speed_recorded(int8_run):
     assert int8["file_bytes"] < 0.5 * fp32["file_bytes"]
     speed = int8["onnxruntime"]
     assert speed["int8"]["throughput_images_per_s"] > 0 and speed["fp32"]["latency_b1_median_ms"] > 0
-    assert "quantize int8" in int8["summary"] and "ORT throughput" in int8["summary"]
+    assert "quantize int8" in int8["summary"] and "int8 vs fp32 ONNX Runtime" in int8["summary"]
     assert "in throughput mode" in int8["summary"] and int8["onnxruntime"]["throughput_speedup_streams"] > 0
     assert set(int8["speed"]) == {"onnxruntime"} and set(fp32["speed"]) == {"torch", "onnxruntime"}
 
