@@ -66,7 +66,8 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
     if workers == 1:
         app = create_app(run_dir, **app_kwargs)
         card = app.state.model.card
-        print(f"serving {card['name']} ({card['precision']}, {card['runtime']}, {card['threads']} inference threads) "
+        threads = f"{card['threads']} inference thread{'s' if card['threads'] != 1 else ''}"
+        print(f"serving {card['name']} ({card['precision']}, {card['runtime']}, {threads}) "
               f"from {run_dir} on {f'http://{host}:{port}/' if port else 'a free port (uvicorn names it below)'} "
               "(page /, API docs /docs, metrics /metrics)", flush=True)
         _run_until_stopped(uvicorn.Server(uvicorn.Config(app, **options)).run)
