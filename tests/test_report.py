@@ -178,3 +178,14 @@ def test_multi_seed_accuracy_cell_and_all_failed_study(tmp_path):
 
     row = next(r for r in results_table(seeded) if r["name"] == "mid")
     assert accuracy_cell(row) == "95.00 ± 1.00 (n=3)"
+
+
+def test_runtime_accuracy_column_says_seed_0_when_the_accuracy_column_is_a_seed_mean():
+    from leanvision.report.tables import display_columns
+
+    variant = {"name": "a", "status": "ok", "accuracy": 0.9, "onnxruntime_accuracy": 0.91,
+               "runtimes": {"onnxruntime": {"accuracy": 0.91, "latency_b1_median_ms": 0.1}}}
+    titles = [c.header for c in display_columns({"settings": {"seeds": 2}, "variants": [variant]})]
+    assert "onnxruntime accuracy % (seed 0)" in titles
+    titles = [c.header for c in display_columns({"settings": {"seeds": 1}, "variants": [variant]})]
+    assert "onnxruntime accuracy %" in titles
