@@ -107,7 +107,7 @@ def test_train_config_file_layouts_and_mistakes_are_one_line(tmp_path, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["train"]["epochs"] == 5 and cfg["train"]["channels_last"] is False
     for text, fragments in [("config: 3\n", ["`config` must be a mapping"]),
-                            ("epoch: 3\n", ["unknown option 'epoch'", "did you mean 'epochs'"]),
+                            ("epoch: 3\n", ["unknown option 'epoch'", "Did you mean 'epochs'"]),
                             ("train: {epochs: ten}\n", ["`epochs` expects an integer", "'ten'"]),
                             ("- 1\n", ["must hold a mapping"]), ("a: [\n", ["Invalid YAML"])]:
         bad = tmp_path / "bad.yaml"

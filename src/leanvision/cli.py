@@ -21,9 +21,10 @@ from typing import Any, get_type_hints
 from jsonargparse import ArgumentParser
 
 from . import __version__
-from .cliparse import as_flags, command_list, explain, polish, suggest_key, unknown_command
+from .cliparse import as_flags, command_list, explain, polish, unknown_command
 from .config import DataConfig, RunConfig, TrainConfig
 from .errors import LeanvisionError
+from .registry import did_you_mean
 
 ALIASES = {"learning_rate": ["--lr"]}
 DESCRIPTION = ("Make image classifiers small and fast, and measure it: train a model, compress it (prune, distill, "
@@ -109,7 +110,7 @@ def _config_file_values(path: str) -> dict[str, Any]:
     known = [*CONFIG_FILE_KEYS, *(f.name for cls in (DataConfig, TrainConfig) for f in dataclasses.fields(cls))]
     for key in values:
         if key not in known:
-            raise LeanvisionError(f"{where}: unknown option {key!r}{suggest_key(key, known) or '.'} Expected some of: "
+            raise LeanvisionError(f"{where}: unknown option {key!r}.{did_you_mean(key, known)} Expected some of: "
                                   f"{', '.join(known)}.")
     check_value_types(values, where)
     if isinstance(values.get("model_kwargs"), str):

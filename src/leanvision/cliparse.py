@@ -15,6 +15,8 @@ import typing
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
+from .registry import did_you_mean
+
 
 class HelpFormatter(DefaultHelpFormatter):
     """The option's description and, when it has a meaningful one, its default: `(default: 50)`."""
@@ -122,8 +124,6 @@ def _check_types(argv: list[str], parser: ArgumentParser) -> str | None:
 def _check_choices(argv: list[str], parser: ArgumentParser) -> str | None:
     for flag, value, action in _typed_values(argv, _options(parser)):
         if action.choices and value not in action.choices:
-            from .registry import did_you_mean
-
             hint = did_you_mean(value, action.choices).strip()
             return (f"{flag} expects one of {', '.join(map(str, action.choices))}, received {value!r}"
                     + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
@@ -198,10 +198,4 @@ def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Se
     return message
 
 
-def suggest_key(key: str, known: typing.Iterable[str]) -> str:
-    near = difflib.get_close_matches(key, list(known), n=1)
-    return f"; did you mean {near[0]!r}?" if near else ""
-
-
-__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags",
-           "suggest_key"]
+__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags"]
