@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .data.images import IMAGE_EXTENSIONS, image_files
 from .errors import LeanvisionError
 from .runs import Run
 from .train import normalizer, predict_logits
@@ -129,19 +130,12 @@ def expand_inputs(items: list[Any]) -> list[Any]:
 
     import numpy as np
 
-    from .data import IMAGE_EXTENSIONS
-
     out: list[Any] = []
     for item in items:
         if isinstance(item, (str, os.PathLike)):
             path = Path(item)
             if path.is_dir():
-                files = []
-                for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                    files += [Path(dirpath) / f for f in filenames
-                              if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-                out += [str(f) for f in sorted(files)] or [("folder", str(path))]
+                out += image_files(path) or [("folder", str(path))]
             else:
                 out.append(str(path))
         elif isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
@@ -193,7 +187,7 @@ def decode_inputs(items: list[Any], size_hw: tuple[int, int], channels: int
                 errors[i] = "file not found"
         elif isinstance(entry, tuple):  # ("folder", path) without images
             names.append(entry[1])
-            errors[i] = "folder holds no image files (" + "|".join(e[1:] for e in _extensions()) + ")"
+            errors[i] = "folder holds no image files (" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ")"
         else:
             names.append(f"<{type(entry).__name__} {i}>")
             try:
@@ -216,12 +210,6 @@ def decode_inputs(items: list[Any], size_hw: tuple[int, int], channels: int
     stacked = torch.stack([arrays[i] for i in order]) if order else torch.empty((0, channels, *size_hw),
                                                                                  dtype=torch.uint8)
     return names, stacked, order, errors
-
-
-def _extensions():
-    from .data import IMAGE_EXTENSIONS
-
-    return IMAGE_EXTENSIONS
 
 
 def inverted_polarity(images: torch.Tensor, train_mean: list[float]) -> list[bool]:

@@ -12,7 +12,6 @@ for large folders, unless the decoded uint8 tensor would exceed `STREAMING_THRES
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from ..errors import DataError
 from .cache import cache_dir, decode_files_cached, probe_files_cached
 from .core import Dataset, ImageSet, SplitLike, finalize, size_to_source, split_test
-from .images import GRAY_MODES, IMAGE_EXTENSIONS, check_channels
+from .images import GRAY_MODES, IMAGE_EXTENSIONS, check_channels, image_files
 from .streaming import StreamingImageSet
 
 #: Above this decoded size (count x C x H x W bytes) a folder is streamed instead of held in memory.
@@ -37,13 +36,9 @@ def scan_classes(directory: Path) -> dict[str, list[Path]]:
     """Map class name -> sorted image files (recursively) for every class subfolder holding at least one image."""
     out: dict[str, list[Path]] = {}
     for sub in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(sub, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            files += [os.path.join(dirpath, f) for f in filenames
-                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        files = image_files(sub)
         if files:
-            out[sub.name] = [Path(f) for f in sorted(files)]
+            out[sub.name] = [Path(f) for f in files]
     return out
 
 

@@ -41,6 +41,17 @@ def num_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def image_files(directory: str | os.PathLike) -> list[str]:
+    """Image files (by `IMAGE_EXTENSIONS`) under `directory`, recursively and sorted; hidden files and folders are
+    skipped and links followed."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(files)
+
+
 def convert_image(img: Image.Image, size_hw: tuple[int, int], channels: int) -> np.ndarray:
     """Convert a PIL image to a uint8 array of shape (channels, H, W) (see the module docstring for the rules)."""
     if getattr(img, "tell", lambda: 0)() != 0:  # first frame; not `n_frames`, which decodes a whole GIF to count
