@@ -123,3 +123,14 @@ def test_probe_cache_round_trip_and_corruption(tmp_path):
         warnings.simplefilter("always")
         assert cache.probe_files_cached(files) == first
     assert any("refused" in str(w.message) for w in caught)
+
+
+def test_unusable_cache_folder_costs_time_not_the_load(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("LEANVISION_CACHE_DIR", str(blocker))
+    files = _folder(tmp_path / "imgs")
+    assert cache.probe_files_cached([str(f) for f in files])[0][0] == (6, 6, "RGB")
+    with pytest.warns(UserWarning, match="could not write the decoded-image cache"):
+        images, ok, _, status = _decode(files)
+    assert status == "off" and ok.all() and images.shape == (len(files), 3, 6, 6)

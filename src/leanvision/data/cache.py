@@ -70,7 +70,10 @@ def _digest(*arrays: torch.Tensor) -> str:
 
 def _refuse(path: Path, reason: str) -> None:
     warnings.warn(f"decoded-image cache entry {path} refused ({reason}): decoding the files again", stacklevel=3)
-    path.unlink(missing_ok=True)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a read-only or broken cache folder: the entry is ignored, not trusted
+        pass
 
 
 def _read_entry(path: Path, key: str, n: int, shape: tuple[int, int, int]
@@ -151,7 +154,7 @@ def probe_files_cached(paths: Sequence[str]) -> list[tuple[tuple[int, int, str] 
             os.utime(path)
             return [((int(i[0]), int(i[1]), str(i[2])) if i else None, str(e)) for i, e in stored["infos"]]
         _refuse(path, "its key does not match the files")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, PermissionError):  # no entry, or a cache folder we cannot read
         pass
     except Exception as e:
         _refuse(path, f"{type(e).__name__}")
