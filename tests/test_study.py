@@ -120,3 +120,43 @@ def test_cli_study_with_no_arguments_works_offline(tmp_path):
     assert len(results["variants"]) == 8 and all(v["status"] == "ok" for v in results["variants"])
     assert (tmp_path / "study" / "report.html").exists()
     assert "seed-baseline" in proc.stdout
+
+
+def test_builtin_colour_plan_loads_with_recipes_and_compression():
+    plan = load_plan("colour")
+    variants = {v["name"]: v for v in plan["variants"]}
+    assert [v["model"] for v in plan["variants"][:4]] == ["seed-baseline", "seed-shallow", "seed-l2", "seed-dropout"]
+    assert "resnet8" in variants and variants["whitenet-fast"]["recipe"] == "fast"
+    assert variants["whitenet-relu-int8"]["techniques"] == ["quantize:mode=int8"]
+    from leanvision.study import variant_config
+
+    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-relu"], (3, 32, 32), None, None, "cpu")
+    assert cfg["model"] == "whitenet" and cfg["model_kwargs"] == {"widths": (32, 128, 128), "act": "relu"}
+    assert cfg["train"]["batch_size"] == 1024 and cfg["train"]["lookahead"] is True  # the recipe's, not the plan's
+    seed = variant_config({**plan, "default_epochs": 3}, variants["seed-baseline"], (3, 32, 32), None, None, "cpu")
+    assert seed["train"]["optimizer"] == "adam" and seed["train"]["epochs"] == 3 and seed["train"]["precision"] == "bf16"
+
+
+def test_variant_config_precedence():
+    from leanvision.study import variant_config
+
+    plan = {"train": {"epochs": 4, "learning_rate": 0.01}, "default_epochs": 4}
+    own = {"name": "a", "model": "compact", "train": {"epochs": 2, "learning_rate": 0.5}}
+    assert variant_config(plan, own, (1, 8, 8), None, None, "cpu")["train"]["epochs"] == 2  # the variant's own
+    assert variant_config(plan, own, (1, 8, 8), 7, "bf16", "cpu")["train"] | {} == {
+        "epochs": 7, "learning_rate": 0.5, "precision": "bf16", "device": "cpu"}  # explicit study-wide values win
+    recipe = {"name": "r", "recipe": "fast"}
+    cfg = variant_config(plan, recipe, (1, 8, 8), None, None, "cpu")
+    assert cfg["model"] == "fastnet" and cfg["train"]["epochs"] == 2 and cfg["train"]["learning_rate"] == 0.1
+    with pytest.raises(LeanvisionError, match="recipe"):
+        load_plan({"variants": [{"recipe": "fsat"}]})
+
+
+def test_compression_variant_reuses_the_identical_training(tmp_path):
+    plan = {"name": "twins", "train": {"learning_rate": 0.002},
+            "variants": [{"name": "base", "model": "compact"},
+                         {"name": "folded", "model": "compact", "base": "base", "techniques": ["fold"]}]}
+    study = run_study(dataset="digits", plan=plan, epochs=1, out=tmp_path, repeats=3, progress=False)
+    assert [v["status"] for v in study["variants"]] == ["ok", "ok"]
+    a, b = (tmp_path / "variants" / n / "seed0" / "metrics.jsonl" for n in ("base", "folded"))
+    assert a.read_text() == b.read_text()  # copied (same measured epoch times), not trained again

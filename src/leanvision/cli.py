@@ -450,14 +450,16 @@ def build_parser() -> ArgumentParser:
     study.add_argument("--dataset", type=str, default="digits", help="registered name, image folder or .npz file")
     study.add_argument("--data-dir", type=str, default=None, help="where dataset files live (default: "
                                                                   "$LEANVISION_DATA, else ~/.cache/leanvision)")
-    study.add_argument("--plan", type=str, default="reference", help="reference | quick | plan.yaml")
-    study.add_argument("--epochs", type=int, default=None, help="same for every variant (default: 12 for small "
-                                                                "datasets, 3 for large)")
+    study.add_argument("--plan", type=str, default="reference", help="reference | quick | colour | plan.yaml")
+    study.add_argument("--epochs", type=int, default=None, help="same for every variant (default: a variant's own "
+                                                                "or its recipe's, else 12 for small datasets, 3 for "
+                                                                "large)")
     study.add_argument("--seeds", type=int, default=1, help="train each variant with this many seeds")
     study.add_argument("--out", type=str, default="study", help="study directory (report, results, variants)")
     study.add_argument("--device", type=str, default="auto", help="training device: auto | cpu | cuda | cuda:N | mps")
-    study.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"],
-                       help="training precision")
+    study.add_argument("--precision", type=str, default=None, choices=["fp32", "bf16", "fp16"],
+                       help="training precision for every variant (default: a variant's own or its recipe's, "
+                            "else fp32)")
     study.add_argument("--runtime", type=str, default="torch,onnxruntime", help="runtimes to time, comma-separated: "
                                                                                "torch, torch-compile, onnxruntime, "
                                                                                "openvino")

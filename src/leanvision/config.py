@@ -13,9 +13,9 @@ from typing import Any
 from .errors import LeanvisionError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "warmup", "onecycle", "cosine")
+SCHEDULES = ("constant", "warmup", "onecycle", "cosine", "triangle")
 PRECISIONS = ("fp32", "bf16", "fp16")
-AUGMENTS = ("auto", "none", "flip", "crop", "crop-flip")
+AUGMENTS = ("auto", "none", "flip", "crop", "crop-flip", "translate-flip")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -59,11 +59,13 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum (SGD only)
     weight_decay: float = 0.0  # decoupled for adamw, L2-in-gradient for sgd/adam (PyTorch semantics)
-    schedule: str = "constant"  # constant | warmup (constant after linear warm-up) | onecycle | cosine
+    schedule: str = "constant"  # constant | warmup (constant after linear warm-up) | onecycle | cosine | triangle
     warmup_epochs: float = 0.0  # linear warm-up length, in epochs (onecycle uses 25% of training if 0)
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0 = off
+    norm_lr_scale: float = 1.0  # learning-rate multiplier for BatchNorm parameters (weight decay per step unchanged)
+    lookahead: bool = False  # every 5 steps after 30% of training, reset the weights to their running average
     precision: str = "fp32"  # fp32 | bf16 (autocast; CPU or CUDA) | fp16 (autocast + loss scaling; CUDA only)
-    augment: str = "auto"  # auto (crop-flip for 3-channel photos, none for grayscale) | none | flip | crop | crop-flip
+    augment: str = "auto"  # auto (crop-flip colour, none grey) | none | flip | crop | crop-flip | translate-flip
     early_stopping: int = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     seed: int = 0  # seeds weights, shuffling, augmentation and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps | tpu (needs torch_xla); under torchrun: one per rank
@@ -80,6 +82,7 @@ class TrainConfig:
         _check_range("weight_decay", self.weight_decay, 0.0)
         _check_range("warmup_epochs", self.warmup_epochs, 0.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _check_range("norm_lr_scale", self.norm_lr_scale, 0.0, low_open=True)
         _check_range("early_stopping", self.early_stopping, 0)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)

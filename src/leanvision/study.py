@@ -40,8 +40,8 @@ from .measure import (
 from .runs import dataset_summary, load_run, train_run
 from .train import normalizer
 
-PLAN_NAMES = ("reference", "quick")
-VARIANT_KEYS = {"name", "model", "model_kwargs", "base", "description", "train", "techniques"}
+PLAN_NAMES = ("reference", "quick", "colour")
+VARIANT_KEYS = {"name", "model", "model_kwargs", "base", "description", "train", "techniques", "recipe"}
 
 
 def load_plan(plan: str | dict) -> dict[str, Any]:
@@ -74,8 +74,8 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
     for i, v in enumerate(data["variants"]):
         if isinstance(v, str):
             v = data["variants"][i] = {"name": v, "model": v}
-        if not isinstance(v, dict) or "model" not in v:
-            raise LeanvisionError(f"Plan {where}: variant {i} must be a mapping with at least `model`.")
+        if not isinstance(v, dict) or ("model" not in v and "recipe" not in v):
+            raise LeanvisionError(f"Plan {where}: variant {i} must be a mapping with at least `model` or `recipe`.")
         unknown = set(v) - VARIANT_KEYS
         if unknown:
             raise LeanvisionError(f"Plan {where}: variant {i} has unknown key(s) {sorted(unknown)}; "
@@ -84,7 +84,11 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
             from .optimize import order_chain
 
             order_chain(list(v["techniques"]))
-        v.setdefault("name", Path(str(v["model"])).stem)
+        if v.get("recipe") is not None:  # e.g. `recipe: fast`: model and training come from it (for the data's shape)
+            from .recipes import RECIPES
+
+            RECIPES.get(str(v["recipe"]))  # unknown names fail now, listing the known ones
+        v.setdefault("name", Path(str(v.get("model") or v["recipe"])).stem)
         if v["name"] in seen:
             raise LeanvisionError(f"Plan {where}: duplicate variant name {v['name']!r}.")
         seen.add(v["name"])
@@ -102,16 +106,42 @@ def default_epochs(num_train: int) -> int:
     return 12 if num_train < 10_000 else 3
 
 
+def variant_config(plan_data: dict[str, Any], variant: dict[str, Any], input_shape: tuple[int, int, int],
+                   epochs: int | None, precision: str | None, device: str) -> dict[str, Any]:
+    """The model, builder arguments and TrainConfig fields (seed excluded) one variant trains with.
+
+    Precedence: an explicit study-wide `epochs`/`precision` > the variant's `train` > its `recipe` > the plan's
+    `train` > defaults (epochs: `default_epochs`; precision: fp32).
+    """
+    model, model_kwargs, recipe_train = variant.get("model"), dict(variant.get("model_kwargs") or {}), {}
+    if variant.get("recipe") is not None:
+        from .recipes import resolve_recipe
+
+        recipe = resolve_recipe(str(variant["recipe"]), input_shape, device)
+        model = model or recipe.model
+        model_kwargs = {**recipe.model_kwargs, **model_kwargs}
+        recipe_train = {k: v for k, v in recipe.train.items() if k not in ("device",)}
+    train = {"precision": "fp32", **plan_data["train"], **recipe_train, **(variant.get("train") or {})}
+    if epochs is not None:
+        train["epochs"] = epochs
+    if precision is not None:
+        train["precision"] = precision
+    train.setdefault("epochs", plan_data.get("default_epochs"))
+    return {"model": str(model), "model_kwargs": model_kwargs, "train": {**train, "device": device}}
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str | dict = "reference",
               epochs: int | None = None, seeds: int = 1, out: str | Path = "study", device: str = "auto",
-              precision: str = "fp32", runtimes: tuple[str, ...] = ("torch", "onnxruntime"), repeats: int = 50,
+              precision: str | None = None, runtimes: tuple[str, ...] = ("torch", "onnxruntime"), repeats: int = 50,
               progress: bool = True, remeasure: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train and measure every variant of `plan` on `dataset`, write the report into `out`; returns the study dict.
 
+    `epochs` and `precision` given here apply to every variant; otherwise a variant's own (its `train`, its
+    `recipe`), else the plan's, else `default_epochs` and fp32 (see `variant_config`).
     `remeasure=True` re-times finished variants (keeping their trained weights), e.g. on a quieter machine.
     A variant in `out` trained with another config is refused before anything runs, unless `overwrite=True`
     (which retrains it). A report with fewer ok variants than the one in `out` is written to `out/report-<time>/`
@@ -128,12 +158,14 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     out = Path(out)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir)
     ds = load_dataset(dataset, data_dir)
-    epochs = epochs or default_epochs(len(ds.train))
+    plan_data = {**plan_data, "default_epochs": plan_data["train"].get("epochs") or default_epochs(len(ds.train))}
     if device == "auto":  # stored concretely, so the variants' configs match across machines' defaults
         from .device import resolve_device
 
         device = str(resolve_device(device))
-    _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out, overwrite)
+    configs = {v["name"]: variant_config(plan_data, v, ds.input_shape, epochs, precision, device)
+               for v in plan_data["variants"]}
+    _check_existing(plan_data, data_cfg, configs, seeds, out, overwrite)
     console.print("\n".join(dataset_summary(ds)), highlight=False, markup=False)  # what the variants are trained on
     started, tick = datetime.now(timezone.utc), time.perf_counter()
     available = []
@@ -145,16 +177,14 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
             console.print(f"runtime {name} skipped: {reason}")
     variants = []
     for index, variant in enumerate(plan_data["variants"]):
-        train_kwargs = {**plan_data["train"], **(variant.get("train") or {}), "epochs": epochs, "device": device,
-                        "precision": precision}
         console.rule(f"[{index + 1}/{len(plan_data['variants'])}] {variant['name']}")
         try:
-            record = _run_variant(variant, data_cfg, train_kwargs, ds, seeds, out / "variants" / variant["name"],
-                                  available, repeats, progress, console, remeasure)
+            record = _run_variant(variant, data_cfg, configs[variant["name"]], ds, seeds, out, available, repeats,
+                                  progress, console, remeasure)
         except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             console.print(f"[red]{variant['name']} failed: {message}")
-            record = {"name": variant["name"], "model": str(variant["model"]), "base": variant.get("base"),
+            record = {"name": variant["name"], "model": configs[variant["name"]]["model"], "base": variant.get("base"),
                       "description": variant.get("description", ""), "status": "failed",
                       "error": f"{type(e).__name__}: {message}"}
         variants.append(record)
@@ -164,8 +194,9 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
         "dataset": {"name": ds.name, "num_train": len(ds.train), "num_val": len(ds.val),
                     "num_test": len(ds.test) if ds.test is not None else 0, "input_shape": list(ds.input_shape),
                     "num_classes": ds.num_classes, "notes": ds.notes},
-        "settings": {**{k: v for k, v in plan_data["train"].items()}, "epochs": epochs, "seeds": seeds,
-                     "precision": precision, "device": device, "latency_batch_size": 1, "throughput_batch_size": 256,
+        "settings": {**{k: v for k, v in plan_data["train"].items()}, "epochs": epochs or plan_data["default_epochs"],
+                     "seeds": seeds, "precision": precision or plan_data["train"].get("precision", "fp32"),
+                     "device": device, "latency_batch_size": 1, "throughput_batch_size": 256,
                      "repeats": repeats, "warmup": 10, "runtimes": available, "runtime": "torch"},
         "environment": environment(torch.device(device)),
         "started": started.isoformat(timespec="seconds"),
@@ -194,7 +225,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     return study
 
 
-def _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out: Path, overwrite: bool) -> None:
+def _check_existing(plan_data, data_cfg, configs, seeds, out: Path, overwrite: bool) -> None:
     """Refuse, before anything runs, a study whose variants in `out` were trained with another config.
 
     With `overwrite`, those variants' directories are removed so they are retrained.
@@ -203,15 +234,14 @@ def _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out: 
 
     clashes = []
     for variant in plan_data["variants"]:
-        train_kwargs = {**plan_data["train"], **(variant.get("train") or {}), "epochs": epochs, "device": device,
-                        "precision": precision}
+        config = configs[variant["name"]]
         for seed in range(seeds):
             stored = out / "variants" / variant["name"] / f"seed{seed}" / "config.json"
             if not stored.exists():
                 continue
             try:
-                cfg = RunConfig(model=str(variant["model"]), model_kwargs=dict(variant.get("model_kwargs") or {}),
-                                data=data_cfg, train=TrainConfig(**{**train_kwargs, "seed": seed}))
+                cfg = RunConfig(model=config["model"], model_kwargs=config["model_kwargs"],
+                                data=data_cfg, train=TrainConfig(**{**config["train"], "seed": seed}))
             except (LeanvisionError, TypeError):
                 continue  # a bad variant is reported as failed by the study itself
             diff = config_diff(read_json(stored)["config"], cfg.to_dict())
@@ -232,10 +262,13 @@ def _check_existing(plan_data, data_cfg, epochs, device, precision, seeds, out: 
                           "options with --remeasure to re-time it.")
 
 
-def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtimes, repeats, progress, console,
+def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repeats, progress, console,
                  remeasure=False):
-    key = {"variant": variant, "data": data_cfg.__dict__, "train": train_kwargs, "seeds": seeds,
+    vdir = out / "variants" / variant["name"]
+    key = {"variant": variant, "data": data_cfg.__dict__, "train": config["train"], "seeds": seeds,
            "runtimes": runtimes, "repeats": repeats}
+    if variant.get("recipe") is not None:
+        key["model"] = [config["model"], config["model_kwargs"]]
     record_path = vdir / "record.json"
     if record_path.exists():
         old = read_json(record_path)
@@ -244,9 +277,15 @@ def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtime
             return old
     accuracies, results = [], []
     for seed in range(seeds):
-        cfg = RunConfig(model=str(variant["model"]), model_kwargs=dict(variant.get("model_kwargs") or {}),
-                        data=data_cfg, train=TrainConfig(**{**train_kwargs, "seed": seed}))
+        cfg = RunConfig(model=config["model"], model_kwargs=config["model_kwargs"],
+                        data=data_cfg, train=TrainConfig(**{**config["train"], "seed": seed}))
         run_dir = vdir / f"seed{seed}"
+        twin = _same_run(out, f"seed{seed}", cfg) if not (run_dir / "config.json").exists() else None
+        if twin is not None:  # another variant trained exactly this (e.g. the base of a compression variant)
+            import shutil
+
+            shutil.copytree(twin, run_dir)
+            console.print(f"{variant['name']}: seed {seed} uses the identical training of {twin.parent.name}")
         if (run_dir / "result.json").exists() and (run_dir / "config.json").exists() and \
                 read_json(run_dir / "config.json")["config"] == cfg.to_dict():
             result = read_json(run_dir / "result.json")
@@ -271,8 +310,9 @@ def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtime
     first = results[0]
     mean, std = mean_std(accuracies)
     record.update(
-        name=variant["name"], model=str(variant["model"]), base=variant.get("base"),
+        name=variant["name"], model=config["model"], base=variant.get("base"),
         description=variant.get("description", ""), status="ok", error=None,
+        model_kwargs=config["model_kwargs"], recipe=variant.get("recipe"),
         accuracy=accuracies[0] if seeds == 1 else mean, accuracy_mean=mean, accuracy_std=std, accuracies=accuracies,
         accuracy_ci95=list(wilson_interval(first["test_correct"], first["test_total"])), test_total=first["test_total"],
         train_time_s=first["train_time_s"], epochs=first["epochs_run"],
@@ -285,6 +325,18 @@ def _run_variant(variant, data_cfg, train_kwargs, ds, seeds, vdir: Path, runtime
     )
     write_json(record_path, record)
     return record
+
+
+def _same_run(out: Path, seed_dir: str, cfg: RunConfig) -> Path | None:
+    """A finished run of this study (any variant) trained with exactly `cfg`, or None."""
+    for candidate in sorted((out / "variants").glob(f"*/{seed_dir}")):
+        try:
+            same = read_json(candidate / "config.json")["config"] == cfg.to_dict()
+        except (LeanvisionError, KeyError, TypeError):
+            continue
+        if same and (candidate / "result.json").exists():
+            return candidate
+    return None
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .data.core import ImageSet, batch_order
 from .errors import LeanvisionError, TrainingDiverged
 from .io import append_jsonl, load_state, save_state, save_weights
+from .lookahead import Lookahead
 from .models import regularization_loss
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -53,14 +54,29 @@ class TrainingInterrupted(LeanvisionError):
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
     """The optimizer of `cfg`; on CUDA the fused implementation (one kernel per step, and no host sync in
     GradScaler's step for fp16), elsewhere PyTorch's default."""
-    params = [p for p in model.parameters() if p.requires_grad]
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}.get(cfg.optimizer, torch.optim.AdamW)
     kwargs: dict[str, Any] = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
     if fused_optimizer(cls, device):
         kwargs["fused"] = True
-    return cls(params, **kwargs)
+    return cls(param_groups(model, cfg), **kwargs)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in one group, or two when `norm_lr_scale` != 1: BatchNorm parameters get that
+    multiple of the learning rate and weight decay divided by it (the same decay per step). Each group's `lr_scale`
+    is applied to the scheduled learning rate."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                for p in m.parameters(recurse=False)} if cfg.norm_lr_scale != 1.0 else set()
+    norm = [p for p in model.parameters() if p.requires_grad and id(p) in norm_ids]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in norm_ids]
+    scale = cfg.norm_lr_scale
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if norm:
+        groups.append({"params": norm, "lr_scale": scale, "lr": cfg.learning_rate * scale,
+                       "weight_decay": cfg.weight_decay / scale})
+    return groups
 
 
 def fused_optimizer(cls: type, device: torch.device | None) -> bool:
@@ -74,10 +90,16 @@ def learning_rate_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Tra
     """Learning rate for optimizer step `step` (0-based) of `total_steps`.
 
     onecycle follows Smith & Topin (2018) as PyTorch's OneCycleLR does: linear warm-up from lr/25 to lr over the first
-    25% (or `warmup_epochs`), then cosine annealing to lr/1e4. Momentum is not cycled.
+    25% (or `warmup_epochs`), then cosine annealing to lr/1e4. Momentum is not cycled. triangle is airbench's:
+    linear from lr/5 to lr over the first 23% (or `warmup_epochs`), then linear to 0.07 lr at the end.
     """
     lr = cfg.learning_rate
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "triangle":
+        peak = warmup or max(1, int(0.23 * total_steps))
+        if step < peak:
+            return lr * (0.2 + 0.8 * step / peak)
+        return lr * (1 + (0.07 - 1) * min(1.0, (step - peak) / max(1, total_steps - peak)))
     if cfg.schedule == "onecycle":
         warmup = warmup or max(1, int(0.25 * total_steps))
         if step < warmup:
@@ -93,17 +115,19 @@ def learning_rate_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Tra
 
 
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Batch-level augmentation of normalized images (B, C, H, W): random crop with zero padding and/or h-flip."""
-    if mode in ("crop", "crop-flip"):
+    """Batch-level augmentation of normalized images (B, C, H, W): random crop with zero padding and/or h-flip;
+    translate-flip shifts by up to 2 px with mirrored borders (airbench's augmentation for short schedules)."""
+    if mode in ("crop", "crop-flip", "translate-flip"):
         b, c, h, w = x.shape
-        padded = F.pad(x, (pad, pad, pad, pad))
+        pad = 2 if mode == "translate-flip" else pad
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect" if mode == "translate-flip" else "constant")
         dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(x.device)
         dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
         x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]  # (B, H, W, C)
         x = x.permute(0, 3, 1, 2).contiguous()
-    if mode in ("flip", "crop-flip"):
+    if mode in ("flip", "crop-flip", "translate-flip"):
         flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return x
@@ -257,6 +281,9 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     val_split = dp.shard_split(dataset.val) if dp is not None else dataset.val
     total_steps = steps_per_epoch * cfg.epochs
     regularized = any(hasattr(m, "kernel_regularizer") for m in model.modules())
+    lookahead = Lookahead(model, total_steps) if cfg.lookahead else None
+    if not resume and hasattr(model, "init_from_data"):  # whitenet's whitening filters from patches (once per model)
+        model.init_from_data(_init_sample(train, normalize, cfg.seed))
 
     history: list[dict[str, Any]] = []
     start_epoch, start_step, global_step = 0, 0, 0
@@ -264,11 +291,12 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
     running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
     if resume:
         state = load_state(out / CHECKPOINT)
-        if {**state["config"], "epochs": cfg.epochs} != _config_for_compare(cfg):  # --epochs may extend a run
+        saved = {**_config_for_compare(TrainConfig()), **state["config"]}  # fields newer than the checkpoint
+        if {**saved, "epochs": cfg.epochs} != _config_for_compare(cfg):  # --epochs may extend a run
             from .config import config_diff
 
             raise LeanvisionError(f"Cannot resume {out}: its training config differs from the one given "
-                                  f"({'; '.join(config_diff(state['config'], _config_for_compare(cfg)))}). "
+                                  f"({'; '.join(config_diff(saved, _config_for_compare(cfg)))}). "
                                   "Resume with the same options, or start a new --out.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -288,6 +316,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                   "to extend it); its result is re-evaluated.", file=sys.stderr, flush=True)
         _restore_generator(aug_gen, state["rng"], aug_seed, global_step)
         best_acc, bad_epochs = state["best_acc"], state["bad_epochs"]
+        if lookahead is not None:
+            lookahead.load_state_dict(state.get("lookahead"))
         history, running = state["history"], state["running"]
 
     def checkpoint(epoch: int, step: int) -> None:
@@ -297,6 +327,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             "rng": {"torch": torch.get_rng_state(), "aug": aug_gen.get_state(), "aug_device": aug_gen.device.type},
             "epoch": epoch, "step": step, "global_step": global_step, "best_acc": best_acc,
             "bad_epochs": bad_epochs, "history": history, "running": running, "config": _config_for_compare(cfg),
+            "lookahead": lookahead.state_dict() if lookahead is not None else None,
         })
 
     bar = _Progress(enabled=progress and main, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
@@ -320,7 +351,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
             for xb, yb in batches:
                 learning_rate = learning_rate_at(global_step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate
+                    group["lr"] = learning_rate * group.get("lr_scale", 1.0)
                 x = normalize(xb) if xb.dtype == torch.uint8 else xb
                 x = augment_batch(x, augment, aug_gen) if augment != "none" else x
                 x = prepare_input(x, cfg.channels_last)
@@ -350,6 +381,8 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                 correct += (logits.detach().argmax(1) == y).sum()
                 step += 1
                 global_step += 1
+                if lookahead is not None:
+                    lookahead.after_step(global_step)
                 running["seen"] += len(yb)
                 bar.advance(loss, correct, running, time.perf_counter() - tick + running["time"])
                 if sigint["hit"] or (interrupt_at_step is not None and global_step == interrupt_at_step):
@@ -424,6 +457,12 @@ def _stop_if_diverged(value: float, dp, device: torch.device, epoch: int, step: 
             f"Loss became {value}{where} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
             f"{last_good} in {out}. Lower --lr, or use --precision fp32."
         )
+
+
+def _init_sample(train, normalize, seed: int, count: int = 5000) -> torch.Tensor:
+    """Up to `count` normalized training images (a fixed random subset) for a model's data-dependent init."""
+    sample, _ = next(iter(train.batches(count, shuffle=True, generator=torch.Generator().manual_seed(seed))))
+    return normalize(sample) if sample.dtype == torch.uint8 else sample
 
 
 def _fits_on_gpu(numel: int, device: torch.device) -> bool:

@@ -3,7 +3,7 @@
 Example: `from leanvision.models import create_model, list_models; model = create_model("compact")`.
 """
 
-from . import compact, dsconv, fastnet, lenet, resnet, seed  # noqa: F401  (registers the models)
+from . import compact, dsconv, fastnet, lenet, resnet, seed, whitenet  # noqa: F401  (registers the models)
 from .registry_api import MODELS, create_model, list_models, regularization_loss
 from .spec import build_from_spec, load_spec
 

@@ -27,14 +27,21 @@ def conv_bn_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[
 
     Candidates are consecutive children of one parent (registration order); a traced forward on zeros confirms
     that the BN's input is exactly the conv's output tensor, so custom `forward`s (ResNet blocks) are handled too.
+    A max-pool between them (conv -> pool -> BN, as airbench-style nets order it) is folded through when every BN
+    scale is positive: a per-channel increasing affine map commutes with the max.
     """
-    candidates = []
+    candidates, pools = [], {}
     for parent in model.modules():
         children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+        for i, (conv_name, conv) in enumerate(children[:-1]):
+            middle = children[i + 1][1]
+            via_pool = isinstance(middle, nn.MaxPool2d) and i + 2 < len(children)
+            bn_name, bn = children[i + 2] if via_pool else children[i + 1]
             if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats \
-                    and conv.out_channels == bn.num_features:
+                    and conv.out_channels == bn.num_features and (not via_pool or _positive_scale(bn)):
                 candidates.append((parent, conv_name, bn_name))
+                if via_pool:
+                    pools[id(conv)] = middle
     if not candidates:
         return []
     outputs: dict[int, int] = {}
@@ -42,7 +49,12 @@ def conv_bn_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[
     hooks = []
     for parent, conv_name, bn_name in candidates:
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-        hooks.append(conv.register_forward_hook(lambda m, i, o: outputs.__setitem__(id(m), id(o))))
+        producer = pools.get(id(conv), conv)  # the BN must consume exactly this module's output
+        hooks.append(producer.register_forward_hook(lambda m, i, o, c=id(conv): outputs.__setitem__(c, id(o))))
+        if producer is not conv:  # and the pool must consume exactly the conv's output
+            hooks.append(conv.register_forward_hook(lambda m, i, o: outputs.__setitem__(("out", id(m)), id(o))))
+            hooks.append(producer.register_forward_hook(
+                lambda m, i, o, c=id(conv): inputs.__setitem__(("pool", c), id(i[0]))))
         hooks.append(bn.register_forward_hook(lambda m, i, o: inputs.__setitem__(id(m), id(i[0]))))
     flags = [(m, m.training) for m in model.modules()]
     try:
@@ -54,8 +66,16 @@ def conv_bn_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[
             hook.remove()
         for module, training in flags:
             module.training = training
-    return [(p, c, b) for p, c, b in candidates
-            if id(getattr(p, c)) in outputs and outputs[id(getattr(p, c))] == inputs.get(id(getattr(p, b)))]
+    def direct(conv: nn.Module, bn: nn.Module) -> bool:
+        if id(conv) not in outputs or outputs[id(conv)] != inputs.get(id(bn)):
+            return False
+        return id(conv) not in pools or outputs.get(("out", id(conv))) == inputs.get(("pool", id(conv)))
+
+    return [(p, c, b) for p, c, b in candidates if direct(getattr(p, c), getattr(p, b))]
+
+
+def _positive_scale(bn: nn.BatchNorm2d) -> bool:
+    return bn.weight is None or bool((bn.weight > 0).all())
 
 
 @torch.no_grad()
