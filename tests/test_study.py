@@ -127,11 +127,12 @@ def test_builtin_colour_plan_loads_with_recipes_and_compression():
     variants = {v["name"]: v for v in plan["variants"]}
     assert [v["model"] for v in plan["variants"][:4]] == ["seed-baseline", "seed-shallow", "seed-l2", "seed-dropout"]
     assert "resnet8" in variants and variants["whitenet-fast"]["recipe"] == "fast"
-    assert variants["whitenet-relu-int8"]["techniques"] == ["quantize:mode=int8"]
+    assert variants["whitenet-accurate-int8"]["techniques"] == ["quantize:mode=int8"]
     from leanvision.study import variant_config
 
-    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-relu"], (3, 32, 32), None, None, "cpu")
-    assert cfg["model"] == "whitenet" and cfg["model_kwargs"] == {"widths": (32, 128, 128), "act": "relu"}
+    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-accurate-prune50"], (3, 32, 32), None,
+                         None, "cpu")
+    assert cfg["model"] == "whitenet" and cfg["model_kwargs"] == {"widths": (64, 256, 256)}
     assert cfg["train"]["batch_size"] == 1024 and cfg["train"]["lookahead"] is True  # the recipe's, not the plan's
     seed = variant_config({**plan, "default_epochs": 3}, variants["seed-baseline"], (3, 32, 32), None, None, "cpu")
     assert seed["train"]["optimizer"] == "adam" and seed["train"]["epochs"] == 3 and seed["train"]["precision"] == "bf16"
