@@ -30,8 +30,11 @@ def test_explicit_flags_override_the_recipe(tmp_path, capsys):
 
 def test_fast_recipe_picks_by_input_shape():
     gray, colour = resolve_recipe("fast", (1, 28, 28)), resolve_recipe("fast", (3, 32, 32))
-    assert gray.train["augment"] == "none" and colour.train["augment"] == "crop-flip"
-    assert colour.model_kwargs["width"] > gray.model_kwargs["width"]
+    assert gray.model == "fastnet" and gray.train["augment"] == "none"
+    assert colour.model == "whitenet" and colour.train["augment"] == "translate-flip"
+    accurate = resolve_recipe("accurate", (3, 32, 32))
+    assert accurate.model_kwargs["widths"] == (64, 256, 256) and accurate.train["epochs"] > colour.train["epochs"]
+    assert resolve_recipe("accurate", (1, 28, 28)).model_kwargs["width"] > gray.model_kwargs["width"]
 
 
 def test_unknown_recipe_is_one_line_error(tmp_path, capsys):
