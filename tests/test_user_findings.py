@@ -73,10 +73,10 @@ def test_train_prints_dataset_summary_and_resolved_settings(tmp_path, capsys):
             "cpu", "--recipe", "fast", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith("train  fastnet (width=32) (recipe fast: chose every setting")
+    assert out.startswith("train  whitenet (widths=(32, 128, 128)) (recipe fast: chose every setting")
     assert re.search(r"train \d+, val \d+, test 8 images of 3x16x16 \(CxHxW\), 2 classes \(a, b\)", out)
     assert "val/ used as test split" in out
-    assert re.search(r"setup  sgd nesterov .*lr 0\.1, onecycle, 1 epoch, batch 128, (fp32|bf16) on cpu", out)
+    assert re.search(r"setup  sgd nesterov .*lr 0\.75, triangle, 1 epoch, batch 512, (fp32|bf16) on cpu", out)
 
     assert main(["train", *QUICK, "--epochs", "1", "--model", "lenet5", "--out", str(tmp_path / "j"), "--json"]) == 0
     json.loads(capsys.readouterr().out)  # --json: nothing but the JSON on stdout
