@@ -8,7 +8,23 @@ os.environ.setdefault("LEANVISION_OFFLINE", "1")  # tests never download
 # Decoded-image cache entries written by tests go to a throwaway folder, never to the user's cache.
 os.environ["LEANVISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="leanvision-test-cache-")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+# the real data lives in shared/data inside the checkout or beside it (../shared/data); the first that exists
+SHARED_DATA = next((p for p in (REPO / "shared" / "data", REPO.parent / "shared" / "data") if p.is_dir()),
+                   REPO.parent / "shared" / "data")
+
+
+def one_error_line(text: str, *fragments: str, only: bool = False) -> str:
+    """The single `error: ...` line of a command's stderr (no traceback), checked to contain each fragment
+    (case-insensitive); `only=True`: it is the only line of `text`."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert "Traceback" not in text, text
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, text
+    assert not only or len(lines) == 1, text
+    for fragment in fragments:
+        assert fragment.lower() in errors[0].lower(), errors[0]
+    return errors[0]
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +32,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """No downloads, and a throwaway dataset cache (`LEANVISION_DATA`). Modules that need it everywhere use
+    `pytestmark = pytest.mark.usefixtures("no_network")`."""
+    monkeypatch.setenv("LEANVISION_OFFLINE", "1")
+    monkeypatch.setenv("LEANVISION_DATA", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")

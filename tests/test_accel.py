@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import one_error_line as shared_one_error_line
 from torch import nn
 
 from leanvision.accel.compile import compile_support
@@ -29,11 +30,7 @@ def _has_xla() -> bool:
 
 
 def one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and len(lines) == 1, err
-    return errors[0]
+    return shared_one_error_line(err, only=True)
 
 
 def tiny_convnet() -> nn.Module:
@@ -57,7 +54,7 @@ def test_cli_train_on_absent_device_is_one_line_error_before_any_file(device, pr
 
 
 def test_setup_device_rejects_cuda_only_options_elsewhere():
-    with pytest.raises(LeanvisionError, match="memory_fraction .*device='cpu'.*--device cuda"):
+    with pytest.raises(LeanvisionError, match="memory_fraction .*device='cpu'.*device='cuda'"):
         setup_device("cpu", memory_fraction=0.5)
     with pytest.raises(LeanvisionError, match="expandable_segments configure the CUDA allocator"):
         setup_device("cpu", expandable_segments=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_error_line
 from PIL import Image
 
 from leanvision.cli import main
@@ -25,13 +26,7 @@ def run_cli(*args, cwd=None, timeout=300):
 
 
 def assert_one_line_error(proc_or_text, *fragments):
-    text = proc_or_text if isinstance(proc_or_text, str) else proc_or_text.stderr
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert "Traceback" not in text
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment.lower() in errors[0].lower(), errors[0]
+    one_error_line(proc_or_text if isinstance(proc_or_text, str) else proc_or_text.stderr, *fragments)
 
 
 @pytest.fixture(scope="module")

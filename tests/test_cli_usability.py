@@ -6,6 +6,7 @@ import stat
 
 import pytest
 import yaml
+from conftest import one_error_line
 
 from leanvision.cli import build_parser, main
 
@@ -14,16 +15,6 @@ CPU = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
 
 def subcommands(parser):
     return dict(parser._subcommands_action._name_parser_map)
-
-
-def one_error_line(text, *fragments):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert "Traceback" not in text
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import one_error_line
 
 from leanvision.accel import export as export_module
 from leanvision.accel.bench import ROW_KEYS, BenchConfig, bench_run
@@ -15,14 +16,6 @@ from leanvision.measure import get_runtime
 
 pytest.importorskip("onnxruntime")
 HAS_OPENVINO = get_runtime("openvino").is_available()[0]
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_autocast_probe_catches_silent_fp32_and_errors(monkeypatch):
     monkeypatch.setattr(torch, "autocast", refuse)
     assert "autocast raised RuntimeError" in devices.autocast_works(cpu, torch.bfloat16)[1]
     monkeypatch.setattr(devices, "_autocast_works_cached", lambda d, t: (False, "autocast raised X"))
-    with pytest.raises(LeanvisionError, match="precision bf16 does not run on device 'mps'.*--precision fp32"):
+    with pytest.raises(LeanvisionError, match="precision bf16 does not run on device 'mps'.*precision='fp32'"):
         devices.check_autocast(torch.device("mps"), "bf16")
     devices.check_autocast(torch.device("mps"), "fp32")  # nothing to check
     devices.check_autocast(torch.device("cpu"), "bf16")  # CPU and CUDA are not probed
@@ -162,7 +162,7 @@ def test_explicit_cuda_index_under_torchrun(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert distributed.local_device_name("cuda:1") == "cuda:1"  # this rank's own GPU
-    with pytest.raises(LeanvisionError, match="--device cuda:0 under torchrun would put every process on GPU 0"):
+    with pytest.raises(LeanvisionError, match="device='cuda:0' under torchrun would put every process on GPU 0"):
         distributed.local_device_name("cuda:0")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine: any GPU of it is this rank's
     assert distributed.local_device_name("cuda:0") == "cuda:0"

@@ -12,14 +12,11 @@ import sys
 import warnings
 
 import pytest
+from conftest import one_error_line
 
 from leanvision.cli import main
 
-
-def _error(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+_error = one_error_line
 
 
 @pytest.fixture(scope="module")

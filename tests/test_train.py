@@ -52,7 +52,7 @@ def test_fit_resume_after_interrupt_matches_uninterrupted(digits, tmp_path, inte
     # dropout + augmentation + onecycle: every RNG stream and the schedule must survive the interruption
     cfg = TrainConfig(epochs=3, seed=1, device="cpu", augment="crop-flip", schedule="onecycle", batch_size=128)
     full = fit(_model("seed-dropout", seed=1), digits, cfg, tmp_path / "full", progress=False)
-    with pytest.raises(TrainingInterrupted, match="--resume"):
+    with pytest.raises(TrainingInterrupted, match="`resume`"):
         fit(_model("seed-dropout", seed=1), digits, cfg, tmp_path / "cut", progress=False,
             interrupt_at_step=interrupt_at)
     state = load_state(tmp_path / "cut" / "checkpoint.safetensors")

@@ -49,7 +49,7 @@ def test_loss_spike_and_growing_loss_rules():
         return [{"train_loss": x, "train_accuracy": train, "val_accuracy": val} for x in losses]
 
     spike = training_warnings(history([1.84, 14.88, 1.23], val=0.8, train=0.8), 2, learning_rate=0.1)
-    assert len(spike) == 1 and "14.88" in spike[0] and "--lr, now 0.1" in spike[0]
+    assert len(spike) == 1 and "14.88" in spike[0] and "`learning_rate`, now 0.1" in spike[0]
     assert "spiked" in training_warnings(history([2.0, 0.3, 1.2]), 10)[0]
     assert "grew" in training_warnings(history([0.5, 0.6, 0.7]), 10)[0]
     gap = training_warnings(history([2.1, 1.7], val=0.45, train=0.95), 10)

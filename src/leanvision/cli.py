@@ -1,6 +1,7 @@
 """The `leanvision` command: each subcommand parses its flags and calls one library function.
 
-`main(argv) -> int` returns an exit code (0 ok, 1 failed, 2 bad input, 130 interrupted) so tests can call it directly.
+`main(argv) -> int` returns an exit code (0 ok, 1 failed, 2 bad input, 3 diverged, 130 interrupted: `errors.exit_code`)
+so tests can call it directly.
 User mistakes print one line, `error: ...`, never a traceback (set LEANVISION_DEBUG=1 to see one). `leanvision` with no
 command prints the command list and exits 0.
 """
@@ -23,7 +24,7 @@ from jsonargparse import ArgumentParser
 from . import __version__
 from .cliparse import as_flags, command_list, explain, polish, unknown_command
 from .config import DataConfig, RunConfig, TrainConfig
-from .errors import LeanvisionError
+from .errors import LeanvisionError, exit_code, first_line
 from .registry import did_you_mean
 
 ALIASES = {"learning_rate": ["--lr"]}
@@ -105,7 +106,7 @@ def _config_file_values(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LeanvisionError(f"Invalid YAML in {where}: {str(e).splitlines()[0]}.") from None
+        raise LeanvisionError(f"Invalid YAML in {where}: {first_line(e)}.") from None
     values = flatten_config(data if data is not None else {}, where)
     known = [*CONFIG_FILE_KEYS, *(f.name for cls in (DataConfig, TrainConfig) for f in dataclasses.fields(cls))]
     for key in values:
@@ -202,10 +203,16 @@ def _run_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem if suffix.lower() in (".yaml", ".yml", ".json") else name)
 
 
+def _to_flags(text: str) -> str:
+    """Library text names Python arguments (`learning_rate`); on the command line say the flags (`--lr`). Set by
+    `main` for the running command (cliparse.as_flags is the one translation)."""
+    return text
+
+
 def _print_warnings(result: dict) -> None:
     """A result's `warnings` (bad-looking numbers, see health.py), one `warning: ...` line each on stderr."""
     for line in result.get("warnings") or []:
-        print(f"warning: {line}", file=sys.stderr)
+        print(f"warning: {_to_flags(line)}", file=sys.stderr)
 
 
 def cmd_evaluate(ns: Any) -> int:
@@ -533,15 +540,6 @@ def _install_extra_commands() -> None:
 _install_extra_commands()
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    given = next((line for line in lines if line.startswith("Given value:")), None)
-    first = lines[0]
-    return f"{first} ({given})" if given and given != first else first
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -564,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {explain(parser, argv, e)}. See `{see}`.", file=sys.stderr)
         return 2
     command = ns.command
+    global _to_flags
+    _to_flags = lambda text: as_flags(text, parser, command, argv)  # noqa: E731
     try:
         code = COMMANDS[command](ns[command])
         sys.stdout.flush()  # a reader that closed the pipe (`| head`) shows here, not at interpreter exit
@@ -574,19 +574,17 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
-    except LeanvisionError as e:
-        print(f"error: {as_flags(_one_line(e), parser, command, argv)}", file=sys.stderr)
-        from .train import TrainingInterrupted
-
-        return 130 if isinstance(e, TrainingInterrupted) else 2
-    except KeyboardInterrupt:
+    except LeanvisionError as e:  # the class says the exit code: 2 bad input, 1 failed, 3 diverged, 130 interrupted
+        print(f"error: {as_flags(first_line(e), parser, command, argv)}", file=sys.stderr)
+        return exit_code(e)
+    except KeyboardInterrupt as e:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(e)
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if os.environ.get("LEANVISION_DEBUG"):
             raise
-        print(f"error: {type(e).__name__}: {_one_line(e)} (set LEANVISION_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        print(f"error: {first_line(e, with_type=True)} (set LEANVISION_DEBUG=1 for the traceback)", file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

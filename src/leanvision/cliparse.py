@@ -15,6 +15,7 @@ import typing
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
+from .errors import first_line
 from .registry import did_you_mean
 
 
@@ -174,16 +175,13 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
                    _unknown_flag(rest, target) if "unrecognized arguments" in text else None):
         if reason:
             return reason
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0] if lines else type(error).__name__
-    given = next((line for line in lines if line.startswith("Given value:")), None)
-    return f"{first} ({given})" if given and given != first else first
+    return first_line(error)
 
 
 def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Sequence[str] = ()) -> str:
     """A library error names config fields (`batch_size`, `batch_size=0`); say the command's flags instead
-    (`--batch-size`, `--batch-size 0`; an alias such as `--lr` when that is what argv has). Errors about a --config
-    file keep its keys."""
+    (`--batch-size`, `--batch-size 0`, `device='cpu'` -> `--device cpu`; an alias such as `--lr` when that is what argv
+    has). Errors about a --config file keep its keys. The one place where field names become flags."""
     sub = subcommands(parser).get(command)
     if sub is None or "--config" in message:
         return message
@@ -194,7 +192,9 @@ def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Se
         if flag is None or action.dest in ("help", argparse.SUPPRESS):
             continue
         message = message.replace(f"`{action.dest}`", flag)
-        message = re.sub(rf"(?<![\w-]){re.escape(action.dest)}=", f"{flag} ", message)
+        # `device='cpu'` -> `--device cpu`: a plain quoted value loses its Python quotes on the command line
+        message = re.sub(rf"(?<![\w-]){re.escape(action.dest)}=(?:'([\w.:+-]+)'(?!\w)|(?=\S))",
+                         lambda m, flag=flag: f"{flag} {m.group(1) or ''}", message)
     return message
 
 

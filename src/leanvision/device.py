@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import LeanvisionError
+from .errors import LeanvisionError, first_line
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps, tpu (alias xla)"
 
@@ -27,7 +27,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise LeanvisionError(
                 f"Device {name!r} requested but no CUDA GPU is visible to PyTorch "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use --device cpu or auto."
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+                "Use device='cpu' or device='auto'."
             )
         if name.startswith("cuda:"):
             index_text = name.split(":", 1)[1]
@@ -42,7 +43,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
             raise LeanvisionError(
-                "Device 'mps' requested but Apple MPS is not available here. Use --device cpu or auto."
+                "Device 'mps' requested but Apple MPS is not available here. Use device='cpu' or device='auto'."
             )
         return torch.device("mps")
     if name in ("tpu", "xla"):
@@ -58,11 +59,10 @@ def _xla_device(name: str) -> torch.device:
     except ImportError:
         raise LeanvisionError(
             f"Device {name!r} requested but torch_xla is not installed (needed for TPUs). "
-            "Install torch_xla matching torch on a TPU host, or use --device cpu or auto."
+            "Install torch_xla matching torch on a TPU host, or use device='cpu' or device='auto'."
         ) from None
     try:
         return torch_xla.device() if hasattr(torch_xla, "device") else xm.xla_device()
     except RuntimeError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LeanvisionError(f"Device {name!r} requested but torch_xla found no XLA device ({first}). "
-                              "Run on a TPU host, or use --device cpu.") from None
+        raise LeanvisionError(f"Device {name!r} requested but torch_xla found no XLA device ({first_line(e)}). "
+                              "Run on a TPU host, or use device='cpu'.") from None

@@ -88,8 +88,8 @@ def local_device_name(name: str) -> str:
         index = name.split(":", 1)[1]
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
         if index.isdigit() and int(index) != env.local_rank and local_processes != 1:
-            raise LeanvisionError(f"--device {name} under torchrun would put every process on GPU {index} (this is "
-                                  f"local rank {env.local_rank}). Use --device cuda: each process then takes "
+            raise LeanvisionError(f"device={name!r} under torchrun would put every process on GPU {index} (this is "
+                                  f"local rank {env.local_rank}). Use device='cuda': each process then takes "
                                   "cuda:LOCAL_RANK (select GPUs with CUDA_VISIBLE_DEVICES).")
         return name
     if env is None or name not in ("auto", "cuda"):
@@ -116,7 +116,8 @@ def init_from_env(device_name: str = "auto") -> bool:
         dist.init_process_group(backend="gloo")
     else:
         raise LeanvisionError(f"Data-parallel training under torchrun supports cpu (gloo) and cuda (nccl) devices. "
-                              f"Received: device='{device}'. Use --device cuda or cpu, or run a single process.")
+                              f"Received: device='{device}'. Use device='cuda' or device='cpu', or run a single "
+                              "process.")
     return True
 
 
@@ -172,7 +173,7 @@ class DataParallel:
         self.rank, self.world_size, self.device = dist.get_rank(), dist.get_world_size(), device
         if batch_size < self.world_size:
             raise LeanvisionError(f"batch_size={batch_size} is the global batch and is split over {self.world_size} "
-                                  f"processes. Expected --batch-size >= {self.world_size}.")
+                                  f"processes. Expected batch_size >= {self.world_size}.")
         self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self._global_size = 0
 

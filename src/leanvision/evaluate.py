@@ -75,7 +75,7 @@ def evaluate_run(run: Run, *, split: str = "test", data_dir: str | None = None, 
     dataset = run.load_dataset(data_dir)
     data = getattr(dataset, split, None)
     if data is None or len(data) == 0:
-        raise LeanvisionError(f"Dataset {dataset.name!r} has no {split} split. Use --split val or train.")
+        raise LeanvisionError(f"Dataset {dataset.name!r} has no {split} split. Use split='val' or 'train'.")
     device = next(run.model.parameters()).device
     logits, labels = predict_logits(run.model, data, dataset.mean, dataset.std, device)
     metrics = classification_metrics(logits, labels, run.meta["classes"])
@@ -271,7 +271,7 @@ def predict_images(run: Run, items: list[Any], top_k: int = 1, batch_size: int =
     """
     classes = run.meta["classes"]
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise LeanvisionError(f"Invalid --top-k {top_k}. Expected an integer >= 1.")
+        raise LeanvisionError(f"Invalid top_k={top_k}. Expected an integer >= 1.")
     top_k = min(top_k, len(classes))
     c, h, w = run.input_shape
     names, images, order, errors = decode_inputs(items, (h, w), c)

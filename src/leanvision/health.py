@@ -67,9 +67,9 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
     if val is not None:
         if near_chance(val, num_classes):
             if _loss_diverged(losses, uniform):
-                fix = f"the training loss spiked or diverged, so lower the learning rate (--lr{lr})"
+                fix = f"the training loss spiked or diverged, so lower the learning rate (`learning_rate`{lr})"
             else:
-                fix = f"it is under-trained; train more epochs (--epochs, now {epochs})"
+                fix = f"it is under-trained; train more epochs (`epochs`, now {epochs})"
                 if batchnorm:
                     fix += " (with this few steps the BatchNorm running statistics have not settled either)"
             out.append(f"validation accuracy {_pct(val)} after {epochs} epoch{'s' * (epochs != 1)}{steps} is near "
@@ -77,7 +77,7 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
         elif train is not None and train - val > VAL_GAP:
             out.append(f"validation accuracy {_pct(val)} is far below training accuracy {_pct(train)} at the last "
                        f"epoch{steps}: too few steps for BatchNorm statistics to settle, or overfitting; train more "
-                       "epochs (--epochs) or lower the learning rate (--lr).")
+                       "epochs (`epochs`) or lower the learning rate (`learning_rate`).")
     for i, loss in enumerate(losses):
         if loss is None or not math.isfinite(loss):
             continue
@@ -85,17 +85,17 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
         if loss > SPIKE_FACTOR * uniform:
             out.append(f"training loss {loss:.2f} at epoch {i + 1} is over {SPIKE_FACTOR:g}x that of a uniform guess "
                        f"({uniform:.2f}): the learning rate is too high for this model and data; lower it "
-                       f"(--lr{lr}).")
+                       f"(`learning_rate`{lr}).")
             break
         if earlier and loss > SPIKE_FACTOR * min(earlier):
             out.append(f"training loss spiked to {loss:.3f} at epoch {i + 1}, over {SPIKE_FACTOR:g}x its earlier "
-                       f"minimum {min(earlier):.3f}: lower the learning rate (--lr{lr}).")
+                       f"minimum {min(earlier):.3f}: lower the learning rate (`learning_rate`{lr}).")
             break
     else:
         tail = [x for x in losses[-3:] if x is not None]
         if len(tail) == 3 and tail[0] < tail[1] < tail[2]:
             out.append(f"training loss grew epoch over epoch ({tail[0]:.3f} -> {tail[1]:.3f} -> {tail[2]:.3f}): "
-                       f"lower the learning rate (--lr{lr}).")
+                       f"lower the learning rate (`learning_rate`{lr}).")
     return out
 
 
@@ -104,9 +104,9 @@ def step_warning(step: dict[str, Any], before: dict[str, Any]) -> str | None:
     name, config = step["step"], step.get("config") or {}
     if name == "prune" and config.get("structured", True) and step["params"] >= before["params"]:
         round_to = config.get("round_to")
-        why = (f"--round-to {round_to} is larger than the layers' channel counts to prune, so rounding undid the "
-               f"pruning; use a smaller --round-to (e.g. 8) or drop it" if round_to and round_to > 1 else
-               "raise --prune or check which layers can be pruned")
+        why = (f"round_to={round_to} is larger than the layers' channel counts to prune, so rounding undid the "
+               f"pruning; use a smaller `round_to` (e.g. 8) or drop it" if round_to and round_to > 1 else
+               "raise the prune ratio or check which layers can be pruned")
         return f"prune removed nothing ({before['params']:,} -> {step['params']:,} params): {why}."
     drop = (before["accuracy"] - step["accuracy"]) * 100
     if drop <= STEP_DROP_PP:
@@ -114,13 +114,13 @@ def step_warning(step: dict[str, Any], before: dict[str, Any]) -> str | None:
     loss = f"{name} lost {drop:.2f} pp of test accuracy ({_pct(before['accuracy'])} -> {_pct(step['accuracy'])})"
     if name == "prune":
         ratio, epochs = config.get("ratio"), config.get("finetune_epochs", 0)
-        fix = (f"fine-tune longer (--finetune-epochs {max(3, 2 * epochs + 1)}; now {epochs}) or prune less "
-               f"(--prune {max(0.1, round((ratio or 0.5) / 2, 2))})")
+        fix = (f"fine-tune longer (finetune_epochs={max(3, 2 * epochs + 1)}; now {epochs}) or prune less "
+               f"(prune:ratio={max(0.1, round((ratio or 0.5) / 2, 2))})")
     elif name == "distill":
         fix = ("train the student longer (distill uses the source run's epochs: train the source with more "
-               "--epochs) or lower --alpha")
+               "`epochs`) or lower `alpha`")
     elif name == "quantize":
-        fix = ("use more calibration images (--calibration-size), or --quantize qat with --finetune-epochs 2")
+        fix = ("use more calibration images (`calibration_size`), or quantize:mode=qat with finetune_epochs=2")
     else:
         fix = "check this step's settings"
     return f"{loss}: {fix}."

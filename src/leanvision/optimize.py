@@ -48,8 +48,8 @@ def build_chain(*, prune: float | None = None, prune_method: str = "l1", unstruc
     """The technique chain for the CLI flags, validated (bad values fail here, before any work)."""
     chain: list[TechniqueConfig] = []
     if round_to is not None and prune is None:
-        raise LeanvisionError(f"--round-to {round_to} applies to structured pruning only. Add --prune RATIO, or drop "
-                              "--round-to.")
+        raise LeanvisionError(f"round_to={round_to} applies to structured pruning only. Add `prune` (a ratio), or drop "
+                              "`round_to`.")
     if distill_from is not None:
         chain.append(DistillConfig(teacher=distill_from, alpha=alpha, temperature=temperature))
     if prune is not None:
@@ -241,8 +241,8 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
                               "other techniques, or train a student with leanvision.train(model=YourNet(...)).")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise LeanvisionError(f"{out} already exists and is not empty. Use --overwrite to replace it, or choose "
-                                  "another --out.")
+            raise LeanvisionError(f"{out} already exists and is not empty. Use `overwrite` to replace it, or "
+                                  "choose another `out`.")
         shutil.rmtree(out)
     _warn_weaker_teacher(configs, src)
     run = given if given is not None else load_run(src, model=model)

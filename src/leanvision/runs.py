@@ -132,21 +132,22 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
                epoch_lines: bool | None = None, model: nn.Module | None = None) -> dict[str, Any]:
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
-        raise LeanvisionError("--resume and --overwrite exclude each other: continue the run in --out, or replace it.")
+        raise LeanvisionError("`resume` and `overwrite` exclude each other: continue the run in `out`, or replace "
+                              "it.")
     if model is None:  # a module given in Python is its own model
         _check_model_name(cfg.model)  # cheap, and a typo is the likelier mistake than the run directory
     if resume and not (out / CHECKPOINT).exists():
-        raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without --resume.")
+        raise LeanvisionError(f"Cannot resume: no {CHECKPOINT} in {out}. Start it without `resume`.")
     if not resume and not overwrite and (out / CHECKPOINT).exists():
-        raise LeanvisionError(f"{out} already holds a run. Use --resume to continue it, --overwrite to replace it, "
-                              "or choose another --out.")
+        raise LeanvisionError(f"{out} already holds a run. Use `resume` to continue it, `overwrite` to replace it, "
+                              "or choose another `out`.")
     stored = None
     if resume:
         stored = read_json(out / "config.json")
         differs = [d for d in config_diff(stored["config"], cfg.to_dict()) if d.split(" ")[0] not in RESUMABLE]
         if differs:
             raise LeanvisionError(f"Cannot resume {out}: {'; '.join(differs)} (stored -> given). Resume without "
-                                  "those options (the run's own config is used), or start a new --out.")
+                                  "those options (the run's own config is used), or start a new `out`.")
     torch.manual_seed(cfg.train.seed)
     dataset = dataset if dataset is not None else load_dataset(**_data_kwargs(cfg))
     if model is None:

@@ -21,7 +21,7 @@ import yaml
 
 from .config import DataConfig, RunConfig, TrainConfig
 from .data import load_dataset
-from .errors import LeanvisionError
+from .errors import LeanvisionError, TrainingInterrupted, first_line
 from .io import read_json, write_json
 from .measure import (
     RUNTIMES,
@@ -66,7 +66,7 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise LeanvisionError(f"Invalid YAML in plan {path}: {str(e).splitlines()[0]}.") from None
+            raise LeanvisionError(f"Invalid YAML in plan {path}: {first_line(e)}.") from None
         where = str(path)
     if not isinstance(data, dict) or not isinstance(data.get("variants"), list) or not data["variants"]:
         raise LeanvisionError(f"Plan {where} must be a mapping with a non-empty `variants` list.")
@@ -153,7 +153,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
 
     console = Console(stderr=True, quiet=not progress)
     if seeds < 1:
-        raise LeanvisionError(f"Invalid --seeds {seeds}. Expected an integer >= 1.")
+        raise LeanvisionError(f"Invalid seeds={seeds}. Expected an integer >= 1.")
     plan_data = load_plan(plan)
     out = Path(out)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir)
@@ -181,8 +181,10 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
         try:
             record = _run_variant(variant, data_cfg, configs[variant["name"]], ds, seeds, out, available, repeats,
                                   progress, console, remeasure)
+        except TrainingInterrupted:  # Ctrl-C stops the study (exit 130), not only this variant
+            raise
         except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = first_line(e)
             console.print(f"[red]{variant['name']} failed: {message}")
             record = {"name": variant["name"], "model": configs[variant["name"]]["model"], "base": variant.get("base"),
                       "description": variant.get("description", ""), "status": "failed",
@@ -258,8 +260,8 @@ def _check_existing(plan_data, data_cfg, configs, seeds, out: Path, overwrite: b
         return
     name, diff = clashes[0]
     raise LeanvisionError(f"{out} holds a study trained with another config ({len(clashes)} variant(s), e.g. {name}: "
-                          f"{'; '.join(diff[:3])}). Use another --out, --overwrite to retrain them, or the same "
-                          "options with --remeasure to re-time it.")
+                          f"{'; '.join(diff[:3])}). Use another `out`, `overwrite` to retrain them, or the same "
+                          "options with `remeasure` to re-time it.")
 
 
 def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repeats, progress, console,
@@ -292,7 +294,7 @@ def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repe
         else:
             resume = (run_dir / "checkpoint.safetensors").exists()
             if resume and read_json(run_dir / "config.json")["config"] != cfg.to_dict():
-                raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another --out.")
+                raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another `out`.")
             result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
         if variant.get("techniques"):  # compress the trained run into seed<k>-optimized; that model is measured
             from .optimize import optimize_variant

@@ -36,7 +36,7 @@ from .accel.devices import (
 )
 from .config import TrainConfig
 from .data.core import ImageSet, batch_order
-from .errors import LeanvisionError, TrainingDiverged
+from .errors import LeanvisionError, TrainingDiverged, TrainingInterrupted
 from .io import append_jsonl, load_state, save_state, save_weights
 from .lookahead import Lookahead
 from .models import regularization_loss
@@ -45,10 +45,6 @@ CHECKPOINT = "checkpoint.safetensors"
 PRENORMALIZE_MAX_BYTES = 2 * 1024**3  # normalize the train split once into float32 when it fits in this much
 DEVICE_UINT8_MAX_FRACTION = 0.25  # else keep the uint8 split on the GPU when it fits in this share of its memory
 METRICS = "metrics.jsonl"
-
-
-class TrainingInterrupted(LeanvisionError):
-    """Ctrl-C during training; a resumable checkpoint was saved."""
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
@@ -170,7 +166,7 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return nullcontext()
     if precision == "fp16" and device.type != "cuda":
-        raise LeanvisionError(f"precision fp16 needs a CUDA device (got {device}). Use --precision bf16 on CPU.")
+        raise LeanvisionError(f"precision fp16 needs a CUDA device (got {device}). Use precision='bf16' on CPU.")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -297,7 +293,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
 
             raise LeanvisionError(f"Cannot resume {out}: its training config differs from the one given "
                                   f"({'; '.join(config_diff(saved, _config_for_compare(cfg)))}). "
-                                  "Resume with the same options, or start a new --out.")
+                                  "Resume with the same options, or start a new `out`.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # a CUDA checkpoint's fused=True must not follow it to another device
@@ -308,11 +304,11 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         if start_epoch > cfg.epochs or (start_epoch == cfg.epochs and start_step > 0):
-            raise LeanvisionError(f"Cannot resume {out} with --epochs {cfg.epochs}: it has already trained "
-                                  f"{start_epoch + (start_step > 0)} epochs. Give a larger --epochs to extend it, "
-                                  "or start a new --out.")
+            raise LeanvisionError(f"Cannot resume {out} with epochs={cfg.epochs}: it has already trained "
+                                  f"{start_epoch + (start_step > 0)} epochs. Give a larger `epochs` to extend it, "
+                                  "or start a new `out`.")
         if start_epoch == cfg.epochs and main:  # finished: the result is only re-evaluated
-            print(f"note: nothing to train: {out} has already trained {start_epoch} epochs (give a larger --epochs "
+            print(f"note: nothing to train: {out} has already trained {start_epoch} epochs (give a larger `epochs` "
                   "to extend it); its result is re-evaluated.", file=sys.stderr, flush=True)
         _restore_generator(aug_gen, state["rng"], aug_seed, global_step)
         best_acc, bad_epochs = state["best_acc"], state["bad_epochs"]
@@ -394,7 +390,7 @@ def fit(model: nn.Module, dataset, cfg: TrainConfig, out_dir: str | Path, *, res
                         checkpoint(epoch, step)
                     raise TrainingInterrupted(
                         f"Interrupted at epoch {epoch + 1}, step {step}; checkpoint saved in {out}. "
-                        "Run the same command with --resume to continue."
+                        "Run the same command with `resume` to continue."
                     )
             running["loss_sum"] = losses.flush_into(running["loss_sum"])  # CUDA/XLA: the last steps are read here
             _stop_if_diverged(running["loss_sum"], dp, device, epoch, step - 1, learning_rate, out)
@@ -455,7 +451,7 @@ def _stop_if_diverged(value: float, dp, device: torch.device, epoch: int, step: 
         value, where = (value, "") if mine else (float("nan"), " on another rank")
         raise TrainingDiverged(
             f"Loss became {value}{where} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
-            f"{last_good} in {out}. Lower --lr, or use --precision fp32."
+            f"{last_good} in {out}. Lower `learning_rate`, or use precision='fp32'."
         )
 
 

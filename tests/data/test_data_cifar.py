@@ -18,11 +18,7 @@ from leanvision.data import cifar, load_dataset
 from leanvision.data.cifar import read_batch, unpickle
 from leanvision.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    monkeypatch.setenv("LEANVISION_OFFLINE", "1")
-    monkeypatch.setenv("LEANVISION_DATA", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: offline, throwaway dataset cache
 
 
 def _batch(n: int, seed: int, protocol: int = 2) -> bytes:

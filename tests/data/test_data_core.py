@@ -12,11 +12,7 @@ from leanvision.data import DATASETS, Dataset, ImageSet, list_datasets, load_dat
 from leanvision.data.core import channel_stats, stratified_split
 from leanvision.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    monkeypatch.setenv("LEANVISION_OFFLINE", "1")
-    monkeypatch.setenv("LEANVISION_DATA", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: offline, throwaway dataset cache
 
 
 def _toy(n: int = 10) -> ImageSet:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 
 from leanvision.data import ImageSet, StreamingImageSet, folder, load_dataset, load_image_files
@@ -15,11 +16,7 @@ from leanvision.errors import DataError
 
 
 def _shared_data() -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo / "shared" / "data", repo.parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
 
 
 def _shared(sub: str) -> Path:
@@ -29,10 +26,7 @@ def _shared(sub: str) -> Path:
     return shared / sub
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    monkeypatch.setenv("LEANVISION_OFFLINE", "1")
-    monkeypatch.setenv("LEANVISION_DATA", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: offline, throwaway dataset cache
 
 
 def _save(path: Path, img: Image.Image, **kw) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from leanvision.data import load_dataset
 from leanvision.data.idx import FILES, read_idx
@@ -18,17 +19,10 @@ from leanvision.errors import DataError
 
 
 def _shared_data() -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo / "shared" / "data", repo.parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    monkeypatch.setenv("LEANVISION_OFFLINE", "1")
-    monkeypatch.setenv("LEANVISION_DATA", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: offline, throwaway dataset cache
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -129,7 +123,7 @@ def test_missing_files_name_all_four(tmp_path, monkeypatch, offline):
     with pytest.raises(DataError) as e:
         load_dataset("mnist", str(tmp_path), download=offline)
     msg = str(e.value)
-    assert all(name in msg for name in FILES) and str(tmp_path.resolve()) in msg and "--data-dir" in msg
+    assert all(name in msg for name in FILES) and str(tmp_path.resolve()) in msg and "`data_dir`" in msg
     assert ("LEANVISION_OFFLINE=1" if offline else "download disabled") in msg
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in msg and "\n" not in msg
     assert not (tmp_path / "mnist").exists() or not any((tmp_path / "mnist").iterdir())

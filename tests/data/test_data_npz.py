@@ -9,11 +9,7 @@ import torch
 from leanvision.data import load_dataset
 from leanvision.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    monkeypatch.setenv("LEANVISION_OFFLINE", "1")
-    monkeypatch.setenv("LEANVISION_DATA", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: offline, throwaway dataset cache
 
 
 def _arrays(n_train=40, n_test=10, shape=(12, 10), dtype=np.uint8):

@@ -128,7 +128,7 @@ def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, imag
                labels: torch.Tensor, split_name: str, config: BenchConfig, meter: EnergyMeter) -> list[dict]:
     if precision not in runtime.precisions:
         raise LeanvisionError(f"Runtime {runtime.name!r} supports {', '.join(runtime.precisions)} only. "
-                              f"Received: precision={precision!r}. Drop it from --precision.")
+                              f"Received: precision={precision!r}. Drop it from `precision`.")
     shape = run.input_shape
     generator = torch.Generator().manual_seed(0)
     predict = runtime.prepare(run.model, torch.randn((2, *shape), generator=generator), precision=precision,

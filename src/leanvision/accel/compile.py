@@ -51,7 +51,7 @@ def check_compile_support(device: torch.device | str) -> None:
     """Raise a one-line `LeanvisionError` when `torch.compile` cannot work on `device` here."""
     ok, reason = compile_support(device)
     if not ok:
-        raise LeanvisionError(f"--compile was requested but {reason}. Drop --compile, or fix the toolchain.")
+        raise LeanvisionError(f"`compile` was requested but {reason}. Drop `compile`, or fix the toolchain.")
 
 
 def compile_for_training(module: nn.Module, device: torch.device, batch_shapes: Iterable[tuple[int, ...]],

@@ -51,12 +51,12 @@ def setup_device(name: str = "auto", *, channels_last: bool = False, memory_frac
     device = resolve_device(name)
     if channels_last and device.type not in CHANNELS_LAST_DEVICES:
         raise LeanvisionError(f"channels_last is supported on cuda and cpu devices. Received: device='{device}'. "
-                              "Drop --channels-last on this device.")
+                              "Drop `channels_last` on this device.")
     cuda_only = {"memory_fraction": memory_fraction is not None, "expandable_segments": expandable_segments}
     wrong = [k for k, used in cuda_only.items() if used]
     if wrong and device.type != "cuda":
         raise LeanvisionError(f"{' and '.join(wrong)} configure the CUDA allocator, but device='{device}'. "
-                              "Use --device cuda, or drop these options.")
+                              "Use device='cuda', or drop these options.")
     if device.type != "cuda":
         return device
     if expandable_segments:
@@ -159,7 +159,7 @@ def check_autocast(device: torch.device, precision: str) -> None:
     ok, why = _autocast_works_cached(device, dtype)
     if not ok:
         raise LeanvisionError(f"precision {precision} does not run on device '{device}' with torch {torch.__version__}"
-                              f" ({why}). Use --precision fp32 there, or a newer torch (MPS bf16: torch>=2.6, "
+                              f" ({why}). Use precision='fp32' there, or a newer torch (MPS bf16: torch>=2.6, "
                               "macOS 14).")
 
 

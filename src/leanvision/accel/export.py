@@ -110,12 +110,12 @@ def _out_path(run, out: str | Path | None, opset: int) -> Path:
     """Where to write: `out`, or the default; refuses a path that is a file of the run (an int8 run's own model)."""
     own = run.meta.get("onnx_file") if run.meta.get("runtime") == "onnxruntime" else None
     if own is not None and opset != DEFAULT_OPSET:
-        raise LeanvisionError(f"Run {run.path} is int8: its ONNX graph ({own}) is already fixed, so --opset {opset} "
-                              "cannot change it. Export without --opset, or export the fp32 source run.")
+        raise LeanvisionError(f"Run {run.path} is int8: its ONNX graph ({own}) is already fixed, so opset={opset} "
+                              "cannot change it. Export without `opset`, or export the fp32 source run.")
     path = Path(out) if out else run.path / ("export" if own else "") / "model.onnx"
     if own is not None and path.resolve() == (run.path / own).resolve():
         raise LeanvisionError(f"{path} is the int8 run's own model; exporting there would overwrite it. Choose "
-                              f"another --out (default: {run.path / 'export' / 'model.onnx'}).")
+                              f"another `out` (default: {run.path / 'export' / 'model.onnx'}).")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -159,8 +159,8 @@ def _check_opset(opset: int) -> None:
 
         highest = onnx.defs.onnx_opset_version()
     except ImportError:
-        raise LeanvisionError("ONNX export needs the onnx package. Install it with: "
-                              "pip install 'leanvision[onnx]'") from None
+        raise LeanvisionError("ONNX export needs the onnx package, a dependency of leanvision that is missing "
+                              "here. Reinstall it: pip install 'onnx>=1.16'") from None
     if not MIN_OPSET <= opset <= highest:
         raise LeanvisionError(f"Invalid opset {opset}. Expected {MIN_OPSET}..{highest} (the installed onnx's "
                               f"highest); {DEFAULT_OPSET} suits ONNX Runtime, TensorRT and OpenVINO.")

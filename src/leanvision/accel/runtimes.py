@@ -45,11 +45,11 @@ class TorchCompileRuntime(Runtime):
         self._check_precision(precision)
         if getattr(model, "onnx_path", None) is not None:
             raise LeanvisionError("This run is an int8 ONNX model; torch-compile cannot run it. "
-                                  "Use --runtime onnxruntime.")
+                                  "Use runtime='onnxruntime'.")
         device = torch.device(device)
         if precision == "fp16" and device.type != "cuda":
             raise LeanvisionError(f"precision='fp16' needs a CUDA device for the torch-compile runtime. "
-                                  f"Received: device='{device}'. Use bf16 or fp32 here, or --device cuda.")
+                                  f"Received: device='{device}'. Use bf16 or fp32 here, or device='cuda'.")
         self._check_device(device)
         check_autocast(device, precision)
         net = compile_for_inference(model, device, mode=self.mode)
@@ -140,7 +140,7 @@ class OpenVinoRuntime(Runtime):
         device = torch.device(device)
         if device.type != "cpu":
             raise LeanvisionError(f"Runtime 'openvino' runs on the CPU here. Received: device='{device}'. "
-                                  "Use --device cpu for openvino.")
+                                  "Use device='cpu' for openvino.")
         import openvino as ov
 
         core = ov.Core()

@@ -25,7 +25,7 @@ def _check_image_size(image_size: int | Sequence[int] | None) -> tuple[int, int]
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in image_size)):
         return (int(image_size[0]), int(image_size[1]))
     raise DataError(f"Invalid image_size={image_size!r}: expected a positive int (square) or [height, width]. "
-                    "Pass e.g. --image-size 32, or omit it to keep the native size.")
+                    "Pass e.g. image_size=32, or omit it to keep the native size.")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int | Sequence[int] | None = None,
@@ -53,7 +53,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     if channels is not None:
         channels = check_channels(channels)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"Invalid seed={seed!r}: expected an integer. Pass e.g. --seed 0.")
+        raise DataError(f"Invalid seed={seed!r}: expected an integer. Pass e.g. seed=0.")
     name = str(name)
     options = dict(image_size=size, channels=channels, val_fraction=val_fraction, seed=seed)
     key = name.lower()

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, DownloadError
 from ..io import atomic_write_bytes
 from .core import DATASETS, Dataset, DatasetSpec, ImageSet, finalize, size_to_source
-from .download import DownloadError, download
+from .download import download
 from .images import adapt_array, check_channels
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -168,7 +168,7 @@ def load_cifar10(root: Path, *, image_size: tuple[int, int] | None, channels: in
         if directory is None:
             raise DataError(f"CIFAR-10 not found in {root} or {root / DIRNAME}: expected {', '.join(MEMBERS)} "
                             f"(download failed: {reason}). Download and extract {URL} into {root} or pass "
-                            "--data-dir.")
+                            "`data_dir`.")
     source = dict(name="cifar10", data_dir=str(root), strict=strict)
     return load_batches(directory, name="cifar10", source=source, image_size=image_size, channels=channels,
                         val_fraction=val_fraction, seed=seed)

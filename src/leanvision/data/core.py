@@ -33,7 +33,7 @@ _VAL_SALT = 2
 def check_batch_args(batch_size: int, start_batch: int) -> None:
     """Raise `DataError` for a batch size below 1 or a negative start batch."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"Invalid batch_size={batch_size!r}: expected an integer >= 1. Pass --batch-size 1 or more.")
+        raise DataError(f"Invalid batch_size={batch_size!r}: expected an integer >= 1. Pass `batch_size` 1 or more.")
     if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
         raise DataError(f"Invalid start_batch={start_batch!r}: expected an integer >= 0 (batches already done).")
 
@@ -230,7 +230,7 @@ def check_val_fraction(val_fraction: float) -> float:
     """Return `val_fraction` as a float, or raise `DataError` unless 0 <= val_fraction < 1."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise DataError(f"Invalid val_fraction={val_fraction!r}: expected a number with 0 <= val_fraction < 1. "
-                        "Pass e.g. --val-fraction 0.1 (0 for no validation split).")
+                        "Pass e.g. val_fraction=0.1 (0 for no validation split).")
     return float(val_fraction)
 
 
@@ -242,7 +242,7 @@ def finalize(*, name: str, classes: list[str], train: SplitLike, test: SplitLike
         train, val = split_off(train, val_fraction, seed, _VAL_SALT)
     if len(train) == 0:
         raise DataError(f"Dataset {name} has no training images left after splitting: expected at least one. "
-                        "Add images or lower --val-fraction.")
+                        "Add images or lower `val_fraction`.")
     if stats is None:
         mean, std = channel_stats(train.images)  # type: ignore[attr-defined]
     else:

@@ -12,15 +12,12 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import DownloadError
 from ..io import temp_file
 
 #: Seconds to wait for a server (connect and each read).
 TIMEOUT_S = 15
 _BLOCK = 1 << 20
-
-
-class DownloadError(Exception):
-    """A download failed; the message is a short reason for a one-line `DataError`."""
 
 
 def offline() -> bool:

@@ -98,7 +98,7 @@ def _handle_unreadable(bad: dict[int, str], paths: list[str], root: Path, strict
     first = min(bad)
     if strict:
         raise DataError(f"Cannot read {paths[first]} as an image ({bad[first]}): expected every file under {root} "
-                        "to decode. Remove or replace it, or load without --strict to skip unreadable files.")
+                        "to decode. Remove or replace it, or load without `strict` to skip unreadable files.")
     msg = f"skipped {len(bad)} unreadable file{'s' if len(bad) > 1 else ''} under {root}, e.g. {paths[first]}"
     warnings.warn(f"{msg} ({bad[first]})", stacklevel=4)
     notes.append(msg)

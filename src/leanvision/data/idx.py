@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, DownloadError
 from .core import DATASETS, Dataset, DatasetSpec, ImageSet, finalize, size_to_source
-from .download import DownloadError, download, md5_file
+from .download import download, md5_file
 from .images import adapt_array, check_channels
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
@@ -141,7 +141,7 @@ def _fetch_all(src: IdxSource, root: Path, download_allowed: bool) -> list[Path]
             reason = str(e)
     looked = ", ".join(str(d) for d in _candidates(src, root))
     raise DataError(f"{src.title} not found in {looked}: expected {', '.join(FILES)} (download failed: {reason}). "
-                    f"Download them from {src.mirrors[0]} into {target} or pass --data-dir.")
+                    f"Download them from {src.mirrors[0]} into {target} or pass `data_dir`.")
 
 
 def read_split(src: IdxSource, images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -223,7 +223,7 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
         size = (0, 0)
     if min(size) < 1:
         raise DataError(f"Invalid image_size={image_size!r}: expected a positive int or (height, width). "
-                        "Pass e.g. --image-size 32.")
+                        "Pass e.g. image_size=32.")
     return size
 
 
@@ -231,7 +231,7 @@ def check_channels(channels: int) -> int:
     """Return `channels`, or raise `DataError` unless it is 1 or 3."""
     if channels not in (1, 3) or isinstance(channels, bool):
         raise DataError(f"Invalid channels={channels!r}: expected 1 (grayscale) or 3 (RGB). "
-                        "Pass --channels 1 or --channels 3.")
+                        "Pass channels=1 or channels=3.")
     return int(channels)
 
 

@@ -90,7 +90,7 @@ class TorchRuntime(Runtime):
         if precision == "fp16" and device.type != "cuda":
             raise LeanvisionError(
                 f"precision='fp16' needs a CUDA device for the torch runtime. Received: device='{device}'. "
-                "Use precision='bf16' or 'fp32' on this device, or --device cuda."
+                "Use precision='bf16' or 'fp32' on this device, or device='cuda'."
             )
         from ..accel.devices import check_autocast, inference_context
 
@@ -127,7 +127,8 @@ class OnnxRuntime(Runtime):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            return False, "onnxruntime is not installed. Install it with: pip install 'leanvision[onnx]'"
+            return False, ("onnxruntime (a dependency of leanvision) is missing. Reinstall it: "
+                           "pip install 'onnxruntime>=1.18'")
         return True, ""
 
     def prepare(
@@ -200,7 +201,7 @@ def ort_gpu_providers(available: Sequence[str], device: torch.device, precision:
         raise LeanvisionError(
             f"device='{device}' requested for onnxruntime, but this onnxruntime build has no CUDA or TensorRT "
             f"provider (available: {', '.join(available)}). Replace it with the GPU build: pip uninstall -y "
-            "onnxruntime && pip install onnxruntime-gpu; or use --device cpu."
+            "onnxruntime && pip install onnxruntime-gpu; or use device='cpu'."
         )
     if precision == "fp16" and "TensorrtExecutionProvider" not in gpu:
         raise LeanvisionError("onnxruntime runs fp16 only through its TensorRT provider, which this build lacks "
@@ -226,7 +227,7 @@ def check_gpu_session(loaded: Sequence[str], precision: str = "fp32") -> None:
     if not any(p in loaded for p in GPU_PROVIDERS):
         raise LeanvisionError(f"onnxruntime fell back to CPU: its CUDA/TensorRT provider failed to load (session "
                               f"providers: {', '.join(loaded)}). Check the CUDA and cuDNN libraries onnxruntime-gpu "
-                              "needs, or use --device cpu.")
+                              "needs, or use device='cpu'.")
 
 
 def bound_predict(session: Any, device: torch.device) -> Predict:

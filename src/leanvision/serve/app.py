@@ -68,9 +68,9 @@ class ServeConfig:
         for name in ("max_batch_size", "max_body_kb", "max_concurrency", "max_pixels", "max_files", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LeanvisionError(f"Invalid --{name.replace('_', '-')} {value!r}. Expected an integer >= 1.")
+                raise LeanvisionError(f"Invalid {name}={value!r}. Expected an integer >= 1.")
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 10_000:
-            raise LeanvisionError(f"Invalid --max-wait-ms {self.max_wait_ms!r}. Expected a number of milliseconds "
+            raise LeanvisionError(f"Invalid max_wait_ms={self.max_wait_ms!r}. Expected a number of milliseconds "
                                   "from 0 to 10000.")
         return self
 
@@ -181,7 +181,7 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
     if runtime not in RUNTIMES.names():
         from ..registry import did_you_mean
 
-        raise LeanvisionError(f"Unknown --runtime {runtime!r}.{did_you_mean(runtime, RUNTIMES.names())} Expected one "
+        raise LeanvisionError(f"Unknown runtime={runtime!r}.{did_you_mean(runtime, RUNTIMES.names())} Expected one "
                               f"of: {', '.join(RUNTIMES.names())}.")
     engine = get_runtime(runtime)
     ok, reason = engine.is_available()
@@ -192,7 +192,7 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
     onnx_file = getattr(run.model, "onnx_path", None)
     if onnx_file is not None and not engine.onnx_models:
         raise LeanvisionError(f"{path} holds an int8 ONNX model, which runtime {runtime!r} cannot run. "
-                              "Use --runtime onnxruntime.")
+                              "Use runtime='onnxruntime'.")
     predict = engine.prepare(run.model, torch.zeros((1, *shape)), precision="fp32", device="cpu")
     normalize = normalizer(run.meta["mean"], run.meta["std"], torch.device("cpu"))
 
@@ -400,7 +400,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
                          top_k).check()
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise LeanvisionError(f"Invalid --threads {threads!r}. Expected an integer >= 1.")
+            raise LeanvisionError(f"Invalid threads={threads!r}. Expected an integer >= 1.")
         torch.set_num_threads(threads)
     model = load_model(run_dir, runtime)
     metrics = Metrics(config.max_batch_size)

@@ -29,7 +29,7 @@ def _uvicorn():
 def check_port(host: str, port: int) -> None:
     """Raise a one-line `LeanvisionError` when `host:port` cannot be bound (in use, bad address, privileged)."""
     if not 0 <= port <= 65535:
-        raise LeanvisionError(f"Invalid --port {port}. Expected 0-65535 (0: any free port).")
+        raise LeanvisionError(f"Invalid port={port}. Expected 0-65535 (0: any free port).")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count as used
@@ -38,11 +38,11 @@ def check_port(host: str, port: int) -> None:
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise LeanvisionError(f"Port {port} on {host} is already in use. Stop the other server or pass another "
-                                  "--port.") from None
-        raise LeanvisionError(f"Cannot listen on {host}:{port} ({e.strerror or e}). Pass another --host/--port.") \
+                                  "`port`.") from None
+        raise LeanvisionError(f"Cannot listen on {host}:{port} ({e.strerror or e}). Pass another `host` or `port`.") \
             from None
     except socket.gaierror as e:
-        raise LeanvisionError(f"Invalid --host {host!r} ({e}). Expected an address such as 127.0.0.1.") from None
+        raise LeanvisionError(f"Invalid host={host!r} ({e}). Expected an address such as 127.0.0.1.") from None
     finally:
         sock.close()
 
@@ -56,7 +56,7 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
     from .app import ENV_CONFIG, ServeConfig, config_env, create_app, default_threads
 
     if workers < 1:
-        raise LeanvisionError(f"Invalid --workers {workers}. Expected an integer >= 1.")
+        raise LeanvisionError(f"Invalid workers={workers}. Expected an integer >= 1.")
     if app_kwargs.get("threads") is None:
         app_kwargs["threads"] = default_threads(workers)
     ServeConfig(**{k: v for k, v in app_kwargs.items() if k in ServeConfig.__dataclass_fields__}).check()

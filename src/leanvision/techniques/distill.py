@@ -46,7 +46,7 @@ class DistillConfig(TechniqueConfig):
         check_range("distill", "epochs", self.epochs, 0, 10_000)
         if not self.teacher or not (Path(self.teacher) / "model.json").is_file():
             raise LeanvisionError(f"Teacher run {self.teacher!r} not found. Expected a run directory with model.json "
-                                  "(written by `leanvision train`); check --distill-from.")
+                                  "(written by `leanvision train`); check `teacher`.")
 
 
 def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0,

@@ -73,12 +73,13 @@ def _structured_(model: nn.Module, config: PruneConfig, ctx: Context) -> nn.Modu
     try:
         import torch_pruning as tp
     except ImportError:
-        raise LeanvisionError("Structured pruning needs torch-pruning. Install it with: pip install "
-                              "'leanvision[compress]' (or use --unstructured, which needs nothing extra).") from None
+        raise LeanvisionError("Structured pruning needs torch-pruning, a dependency of leanvision that is missing "
+                              "here. Reinstall it: pip install 'torch-pruning>=1.5' (or prune with `unstructured`, "
+                              "which needs nothing extra).") from None
 
     if config.method == "bn" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise LeanvisionError(f"prune method 'bn' ranks channels by BatchNorm scale, but {type(model).__name__} has "
-                              "no BatchNorm layer. Use --prune-method l1 or l2.")
+                              "no BatchNorm layer. Use prune_method='l1' or 'l2'.")
     importance = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
                   "l2": lambda: tp.importance.MagnitudeImportance(p=2),
                   "bn": lambda: tp.importance.BNScaleImportance()}[config.method]()
@@ -108,7 +109,7 @@ def _structured_(model: nn.Module, config: PruneConfig, ctx: Context) -> nn.Modu
     if odd and config.round_to is None:  # an explicit --round-to is the user's choice: no advice against it
         ctx.notes.append(f"channel counts {', '.join(map(str, odd))} are not multiples of 8; CPU kernels work in "
                          "blocks of 8-16 channels, so the speed-up can be smaller than the MAC saving (try "
-                         "--round-to 8)")
+                         "round_to=8)")
     return model
 
 

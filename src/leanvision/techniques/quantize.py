@@ -203,7 +203,8 @@ def quantize_(model: nn.Module, config: QuantizeConfig, ctx: Context) -> nn.Modu
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise LeanvisionError("Quantization needs onnxruntime. Install it with: pip install 'leanvision[onnx]'") \
+        raise LeanvisionError("Quantization needs onnxruntime, a dependency of leanvision that is missing here. "
+                              "Reinstall it: pip install 'onnxruntime>=1.18'") \
             from None
     model = model.cpu().eval()
     calibration = None if config.mode == "int8-dynamic" else calibration_images(ctx.dataset, config.calibration_size)
