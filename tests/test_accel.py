@@ -94,6 +94,30 @@ def test_channels_last_training_on_cpu(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["config"]["train"]["channels_last"] is True
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_training_really_uses_nhwc(digits, tmp_path, channels_last):
+    """The convolutions see NHWC activations and weights exactly when channels_last is on (C > 1, where the two
+    layouts differ)."""
+    from leanvision.models import create_model
+    from leanvision.train import fit
+
+    torch.manual_seed(0)
+    model = create_model("compact", num_classes=10, in_chans=1, img_size=28)
+    seen = []
+
+    def record(module, args):
+        x, w = args[0], module.weight
+        if module.training and min(x.shape[1:]) > 1 and min(w.shape[1:]) > 1:  # where NCHW and NHWC differ
+            seen.append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                         w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()))
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_pre_hook(record)
+    fit(model, digits, TrainConfig(epochs=1, device="cpu", channels_last=channels_last), tmp_path, progress=False)
+    assert seen and all(s == (channels_last, channels_last) for s in seen)
+
+
 # ---- torch.compile ---------------------------------------------------------------------------------------------------
 
 

@@ -210,12 +210,10 @@ def test_cli_ctrl_c_then_resume_reaches_same_result(tmp_path):
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 120
     while not metrics.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)  # after epoch 1 of 6: the remaining epochs take far longer than this poll
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before Ctrl-C arrived (machine too fast for this test)")
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, err  # never skipped: a run that finished first is a failure of this test
     assert_one_line_error(err, "--resume")
     resumed = run_cli(*args, "--out", str(tmp_path / "cut"), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr

@@ -7,8 +7,10 @@ import pytest
 import torch
 from conftest import one_error_line
 
+from leanvision.accel import bench as bench_module
 from leanvision.accel import export as export_module
 from leanvision.accel.bench import ROW_KEYS, BenchConfig, bench_run
+from leanvision.accel.energy import NOT_MEASURABLE, EnergyMeter, energy_meter
 from leanvision.accel.runtimes import TorchCompileRuntime
 from leanvision.cli import main
 from leanvision.errors import LeanvisionError
@@ -77,6 +79,7 @@ def test_cli_bench_all_json_rows_cost_and_energy(digits_run, capsys, monkeypatch
                  "--warmup", "1", "--price-per-hour", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = report["rows"]
+    meter = energy_meter(torch.device("cpu"))
     assert report["environment"]["torch_threads"] >= 1
     for row in rows:
         assert set(ROW_KEYS) <= set(row)
@@ -91,8 +94,10 @@ def test_cli_bench_all_json_rows_cost_and_energy(digits_run, capsys, monkeypatch
         assert r["accuracy"] > 0.5 and r["accuracy_split"] == "test" and r["first_call_ms"] > 0
         assert math.isclose(r["cost_per_million_images_usd"], 2 / 3600 / r["images_per_s"] * 1e6)
         energy = r["energy_per_image_j"]
-        assert (energy is None and r["energy_note"].startswith("not measurable here: ")) or (
-            isinstance(energy, float) and energy >= 0)
+        if meter.available:  # this machine has a readable counter: a number, from that source
+            assert isinstance(energy, float) and energy >= 0 and r["energy_source"] == meter.source
+        else:  # none: no number, and the note says why, in the meter's own words
+            assert energy is None and r["energy_note"] == f"{NOT_MEASURABLE}: {meter.reason}"
     assert ok[("torch", 1)]["accuracy"] == ok[("onnxruntime", 1)]["accuracy"]
     assert abs(ok[("onnxruntime-streams", 32)]["accuracy"] - ok[("onnxruntime", 1)]["accuracy"]) <= 0.002
     assert ok[("onnxruntime-streams", 32)]["streams"] == torch.get_num_threads()
@@ -100,6 +105,30 @@ def test_cli_bench_all_json_rows_cost_and_energy(digits_run, capsys, monkeypatch
     assert unavailable["torch-compile"] == "unavailable: disabled for this test"
     if not HAS_OPENVINO:
         assert unavailable["openvino"].startswith("unavailable: openvino is not installed")
+
+
+class _FakeMeter(EnergyMeter):
+    """A counter that gains 3 J between the two reads around each timed loop."""
+
+    source, available, reason = "fake", True, ""
+
+    def __init__(self):
+        self.joules = 0.0
+
+    def read_joules(self) -> float:
+        self.joules += 3.0
+        return self.joules
+
+
+def test_bench_energy_per_image_is_the_counter_delta_over_the_images(digits_run, monkeypatch):
+    monkeypatch.setattr(bench_module, "energy_meter", lambda device: _FakeMeter())
+    monkeypatch.setattr(bench_module, "MIN_WINDOW_S", 0.0)
+    rows = bench_run(digits_run, BenchConfig(runtimes=("onnxruntime",), batch_sizes=(1, 8), repeats=3, warmup=0))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["batch_size"] for r in ok} == {1, 8}
+    for r in ok:
+        assert r["energy_per_image_j"] == pytest.approx(3.0 / (r["repeats"] * r["batch_size"]))
+        assert r["energy_source"] == "fake" and r["energy_unit"] == "J/image"
 
 
 def test_cli_bench_table_names_units_and_unsupported_precisions(digits_run, capsys):

@@ -43,9 +43,15 @@ def test_unknown_recipe_is_one_line_error(tmp_path, capsys):
     assert err.count("error:") == 1 and "Did you mean 'fast'" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("device", ["cpu"])
-def test_fast_precision_is_a_known_precision(device):
-    assert fast_precision(device) in ("bf16", "fp32")
+@pytest.mark.parametrize(("device", "bf16_cpu", "amx", "expected"), [
+    ("cpu", True, False, "bf16"), ("cpu", False, True, "bf16"), ("cpu", False, False, "fp32"),
+    ("mps", True, True, "fp32"), ("tpu", False, False, "bf16"), ("xla", False, False, "bf16"),
+])
+def test_fast_precision_follows_the_hardware(device, bf16_cpu, amx, expected, monkeypatch):
+    """bf16 exactly where the CPU has native bf16 math (AVX512-BF16 or AMX) or on a TPU; fp32 on MPS and other CPUs."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_cpu, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert fast_precision(device) == expected
 
 
 @pytest.mark.parametrize("device, backend", [("mps", "mps"), ("tpu", "xla"), ("xla", "xla")])

@@ -111,10 +111,17 @@ def test_fit_l2_penalty_shrinks_regularized_kernel(digits, tmp_path):
     assert norms[0] < 0.2 * norms[1]
 
 
-def test_fit_early_stopping_stops(digits, tmp_path):
-    cfg = TrainConfig(epochs=30, device="cpu", early_stopping=1, learning_rate=1e-5, optimizer="sgd")
+@pytest.mark.parametrize("patience", [1, 2])
+def test_fit_early_stopping_waits_exactly_patience_epochs(digits, tmp_path, patience):
+    cfg = TrainConfig(epochs=30, device="cpu", early_stopping=patience, learning_rate=1e-5, optimizer="sgd")
     history = fit(_model("seed-shallow"), digits, cfg, tmp_path, progress=False)
+    val = [h["val_accuracy"] for h in history]
+    improved = [i for i, v in enumerate(val) if v > max(val[:i], default=-1.0)]  # the rule: strictly better
     assert len(history) < 30
+    # it stopped right after `patience` epochs without a better validation accuracy, and not earlier
+    assert len(history) == improved[-1] + 1 + patience
+    gaps = [b - a for a, b in zip(improved, improved[1:])]
+    assert all(gap <= patience for gap in gaps)
 
 
 def test_learning_rate_schedules():
@@ -137,11 +144,21 @@ def test_augment_batch_crop_shifts_and_flip_mirrors():
     flipped = augment_batch(x, "flip", g)
     for i in range(2):
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+    # a larger batch: each image is mirrored left-right exactly when its own draw says so (p = 0.5), both happen
+    many = torch.arange(32 * 6 * 6, dtype=torch.float32).view(32, 1, 6, 6)
+    mask = torch.rand(32, generator=torch.Generator().manual_seed(3)) < 0.5
+    out = augment_batch(many, "flip", torch.Generator().manual_seed(3))
+    assert 0 < int(mask.sum()) < 32
+    for i in range(32):
+        assert torch.equal(out[i], many[i].flip(2) if mask[i] else many[i]), i
     cropped = augment_batch(x, "crop", torch.Generator().manual_seed(1), pad=2)
     assert cropped.shape == x.shape
     assert not torch.equal(cropped, x)  # some sample moved with this seed
-    # every non-zero value of a crop is a value of the original at a consistent offset
-    assert set(cropped[0][cropped[0] != 0].tolist()) <= set(x[0].flatten().tolist())
+    # each crop is its image shifted by one (dy, dx) within +-pad, zero-filled: a window of the zero-padded image
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+        assert sum(torch.equal(cropped[i], w) for w in windows) == 1, i
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import DataConfig, RunConfig, TrainConfig
 from .errors import LeanvisionError
-from .runs import CUSTOM_PREFIX, Run, load_run
+from .rundir import CUSTOM_PREFIX, Run, load_run
 
 __all__ = ["train", "evaluate", "predict", "optimize", "export", "bench", "study"]
 

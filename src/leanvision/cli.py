@@ -217,7 +217,7 @@ def _print_warnings(result: dict) -> None:
 
 def cmd_evaluate(ns: Any) -> int:
     from .evaluate import evaluate_run, evaluate_table
-    from .runs import load_run
+    from .rundir import load_run
 
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
     m = evaluate_run(run, split=ns.split, data_dir=ns.data_dir, plot=not ns.no_plot)
@@ -233,7 +233,7 @@ def cmd_evaluate(ns: Any) -> int:
 
 def cmd_predict(ns: Any) -> int:
     from .evaluate import predict_files
-    from .runs import load_run
+    from .rundir import load_run
 
     if not ns.images:
         raise LeanvisionError("No images given. Usage: leanvision predict RUN_DIR IMAGE_OR_FOLDER [...].")

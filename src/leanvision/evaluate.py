@@ -9,7 +9,7 @@ import torch
 
 from .data.images import IMAGE_EXTENSIONS, image_files
 from .errors import LeanvisionError
-from .runs import Run
+from .rundir import Run
 from .train import normalizer, predict_logits
 
 

@@ -22,15 +22,26 @@ from torch import nn
 
 from .errors import LeanvisionError
 from .health import step_warning
-from .io import read_json, save_weights, write_json
+from .io import read_json
 from .measure import RUNTIMES, count_macs, count_params, get_runtime, measure_latency, speed_b1_b256
-from .models import create_model
-from .runs import CUSTOM_PREFIX, Run, config_from_run, load_run
+from .rundir import (
+    CUSTOM_PREFIX,
+    Run,
+    config_from_run,
+    is_onnx,
+    load_run,
+    read_model_meta,
+    rebuild_model,
+    write_config,
+    write_model_meta,
+    write_result,
+    write_weights,
+)
+from .runs import dataset_summary
 from .techniques import (
     Context,
     DistillConfig,
     FoldConfig,
-    OnnxModule,
     PruneConfig,
     QuantizeConfig,
     TechniqueConfig,
@@ -107,7 +118,7 @@ def step_speed(model: nn.Module, input_shape: tuple[int, int, int], repeats: int
     """`speed_b1_b256` of a step's model on each CPU runtime that can run it: torch eager and ONNX Runtime for fp32
     models, ONNX Runtime for int8 ONNX models."""
     x = torch.zeros((2, *input_shape))
-    names = [name for name in ("torch", "onnxruntime") if not isinstance(model, OnnxModule)
+    names = [name for name in ("torch", "onnxruntime") if not is_onnx(model)
              or RUNTIMES.get(name).onnx_models]
     return {name: speed_b1_b256(get_runtime(name).prepare(model, x), input_shape, repeats) for name in names}
 
@@ -116,7 +127,7 @@ def measure_step(model: nn.Module, dataset, input_shape, previous: dict[str, Any
     """Parameters, MACs, file size and test accuracy of the model after a step (int8: of its ONNX file)."""
     accuracy, correct, total = _accuracy(model, dataset)
     record: dict[str, Any] = {"accuracy": accuracy, "test_correct": correct, "test_total": total}
-    if isinstance(model, OnnxModule):  # same network, 8-bit weights: counts carry over, the file is the ONNX model
+    if is_onnx(model):  # same network, 8-bit weights: counts carry over, the file is the ONNX model
         record.update(params=previous["params"], macs=previous["macs"], file_bytes=model.onnx_path.stat().st_size)
     else:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -227,10 +238,7 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
     configs = order_chain(list(techniques))  # typed and validated before any work
     given = run_dir if isinstance(run_dir, Run) else None
     src, out = (given.path if given is not None else Path(run_dir)), Path(out_dir)
-    if not (src / "model.json").is_file():
-        raise LeanvisionError(f"Run directory {src} not found (no model.json). Expected a folder written by "
-                              "`leanvision train`.")
-    meta = read_json(src / "model.json")
+    meta = read_model_meta(src)
     if meta.get("optimized_from") is not None:
         raise LeanvisionError(f"{src} was written by `leanvision optimize` (from {meta['optimized_from']}). Optimize "
                               "the source run instead; one call can combine every technique.")
@@ -252,19 +260,13 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
                               f"{dataset.num_classes} classes). Pass the dataset the run was trained on.")
     out.mkdir(parents=True, exist_ok=True)
     if log is not None:
-        from .runs import dataset_summary
-
         log("\n".join([f"optimize {src} -> {out}: {' -> '.join(c.spec() for c in configs)}",
                        *dataset_summary(dataset)]))
     shape = tuple(meta["input_shape"])
-    ctx = Context(dataset=dataset, train=config_from_run(src).train, work_dir=out, meta=meta, progress=progress)
-    c, h, w = shape
-    if custom:  # no model.json rebuild: the unpruned shapes come from the loaded module itself
-        reference = copy.deepcopy(run.model).cpu()
-    else:
-        reference = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
-                                 num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
-                                 **meta.get("model_kwargs", {}))
+    ctx = Context(dataset=dataset, train=config_from_run(src).train, work_dir=out, meta=meta, progress=progress,
+                  load_run=load_run, rebuild=lambda: rebuild_model(meta))
+    # the unpruned shapes: from model.json, or from the loaded module itself for a run of the user's own nn.Module
+    reference = copy.deepcopy(run.model).cpu() if custom else rebuild_model(meta)
     user_owned = given is not None or model is not None  # never prune or fold the caller's own module in place
     model: nn.Module = (copy.deepcopy(run.model) if user_owned else run.model).cpu().eval()
     current = {"step": "source", "run": str(src), **measure_step(model, dataset, shape),
@@ -276,7 +278,7 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
         model = apply_(model, config, ctx)
         record = {"step": config.name, "config": config.to_dict(), "spec": config.spec(),
                   "time_s": time.perf_counter() - tick, **measure_step(model, dataset, shape, current), **ctx.info}
-        if isinstance(model, OnnxModule):
+        if is_onnx(model):
             fp32, int8 = ort_speed(fp32_model, shape, repeats), ort_speed(model, shape, repeats)
             # the fp32 baseline is the previous step's ONNX Runtime measurement, the one its table row shows
             fp32.update({k: v for k, v in ((current.get("speed") or {}).get("onnxruntime") or {}).items()
@@ -292,7 +294,7 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
         else:
             record["speed"] = step_speed(model, shape, repeats)
         folded = folded or config.name == "fold"
-        if not folded and not isinstance(model, OnnxModule):
+        if not folded and not is_onnx(model):
             overrides = shape_overrides(model, reference)
         record["notes"] = list(ctx.notes)
         record["summary"] = summarize(record, current)
@@ -305,16 +307,14 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
         current = record
     final_meta = {**meta, "num_params": current["params"], "macs": current["macs"], "shape_overrides": overrides,
                   "folded": folded, "optimized_from": str(src), "techniques": [c.spec() for c in configs]}
-    if isinstance(model, OnnxModule):
+    if is_onnx(model):
         quantization = next(s["quantization"] for s in steps if "quantization" in s)
         final_meta.update(runtime="onnxruntime", onnx_file=model.onnx_path.name, quantization=quantization)
     else:
-        for name in ("best", "last"):
-            save_weights(out / f"{name}.safetensors", model.state_dict(), {"optimized_from": str(src)})
-    write_json(out / "model.json", final_meta)
+        write_weights(out, model.state_dict(), {"optimized_from": str(src)})
+    write_model_meta(out, final_meta)
     source_config = read_json(src / "config.json")
-    write_json(out / "config.json", {**source_config, "optimize": {"source": str(src),
-                                                                    "techniques": final_meta["techniques"]}})
+    write_config(out, {**source_config, "optimize": {"source": str(src), "techniques": final_meta["techniques"]}})
     result = {
         "model": meta.get("model") or "spec", "dataset": dataset.name, "source_run": str(src),
         "techniques": final_meta["techniques"], "num_params": current["params"], "macs": current["macs"],
@@ -323,7 +323,7 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
         "source_test_accuracy": steps[0]["accuracy"], "steps": steps,
         "warnings": [s["warning"] for s in steps if s.get("warning")],
     }
-    write_json(out / "result.json", result)
+    write_result(out, result)
     return result
 
 

@@ -32,7 +32,8 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             key = name or getattr(obj, "__name__").replace("_", "-")
             if key in self._items:
-                raise ValueError(f"Duplicate {self.kind} name {key!r}: each {self.kind} must be registered once.")
+                raise LeanvisionError(f"Duplicate {self.kind} name {key!r}: each {self.kind} must be registered once. "
+                                      "Choose another name.")
             self._items[key] = obj
             return obj
 

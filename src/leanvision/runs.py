@@ -1,12 +1,5 @@
-"""Run directories: create one by training (`train_run`), load one back (`load_run`).
-
-A run directory holds everything needed to rebuild, evaluate and deploy the model, with no pickle anywhere:
-  config.json      the resolved RunConfig plus the environment it ran in
-  model.json       how to rebuild the model (registry name or full spec, kwargs, input shape, classes, normalization)
-  metrics.jsonl    one line per epoch
-  best.safetensors / last.safetensors   weights (best validation accuracy / last epoch)
-  checkpoint.safetensors                resumable training state
-  result.json      final test metrics and timings
+"""Create a run directory by training (`train_run`); the format itself (write, validate, load, rebuild) lives in
+`rundir`, re-exported here for callers of `runs.load_run`.
 """
 
 from __future__ import annotations
@@ -14,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +18,24 @@ from .accel.devices import setup_train_device
 from .config import RunConfig, config_diff
 from .data import load_dataset
 from .errors import LeanvisionError
-from .io import load_weights, read_json, write_json
+from .io import load_weights, read_json
 from .models import create_model
+from .rundir import (
+    CUSTOM_PREFIX,
+    MODEL_FORMAT,
+    Run,
+    config_from_run,
+    custom_module_error,
+    load_run,
+    state_mismatch,
+    write_config,
+    write_model_meta,
+    write_result,
+)
 from .train import CHECKPOINT, fit, predict_logits
 
-MODEL_FORMAT = "leanvision-model/1"
 RESUMABLE = {f"train.{k}" for k in ("epochs", "device", "compile", "channels_last", "memory_fraction",
                                     "expandable_segments")}  # what a resume may change (train._config_for_compare)
-CUSTOM_PREFIX = "custom:"  # model name of a run trained from a user's own nn.Module (class recorded, never imported)
-
-
-@dataclass
-class Run:
-    """A trained model loaded from a run directory, with everything needed to feed it data."""
-
-    path: Path
-    model: nn.Module
-    meta: dict[str, Any]  # contents of model.json
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["input_shape"])
-
-    def load_dataset(self, data_dir: str | None = None):
-        source = dict(self.meta["dataset"])
-        if data_dir is not None:
-            source["data_dir"] = data_dir
-        return load_dataset(**source)
 
 
 def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
@@ -61,16 +44,9 @@ def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
                 val_fraction=d.val_fraction, strict=d.strict)
 
 
-def _custom_module_error(name: str, where: str) -> LeanvisionError:
-    return LeanvisionError(f"{where} was trained from your own nn.Module ({name[len(CUSTOM_PREFIX):]}); leanvision "
-                           "never imports code named in a file. Use the Python API: "
-                           "load_run(RUN_DIR, model=YourNet(...)), or leanvision.train(model=YourNet(...), ...) "
-                           "to train it again.")
-
-
 def build_model(cfg: RunConfig, dataset) -> nn.Module:
     if cfg.model.startswith(CUSTOM_PREFIX):
-        raise _custom_module_error(cfg.model, "This config")
+        raise custom_module_error(cfg.model, "This config")
     c, h, w = dataset.input_shape
     return create_model(cfg.model, num_classes=dataset.num_classes, in_chans=c, img_size=(h, w), **cfg.model_kwargs)
 
@@ -159,11 +135,10 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
         log(run_summary(cfg, dataset, device, recipe=recipe, resume=resume))
     out.mkdir(parents=True, exist_ok=True)
     if stored is not None and main and stored["config"] != cfg.to_dict():  # e.g. --epochs extends the run
-        write_json(out / "config.json", {**stored, "config": cfg.to_dict()})
+        write_config(out, {**stored, "config": cfg.to_dict()})
     if not resume and main:
-        write_json(out / "config.json", {"config": cfg.to_dict(), "dataset_notes": dataset.notes,
-                                         "environment": environment(device)})
-        write_json(out / "model.json", meta)
+        write_config(out, {"config": cfg.to_dict(), "dataset_notes": dataset.notes, "environment": environment(device)})
+        write_model_meta(out, meta)
     start = time.perf_counter()
     history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
                   interrupt_at_step=interrupt_at_step, loss_fn=loss_fn, epoch_lines=epoch_lines)
@@ -197,7 +172,7 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
                                            learning_rate=cfg.train.learning_rate,
                                            batchnorm=any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                                          for m in model.modules()))
-    write_json(out / "result.json", result)
+    write_result(out, result)
     distributed.barrier()
     return result
 
@@ -242,74 +217,5 @@ def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: 
     return "\n".join(lines)
 
 
-def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.device = "cpu", *,
-             model: nn.Module | None = None) -> Run:
-    """Rebuild the model of a run directory from model.json and load its safetensors weights (no pickle).
-
-    `model`: load the weights into this module instead (required for a run trained from your own nn.Module).
-
-    Example: `run = load_run("runs/compact"); logits = run.model(x)`.
-    """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise LeanvisionError(f"Run directory {path} not found. Expected a folder written by `leanvision train`.")
-    meta = read_json(path / "model.json")
-    if meta.get("format") != MODEL_FORMAT:
-        raise LeanvisionError(f"{path / 'model.json'} has format {meta.get('format')!r}; expected {MODEL_FORMAT!r}.")
-    if weights not in ("best", "last"):
-        raise LeanvisionError(f"Invalid weights {weights!r}. Expected 'best' or 'last'.")
-    if meta.get("runtime") == "onnxruntime":  # an int8 model from `leanvision optimize`: runs in ONNX Runtime (CPU)
-        from .techniques import OnnxModule
-
-        session = (meta.get("quantization") or {}).get("session")
-        return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
-    c, h, w = meta["input_shape"]
-    given = model is not None
-    if model is None and str(meta.get("model") or "").startswith(CUSTOM_PREFIX):
-        raise _custom_module_error(meta["model"], f"Run {path}")
-    if model is None:
-        model = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
-                             num_classes=meta["num_classes"], in_chans=c, img_size=(h, w),
-                             **meta.get("model_kwargs", {}))
-    if meta.get("shape_overrides") or meta.get("folded"):  # pruned and/or Conv-BN folded by `leanvision optimize`
-        from .techniques import restore_structure_
-
-        restore_structure_(model, meta)
-    state = load_weights(path / f"{weights}.safetensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        which = f"the given {type(model).__name__}" if given else "the model in model.json"
-        raise LeanvisionError(f"Weights in {path} do not fit {which}: {state_mismatch(model, state)}. "
-                              + ("Pass an instance of the class the run was trained with (with the same arguments)."
-                                 if given else "model.json and the weights disagree; train the run again.")
-                              ) from None
-    model.eval().to(device)
-    return Run(path=path, model=model, meta=meta)
-
-
-def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """The first difference between `model`'s parameters and a saved state dict, in words (for one-line errors)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s), first {missing[0]!r}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]!r}")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatch(es), first {k!r}: {tuple(state[k].shape)} in the weights, "
-                     f"{tuple(own[k].shape)} in the model")
-    return "; ".join(parts) or "the state dict does not load"
-
-
-def config_from_run(run_dir: str | Path) -> RunConfig:
-    return RunConfig.from_dict(read_json(Path(run_dir) / "config.json")["config"])
-
-
 __all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description", "run_summary",
-           "dataset_summary",
-]
+           "dataset_summary", "state_mismatch", "CUSTOM_PREFIX", "MODEL_FORMAT"]

@@ -37,7 +37,8 @@ from .measure import (
     weight_bytes,
     wilson_interval,
 )
-from .runs import dataset_summary, load_run, train_run
+from .rundir import is_onnx, load_run
+from .runs import dataset_summary, train_run
 from .train import normalizer
 
 PLAN_NAMES = ("reference", "quick", "colour")
@@ -348,7 +349,7 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str, Any]:
     """Size, compute, per-runtime latency/throughput/accuracy and peak memory of a trained run (CPU, fp32)."""
     model, shape = run.model.eval().cpu(), run.input_shape
-    onnx_file = getattr(model, "onnx_path", None)  # an int8 run: ONNX Runtime only; counts come from model.json
+    onnx_file = model.onnx_path if is_onnx(model) else None  # an int8 run: ONNX Runtime only; counts: model.json
     if onnx_file is not None:
         runtimes = [name for name in runtimes if RUNTIMES.get(name).onnx_models]
     normalize = normalizer(ds.mean, ds.std, torch.device("cpu"))

@@ -62,4 +62,4 @@ def test_optimize_distill_retrains_the_run_architecture(base_run, tmp_path, digi
 def test_teacher_must_match_the_student(base_run):
     meta = read_json(base_run / "model.json")
     with pytest.raises(LeanvisionError, match="does not match the student"):
-        load_teacher(base_run, {**meta, "num_classes": 7})
+        load_teacher(base_run, {**meta, "num_classes": 7}, load_run)

@@ -28,7 +28,7 @@ from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..runs import Run
+    from ..rundir import Run
 
 ROW_KEYS = (
     "runtime", "precision", "device", "threads", "batch_size", "status", "latency_median_ms", "latency_p95_ms",
@@ -84,7 +84,7 @@ def bench_run(run_dir: str | Path | Run, config: BenchConfig = BenchConfig(), da
     Every row has all of `ROW_KEYS` (None where not applicable). Example:
     `rows = bench_run("runs/compact", BenchConfig(runtimes=("torch", "onnxruntime"), batch_sizes=(1,)))`.
     """
-    from ..runs import Run, load_run
+    from ..rundir import Run, load_run
     from ..train import normalizer
 
     if config.threads is not None:
@@ -155,7 +155,7 @@ def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, imag
         images_per_s = batch_size / (stats.median_ms / 1e3) if stats.median_ms > 0 else float("inf")
         compile_times = getattr(predict, "compile_times_s", None)
         row = _row(runtime.name, precision, device, config, status="ok", batch_size=batch_size)
-        if getattr(run.model, "onnx_path", None) is not None:  # an int8 run: say what really ran
+        if run.is_onnx:  # an int8 run: say what really ran
             mode = (run.meta.get("quantization") or {}).get("mode", "int8")  # int8 | int8-dynamic | qat
             row["precision"] = str(mode)
         row.update(

@@ -19,7 +19,7 @@ from ..measure.runtimes import ONNX_INPUT_NAME, export_onnx, get_runtime, predic
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..runs import Run
+    from ..rundir import Run
 
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO >= 2023 all run opset 17
@@ -44,7 +44,7 @@ def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt:
 
     Example: `export_run("runs/compact")["parity_ok"]`.
     """
-    from ..runs import Run, load_run
+    from ..rundir import Run, load_run
     from ..train import normalizer
 
     if fmt not in FORMATS:
@@ -72,7 +72,7 @@ def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt:
     split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
                                                                                                        dataset.val)
     images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
-    int8 = getattr(run.model, "onnx_path", None) is not None
+    int8 = run.is_onnx
     if int8:  # an int8 run: its reference is its own ONNX session (no PyTorch fp32 model exists)
         with torch.no_grad():
             torch_logits = predict_batches(run.model, images)

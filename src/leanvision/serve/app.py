@@ -171,7 +171,7 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
     from ..io import read_json
     from ..measure import count_macs, file_bytes, get_runtime
     from ..measure.runtimes import RUNTIMES
-    from ..runs import load_run
+    from ..rundir import is_onnx, load_run
     from ..train import normalizer
 
     path = Path(run_dir)
@@ -189,7 +189,7 @@ def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel
         raise LeanvisionError(f"Runtime {runtime!r} is not available here: {reason}")
     run = load_run(path)
     shape = run.input_shape
-    onnx_file = getattr(run.model, "onnx_path", None)
+    onnx_file = run.model.onnx_path if is_onnx(run.model) else None
     if onnx_file is not None and not engine.onnx_models:
         raise LeanvisionError(f"{path} holds an int8 ONNX model, which runtime {runtime!r} cannot run. "
                               "Use runtime='onnxruntime'.")

@@ -50,6 +50,11 @@ class Context:
     work_dir: Path  # the new run directory; steps write their files under it
     meta: dict[str, Any]  # model.json of the source run (num_classes, input_shape, ...)
     progress: bool = False
+    # Given by the orchestrator (optimize), which sits above both techniques and run directories, so no technique
+    # imports the run-directory layer: load another run (distill's teacher), and build the source run's
+    # architecture fresh from its model.json (distill's student).
+    load_run: Callable[[str | Path], Any] | None = None
+    rebuild: Callable[[], nn.Module] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

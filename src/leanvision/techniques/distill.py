@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,11 +78,10 @@ def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float
     return loss_fn
 
 
-def load_teacher(teacher_dir: str | Path, student_meta: dict, device: torch.device | str = "cpu") -> nn.Module:
-    """Load a teacher run and check it sees the same inputs and classes as the student."""
-    from ..runs import load_run
-
-    run = load_run(teacher_dir, device=device)
+def load_teacher(teacher_dir: str | Path, student_meta: dict, load_run: Callable[[str | Path], Any]) -> nn.Module:
+    """Load a teacher run with `load_run` (e.g. `leanvision.load_run`) and check it sees the same inputs and classes
+    as the student."""
+    run = load_run(teacher_dir)
     for key in ("num_classes", "input_shape", "classes", "mean", "std"):
         if run.meta.get(key) != student_meta.get(key):
             raise LeanvisionError(f"Teacher {teacher_dir} does not match the student: its {key} is "
@@ -101,16 +101,15 @@ def distill_(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module
     import dataclasses
 
     from ..io import load_weights
-    from ..models import create_model
     from ..train import fit
 
-    teacher = load_teacher(config.teacher, ctx.meta)
+    if ctx.load_run is None or ctx.rebuild is None:
+        raise LeanvisionError("distill needs Context.load_run and Context.rebuild (optimize_run gives both); call it "
+                              "through leanvision.optimize.")
+    teacher = load_teacher(config.teacher, ctx.meta, ctx.load_run)
     cfg = dataclasses.replace(ctx.train, epochs=config.epochs or ctx.train.epochs)
     torch.manual_seed(cfg.seed)  # the same initial weights as the source run (train_run seeds, then builds)
-    c, h, w = ctx.input_shape
-    meta = ctx.meta
-    student = create_model(meta["spec"] if meta.get("spec") is not None else meta["model"],
-                           num_classes=meta["num_classes"], in_chans=c, img_size=(h, w), **meta.get("model_kwargs", {}))
+    student = ctx.rebuild()
     if [tuple(p.shape) for p in student.parameters()] != [tuple(p.shape) for p in model.parameters()]:
         raise LeanvisionError("distill retrains the source run's architecture from scratch, so it must come first "
                               "in a technique chain (before prune). Reorder the techniques.")
