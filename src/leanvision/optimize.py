@@ -97,7 +97,7 @@ def order_chain(chain: list[TechniqueConfig | str]) -> list[TechniqueConfig]:
 
 
 def _accuracy(model: nn.Module, dataset) -> tuple[float, int, int]:
-    split = dataset.test if dataset.test is not None and len(dataset.test) else dataset.val  # test, else validation
+    _, split = dataset.evaluation_split  # test, else validation
     logits, labels = predict_logits(model, split, dataset.mean, dataset.std, torch.device("cpu"))
     correct = int((logits.argmax(1) == labels).sum())
     return correct / max(1, len(labels)), correct, len(labels)

@@ -92,8 +92,7 @@ def bench_run(run_dir: str | Path | Run, config: BenchConfig = BenchConfig(), da
     device = setup_device(config.device)  # the same cuDNN autotune setting whatever ran before in this process
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, weights=weights, model=model)
     dataset = run.load_dataset(data_dir)
-    split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
-                                                                                                       dataset.val)
+    split_name, split = dataset.evaluation_split
     images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
     labels = split.labels
     explicit = "all" not in config.runtimes

@@ -69,8 +69,7 @@ def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt:
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
     dataset = run.load_dataset(data_dir)
-    split_name, split = ("test", dataset.test) if dataset.test is not None and len(dataset.test) else ("val",
-                                                                                                       dataset.val)
+    split_name, split = dataset.evaluation_split
     images = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(split.images)
     int8 = run.is_onnx
     if int8:  # an int8 run: its reference is its own ONNX session (no PyTorch fp32 model exists)

@@ -162,6 +162,13 @@ class Dataset:
         return tuple(int(v) for v in self.train.input_shape)  # type: ignore[return-value]
 
     @property
+    def evaluation_split(self) -> tuple[str, ImageSet]:
+        """The split a model is scored on: ("test", test), or ("val", val) when the dataset has no test images."""
+        if self.test is not None and len(self.test):
+            return "test", self.test
+        return "val", self.val
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

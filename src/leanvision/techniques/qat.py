@@ -138,7 +138,7 @@ def agreement(reference: nn.Module, candidate: nn.Module, dataset) -> dict[str, 
     """Top-1 agreement and largest logit difference of two models on the test split (validation if no test)."""
     from ..train import predict_logits
 
-    split = dataset.test if dataset.test is not None and len(dataset.test) else dataset.val
+    _, split = dataset.evaluation_split
     cpu = torch.device("cpu")
     ref, _ = predict_logits(reference, split, dataset.mean, dataset.std, cpu)
     cand, _ = predict_logits(candidate, split, dataset.mean, dataset.std, cpu)
