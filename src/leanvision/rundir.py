@@ -19,6 +19,7 @@ multi-GB allocation.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -226,8 +227,11 @@ def validate_run(path: str | Path, weights: str = "best", *, model: nn.Module | 
         except Exception as e:  # noqa: BLE001 - a model.json the model code rejects is bad input, in one line
             raise RunDirError(f"{path / MODEL} does not describe a model leanvision can build "
                               f"({first_line(e, with_type=True, limit=200)}). Re-create the run.") from None
-    else:
-        described = model
+    else:  # the caller's own module: a shape-only copy takes what `optimize` changed (pruned shapes, folded BN)
+        described = copy.deepcopy(model).to("meta")
+        if meta.get("shape_overrides") or meta.get("folded"):
+            with torch.device("meta"):
+                restore_structure_(described, meta)
     expected = {k: tuple(v.shape) for k, v in described.state_dict().items()}
     if sum(math.prod(s) for s in expected.values()) > MAX_PARAMS:
         raise RunDirError(f"{path / MODEL} describes a model of over {MAX_PARAMS:,} values. Refused.")
@@ -258,6 +262,8 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
         return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
     if model is None:
         model = rebuild_model(meta)
+    elif meta.get("shape_overrides") or meta.get("folded"):  # validated above on a shape-only copy
+        restore_structure_(model, meta)
     model.load_state_dict(load_weights(path / f"{weights}.safetensors"))
     model.eval().to(device)
     return Run(path=path, model=model, meta=meta)

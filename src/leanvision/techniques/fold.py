@@ -91,8 +91,9 @@ def fold_conv_bn_(model: nn.Module, input_shape: tuple[int, ...], check: bool = 
     if not pairs:
         return 0
     model.eval()
-    x = torch.randn((4, *input_shape), generator=torch.Generator().manual_seed(0))
-    before = model(x) if check else None
+    if check:  # (no random input otherwise: `rundir` rebuilds folded runs on the meta device, to check shapes only)
+        x = torch.randn((4, *input_shape), generator=torch.Generator().manual_seed(0))
+        before = model(x)
     for parent, conv_name, bn_name in pairs:
         fused = fuse_conv_bn_eval(getattr(parent, conv_name), getattr(parent, bn_name))
         setattr(parent, conv_name, fused)
