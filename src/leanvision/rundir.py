@@ -286,8 +286,26 @@ def write_config(out: Path, payload: dict[str, Any]) -> None:
     write_json(out / CONFIG, payload)
 
 
+def model_description(cfg: RunConfig, model: nn.Module, dataset) -> dict[str, Any]:
+    """model.json's content for `model` built from `cfg` for `dataset` (what `rebuild_model` reads back)."""
+    spec = getattr(model, "spec", None)
+    return {
+        "format": MODEL_FORMAT,
+        "model": None if spec is not None else cfg.model,
+        "spec": spec,
+        "model_kwargs": cfg.model_kwargs,
+        "num_classes": dataset.num_classes,
+        "input_shape": list(dataset.input_shape),
+        "classes": list(dataset.classes),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "dataset": dataset.source,
+        "num_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
 def write_model_meta(out: Path, meta: dict[str, Any]) -> None:
-    """model.json: what `rebuild_model` needs (see `runs.model_description`), in MODEL_FORMAT."""
+    """model.json: what `rebuild_model` needs (`model_description`), in MODEL_FORMAT."""
     write_json(out / MODEL, {**meta, "format": MODEL_FORMAT})
 
 
@@ -308,4 +326,5 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
 
 __all__ = ["Run", "MODEL_FORMAT", "CUSTOM_PREFIX", "is_onnx", "rebuild_model", "read_model_meta",
            "safetensors_shapes", "validate_run", "load_run", "state_mismatch", "config_from_run", "write_config",
-           "write_model_meta", "write_weights", "write_result", "read_result", "custom_module_error"]
+           "model_description", "write_model_meta", "write_weights", "write_result", "read_result",
+           "custom_module_error"]

@@ -27,6 +27,7 @@ from .rundir import (
     config_from_run,
     custom_module_error,
     load_run,
+    model_description,
     state_mismatch,
     write_config,
     write_model_meta,
@@ -49,23 +50,6 @@ def build_model(cfg: RunConfig, dataset) -> nn.Module:
         raise custom_module_error(cfg.model, "This config")
     c, h, w = dataset.input_shape
     return create_model(cfg.model, num_classes=dataset.num_classes, in_chans=c, img_size=(h, w), **cfg.model_kwargs)
-
-
-def model_description(cfg: RunConfig, model: nn.Module, dataset) -> dict[str, Any]:
-    spec = getattr(model, "spec", None)
-    return {
-        "format": MODEL_FORMAT,
-        "model": None if spec is not None else cfg.model,
-        "spec": spec,
-        "model_kwargs": cfg.model_kwargs,
-        "num_classes": dataset.num_classes,
-        "input_shape": list(dataset.input_shape),
-        "classes": list(dataset.classes),
-        "mean": list(dataset.mean),
-        "std": list(dataset.std),
-        "dataset": dataset.source,
-        "num_params": sum(p.numel() for p in model.parameters()),
-    }
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
