@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import first_line
+
 NOT_MEASURABLE = "not measurable here"
 POWERCAP = Path("/sys/class/powercap")
 MIN_WINDOW_S = 1.0  # time a measured loop for at least this long: the counters update every ~1 ms (RAPL) to ~100 ms
@@ -115,7 +117,7 @@ def _nvml_meter(device: torch.device) -> EnergyMeter:
             handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
     except Exception as e:  # noqa: BLE001 - NVMLError_NotSupported (pre-Volta), no permission, no driver
-        return Unavailable(f"NVML energy counter not readable ({type(e).__name__}: {str(e)[:80]})")
+        return Unavailable(f"NVML energy counter not readable ({first_line(e, with_type=True, limit=120)})")
     return NvmlMeter(pynvml, handle)
 
 

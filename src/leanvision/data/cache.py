@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
+from ..errors import first_line
 from ..io import atomic_write_bytes, atomic_write_text
 from .images import decode_files, probe_files
 
@@ -100,7 +101,7 @@ def _read_entry(path: Path, key: str, n: int, shape: tuple[int, int, int]
         for i, text in json.loads(meta.get("errors", "{}")).items():
             errors[int(i)] = str(text)
     except Exception as e:  # a truncated or foreign file: never trusted, always rebuilt
-        _refuse(path, f"{type(e).__name__}: {str(e)[:120]}")
+        _refuse(path, first_line(e, with_type=True, limit=160))
         return None
     os.utime(path)  # recently used: kept longest
     return images, ok.numpy().astype(bool), errors

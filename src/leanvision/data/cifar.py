@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, DownloadError
+from ..errors import DataError, DownloadError, first_line
 from ..io import atomic_write_bytes
 from .core import DATASETS, Dataset, DatasetSpec, ImageSet, finalize, size_to_source
 from .download import download
@@ -68,7 +68,7 @@ def unpickle(path: str | Path) -> dict:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"Corrupt CIFAR batch {path} ({type(e).__name__}: {' '.join(str(e).split())}): expected an "
+        raise DataError(f"Corrupt CIFAR batch {path} ({first_line(e, with_type=True)}): expected an "
                         "official cifar-10-batches-py pickle. Delete it and re-download the archive.") from None
     if not isinstance(obj, dict):
         raise DataError(f"Corrupt CIFAR batch {path}: holds a {type(obj).__name__}, expected a dict with data and "

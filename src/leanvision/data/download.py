@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import DownloadError
+from ..errors import DownloadError, first_line
 from ..io import temp_file
 
 #: Seconds to wait for a server (connect and each read).
@@ -72,5 +72,5 @@ def download(urls: Sequence[str], dest: str | os.PathLike, md5: str | None = Non
         except DownloadError as e:
             reasons.append(str(e))
         except Exception as e:  # network, HTTP, disk: try the next mirror
-            reasons.append(f"{url}: {type(e).__name__}: {' '.join(str(e).split())}")
+            reasons.append(f"{url}: {first_line(e, with_type=True)}")
     raise DownloadError("; ".join(reasons)[:400])

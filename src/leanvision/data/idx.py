@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError, DownloadError
+from ..errors import DataError, DownloadError, first_line
 from .core import DATASETS, Dataset, DatasetSpec, ImageSet, finalize, size_to_source
 from .download import download, md5_file
 from .images import adapt_array, check_channels
@@ -42,7 +42,7 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            gzip_error = f"; gzip: {' '.join(str(e).split())}"
+            gzip_error = f"; gzip: {first_line(e)}"
             try:  # keep what does decompress, to report the sizes
                 raw = zlib.decompressobj(wbits=31).decompress(raw)
             except zlib.error:

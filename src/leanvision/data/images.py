@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 #: File name endings (lower case) read as images.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -100,7 +100,7 @@ def probe_file(path: str | os.PathLike) -> tuple[int, int, str]:
 def _error_text(e: BaseException, path: str | os.PathLike | None = None) -> str:
     if path is not None and os.path.isfile(path) and os.path.getsize(path) == 0:
         return EMPTY_FILE
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
+    return first_line(e, with_type=True, limit=200)
 
 
 EMPTY_FILE = "empty file (0 bytes)"

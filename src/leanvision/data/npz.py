@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .core import Dataset, ImageSet, finalize, size_to_source
 from .images import adapt_array, check_channels
 
@@ -81,7 +81,7 @@ def load_npz(path: Path, *, name: str, image_size: tuple[int, int] | None, chann
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"Cannot read {path} as .npz ({type(e).__name__}: {' '.join(str(e).split())}): expected an "
+        raise DataError(f"Cannot read {path} as .npz ({first_line(e, with_type=True)}): expected an "
                         "np.savez file without pickled objects. Re-save it with plain numeric arrays.") from None
     notes: list[str] = []
     xs, ys = {}, {}

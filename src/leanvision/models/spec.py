@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..errors import ModelSpecError
+from ..errors import ModelSpecError, first_line
 from .layers import (
     ACTIVATION_ALIASES,
     ACTIVATIONS,
@@ -73,7 +73,7 @@ def _fail(index: int, layer_type: str | None, message: str) -> ModelSpecError:
 
 
 def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
+    return first_line(error, limit=10_000)
 
 
 # ----- argument values: each check returns the normalized value or raises ValueError(what was expected) -----

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import LeanvisionError
+from ..errors import LeanvisionError, first_line
 from .batching import Answer, Batcher, BatcherClosed
 
 try:
@@ -241,14 +241,14 @@ def decode_image(data: bytes, name: str, size_hw: tuple[int, int], channels: int
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ApiError(413, f"{name} refused as a decompression bomb ({' '.join(str(e).split())[:120]}). "
+        raise ApiError(413, f"{name} refused as a decompression bomb ({first_line(e, limit=120)}). "
                             "Send a smaller image.", "too_many_pixels") from None
     except UnidentifiedImageError:
         raise ApiError(422, f"{name} is not an image PIL can read ({len(data):,} bytes). Send a PNG, JPEG, BMP, GIF "
                             "or WebP image.", "not_an_image") from None
     except Exception as e:  # noqa: BLE001 - corrupt data makes PIL's plugins raise many types (OSError, struct.error,
         # IndexError, SyntaxError, ...): all of them mean "not a valid image", a 4xx, never a 5xx
-        text = " ".join(str(e).split())[:120] or type(e).__name__
+        text = first_line(e, limit=120)
         raise ApiError(422, f"{name} cannot be decoded ({type(e).__name__}: {text}). Send a valid PNG, JPEG, BMP, "
                             "GIF or WebP image.", "not_an_image") from None
 
@@ -503,7 +503,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
         except Exception as e:  # noqa: BLE001 - the runtime failed on this request's image: this request alone fails
             metrics.errors.labels("model_error").inc()
             return _json({"error": f"The model failed on this image ({type(e).__name__}: "
-                                   f"{' '.join(str(e).split())[:160]})."}, 500)
+                                   f"{first_line(e, limit=160)})."}, 500)
         finally:
             if not queued:
                 batcher.incoming -= 1
