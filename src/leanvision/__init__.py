@@ -18,7 +18,7 @@ _API = {
     "list_models": "leanvision.models",
     "load_dataset": "leanvision.data",
     "list_datasets": "leanvision.data",
-    "load_run": "leanvision.runs",
+    "load_run": "leanvision.rundir",
     "RunConfig": "leanvision.config",
     "DataConfig": "leanvision.config",
     "TrainConfig": "leanvision.config",
