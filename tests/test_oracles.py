@@ -61,8 +61,12 @@ def test_predict_returns_the_label_of_known_images(shallow_run, digits, tmp_path
     results = predict_files(run, paths)
     predicted = [run.meta["classes"].index(r["predictions"][0]["class"]) for r in results]
     logits, _ = predict_logits(run.model, digits.test, digits.mean, digits.std, torch.device("cpu"))
-    # the file path and the evaluation path agree image by image, and the classes are the true digits
-    assert predicted == logits[:60].argmax(1).tolist()
+    # the file path and the evaluation path agree image by image (where the top two logits are not a near-tie that
+    # another batch size could round the other way), and the classes are the true digits
+    top2 = logits[:60].topk(2, dim=1).values
+    clear = [i for i in range(60) if top2[i, 0] - top2[i, 1] > 1e-4]
+    assert len(clear) >= 55
+    assert [predicted[i] for i in clear] == logits[:60].argmax(1)[clear].tolist()
     assert sum(p == int(y) for p, y in zip(predicted, labels)) >= 0.85 * len(paths)
 
 
