@@ -226,6 +226,9 @@ def validate_run(path: str | Path, weights: str = "best", *, model: nn.Module | 
                 described = rebuild_model(meta)
         except RunDirError:
             raise
+        except NotImplementedError:  # an op without a meta kernel in restoring the structure (folding traces a forward)
+            _check_size_only(path, meta, found)
+            return meta
         except Exception as e:  # noqa: BLE001 - a model.json the model code rejects is bad input, in one line
             raise RunDirError(f"{path / MODEL} does not describe a model leanvision can build "
                               f"({first_line(e, with_type=True, limit=200)}). Re-create the run.") from None
@@ -244,6 +247,18 @@ def validate_run(path: str | Path, weights: str = "best", *, model: nn.Module | 
                else "model.json and the weights disagree (changed or damaged); re-create the run.")
         raise RunDirError(f"Weights in {path} do not fit {which}: {mismatch}. {fix}")
     return meta
+
+
+def _check_size_only(path: Path, meta: dict[str, Any], found: dict[str, tuple[int, ...]]) -> None:
+    """The fallback when the optimized structure cannot be traced on the meta device: the unpruned model must not be
+    absurdly larger than the weights (pruning removes at most a few hundred times the values); `load_run` then
+    builds it and refuses a state dict that does not fit."""
+    with torch.device("meta"):
+        plain = rebuild_model(meta, structure=False)
+    values, stored = sum(p.numel() for p in plain.state_dict().values()), sum(math.prod(s) for s in found.values())
+    if values > 1000 * stored + 10_000_000:
+        raise RunDirError(f"{path / MODEL} describes a model of {values:,} values for weights of {stored:,}: "
+                          "model.json and the weights disagree (changed or damaged); re-create the run.")
 
 
 # ---- load ---------------------------------------------------------------------------------------------------------
@@ -266,7 +281,12 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
         model = rebuild_model(meta)
     elif meta.get("shape_overrides") or meta.get("folded"):  # validated above on a shape-only copy
         restore_structure_(model, meta)
-    model.load_state_dict(load_weights(path / f"{weights}.safetensors"))
+    state = load_weights(path / f"{weights}.safetensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:  # only after `_check_size_only`: validate_run compared every shape otherwise
+        raise RunDirError(f"Weights in {path} do not fit the model: {state_mismatch(model, state)}. "
+                          "Re-create the run.") from None
     model.eval().to(device)
     return Run(path=path, model=model, meta=meta)
 
