@@ -28,6 +28,7 @@ from .errors import LeanvisionError, exit_code, first_line
 from .registry import did_you_mean
 
 ALIASES = {"learning_rate": ["--lr"]}
+ERROR_CHARS = 10_000  # an error line is shown whole (one line, however long: e.g. a list of the known names)
 DESCRIPTION = ("Make image classifiers small and fast, and measure it: train a model, compress it (prune, distill, "
                "int8), compare variants in a report, export, benchmark and serve it. Start with `leanvision study`; "
                "`leanvision COMMAND --help` shows a command's options.")
@@ -575,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except LeanvisionError as e:  # the class says the exit code: 2 bad input, 1 failed, 3 diverged, 130 interrupted
-        print(f"error: {as_flags(first_line(e), parser, command, argv)}", file=sys.stderr)
+        print(f"error: {as_flags(first_line(e, limit=ERROR_CHARS), parser, command, argv)}", file=sys.stderr)
         return exit_code(e)
     except KeyboardInterrupt as e:
         print("error: interrupted", file=sys.stderr)
@@ -583,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if os.environ.get("LEANVISION_DEBUG"):
             raise
-        print(f"error: {first_line(e, with_type=True)} (set LEANVISION_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"error: {first_line(e, with_type=True, limit=ERROR_CHARS)} (set LEANVISION_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return exit_code(e)
 
 

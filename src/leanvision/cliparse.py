@@ -175,7 +175,7 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
                    _unknown_flag(rest, target) if "unrecognized arguments" in text else None):
         if reason:
             return reason
-    return first_line(error)
+    return first_line(error, limit=10_000)
 
 
 def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Sequence[str] = ()) -> str:
