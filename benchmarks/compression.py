@@ -40,9 +40,10 @@ import torch
 
 from leanvision.config import DataConfig, RunConfig, TrainConfig
 from leanvision.data import load_dataset
-from leanvision.measure import environment, get_runtime, measure_latency
+from leanvision.measure import environment, measure_latency
 from leanvision.optimize import optimize_run
 from leanvision.runs import load_run, train_run
+from leanvision.runtimes import get_runtime
 from leanvision.techniques import fold_conv_bn_
 
 SHAPE = (1, 28, 28)

@@ -225,7 +225,7 @@ class Ctx:
         return load_dataset(str(folder))
 
     def sync(self) -> None:
-        from leanvision.accel.devices import synchronize
+        from leanvision.device import synchronize
 
         synchronize(self.device)
 
@@ -245,7 +245,7 @@ def _version(dist: str) -> str | None:
 def stage_env(ctx: Ctx) -> dict:
     import torch
 
-    from leanvision.accel.compile import compile_support
+    from leanvision.compile import compile_support
     from leanvision.measure import environment
 
     info = {"environment": environment(ctx.device), "cuda_available": torch.cuda.is_available(),
@@ -282,7 +282,7 @@ def stage_env(ctx: Ctx) -> dict:
 def stage_memory(ctx: Ctx) -> dict:
     import torch
 
-    from leanvision.accel.devices import allocator_settings, setup_device
+    from leanvision.device import allocator_settings, setup_device
     from leanvision.errors import LeanvisionError
 
     if not ctx.cuda:  # smoke: the CPU must refuse both options with one line each
@@ -507,7 +507,7 @@ def stage_compile(ctx: Ctx) -> dict:
 
     import torch
 
-    from leanvision.accel.compile import compile_support
+    from leanvision.compile import compile_support
     from leanvision.train import fit
 
     ok, why = compile_support(ctx.device)
@@ -590,8 +590,8 @@ def stage_bench(ctx: Ctx) -> dict:
     from leanvision.accel.bench import BenchConfig, bench_run
     from leanvision.config import DataConfig, RunConfig, TrainConfig
     from leanvision.errors import LeanvisionError
-    from leanvision.measure import get_runtime
     from leanvision.runs import train_run
+    from leanvision.runtimes import get_runtime
 
     dataset = ctx.dataset("mnist")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-bench-"))

@@ -26,8 +26,9 @@ import torch
 
 from leanvision.config import TrainConfig
 from leanvision.data import load_dataset
-from leanvision.measure import environment, get_runtime, measure_latency
+from leanvision.measure import environment, measure_latency
 from leanvision.models import create_model
+from leanvision.runtimes import get_runtime
 from leanvision.train import fit, normalizer, predict_logits
 
 

@@ -8,12 +8,13 @@ import torch
 from conftest import one_error_line as shared_one_error_line
 from torch import nn
 
-from leanvision.accel.compile import compile_support
-from leanvision.accel.devices import LossTracker, prepare_input, setup_device
 from leanvision.cli import main
+from leanvision.compile import compile_support
 from leanvision.config import TrainConfig
+from leanvision.device import prepare_input, setup_device
 from leanvision.errors import LeanvisionError
-from leanvision.measure import get_runtime
+from leanvision.loss_tracker import LossTracker
+from leanvision.runtimes import get_runtime
 
 QUICK = ["--dataset", "digits", "--epochs", "1", "--no-progress"]
 HAS_CUDA = torch.cuda.is_available()

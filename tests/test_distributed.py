@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from leanvision.cli import main
-from leanvision.distributed import contiguous_slice, is_main, launch_env, local_device_name, world_size
+from leanvision.device import launch_env, local_device_name
+from leanvision.distributed import contiguous_slice, is_main, world_size
 from leanvision.runs import load_run
 
 TRAIN = ["train", "--dataset", "digits", "--model", "seed-shallow", "--epochs", "3", "--device", "cpu",

@@ -11,10 +11,9 @@ from leanvision.accel import bench as bench_module
 from leanvision.accel import export as export_module
 from leanvision.accel.bench import ROW_KEYS, BenchConfig, bench_run
 from leanvision.accel.energy import NOT_MEASURABLE, EnergyMeter, energy_meter
-from leanvision.accel.runtimes import TorchCompileRuntime
 from leanvision.cli import main
 from leanvision.errors import LeanvisionError
-from leanvision.measure import get_runtime
+from leanvision.runtimes import TorchCompileRuntime, get_runtime
 
 pytest.importorskip("onnxruntime")
 HAS_OPENVINO = get_runtime("openvino").is_available()[0]

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from leanvision import distributed
-from leanvision.accel import devices
+from leanvision import device as devices
 from leanvision.config import TrainConfig
 from leanvision.errors import LeanvisionError, TrainingDiverged
 from leanvision.io import load_state, save_state
+from leanvision.loss_tracker import LAZY_LOSS_CHECK_EVERY, LossTracker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_expandable_segments_set_through_the_allocator_api_and_both_variables(fa
 def test_lazy_loss_reads_give_the_eager_sum_bit_for_bit():
     gen = torch.Generator().manual_seed(0)
     losses = [torch.rand((), generator=gen) * 3 for _ in range(23)]
-    eager, lazy = devices.LossTracker(torch.device("cpu")), devices.LossTracker(torch.device("cpu"), check_every=5)
+    eager, lazy = LossTracker(torch.device("cpu")), LossTracker(torch.device("cpu"), check_every=5)
     total_eager = total_lazy = 0.1
     reads = 0
     for loss in losses:
@@ -86,7 +86,7 @@ def test_lazy_loss_reads_give_the_eager_sum_bit_for_bit():
         total_lazy = lazy.drain_into(total_lazy)
     total_lazy = lazy.flush_into(total_lazy)
     assert total_lazy == total_eager and reads == 4  # same float64 sum, 4 device reads instead of 23
-    assert devices.LossTracker(torch.device("cuda")).check_every == devices.LAZY_LOSS_CHECK_EVERY
+    assert LossTracker(torch.device("cuda")).check_every == LAZY_LOSS_CHECK_EVERY
 
 
 def test_fused_optimizer_on_cuda_only_and_not_carried_to_another_device():
@@ -161,11 +161,11 @@ def test_explicit_cuda_index_under_torchrun(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert distributed.local_device_name("cuda:1") == "cuda:1"  # this rank's own GPU
+    assert devices.local_device_name("cuda:1") == "cuda:1"  # this rank's own GPU
     with pytest.raises(LeanvisionError, match="device='cuda:0' under torchrun would put every process on GPU 0"):
-        distributed.local_device_name("cuda:0")
+        devices.local_device_name("cuda:0")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine: any GPU of it is this rank's
-    assert distributed.local_device_name("cuda:0") == "cuda:0"
+    assert devices.local_device_name("cuda:0") == "cuda:0"
 
 
 NAN_ON_RANK_1 = r'''
@@ -213,7 +213,7 @@ def test_nan_on_one_rank_stops_every_rank_and_destroys_the_group(tmp_path):
 
 
 def test_ort_gpu_providers_trt_cache_fp16_and_missing_gpu_build(tmp_path, monkeypatch):
-    from leanvision.measure.runtimes import ort_gpu_providers
+    from leanvision.runtimes import ort_gpu_providers
 
     monkeypatch.setenv("LEANVISION_TRT_CACHE", str(tmp_path / "trt"))
     cuda1 = torch.device("cuda", 1)
@@ -235,7 +235,7 @@ def test_ort_gpu_providers_trt_cache_fp16_and_missing_gpu_build(tmp_path, monkey
 def test_ort_silent_cpu_fallback_is_refused(monkeypatch):
     import onnxruntime as ort
 
-    from leanvision.measure import get_runtime
+    from leanvision.runtimes import get_runtime
 
     # a CPU-only build told it has CUDA: ORT then creates a CPU session silently, as when libcudnn fails to load
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -247,7 +247,7 @@ def test_ort_silent_cpu_fallback_is_refused(monkeypatch):
 
 
 def test_ort_io_binding_matches_session_run(tmp_path):
-    from leanvision.measure.runtimes import bound_predict, export_onnx, ort_session
+    from leanvision.runtimes import bound_predict, export_onnx, ort_session
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 5)).eval()
@@ -269,9 +269,9 @@ def test_no_inference_mode_on_xla_and_loss_read_after_the_step(digits, tmp_path,
     assert isinstance(devices.inference_context(torch.device("cpu")), torch.inference_mode)
     log = []
     monkeypatch.setattr(train, "step_done", lambda device: log.append("step"))
-    add = devices.LossTracker.add
-    monkeypatch.setattr(devices.LossTracker, "add", lambda self, loss, n: log.append("read") or add(self, loss, n))
-    monkeypatch.setattr(train, "LossTracker", devices.LossTracker)
+    add = LossTracker.add
+    monkeypatch.setattr(LossTracker, "add", lambda self, loss, n: log.append("read") or add(self, loss, n))
+    monkeypatch.setattr(train, "LossTracker", LossTracker)
     train.fit(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), digits, TrainConfig(epochs=1, device="cpu"), tmp_path,
               progress=False)
     assert log and log == ["step", "read"] * (len(log) // 2)  # the read follows the step (no extra XLA graph)
@@ -300,8 +300,8 @@ def test_bench_sets_the_device_up_and_records_cuda_flags(monkeypatch, fake_cuda)
 
 
 def test_torch_compile_refuses_shapes_past_the_recompile_limit(monkeypatch):
-    from leanvision.accel import runtimes
-    from leanvision.measure import get_runtime
+    from leanvision.runtimes import compiled as runtimes
+    from leanvision.runtimes import get_runtime
 
     monkeypatch.setattr(runtimes, "compile_for_inference", lambda model, device, mode=None: model.eval())
     monkeypatch.setattr(runtimes, "recompile_limit", lambda: 2)

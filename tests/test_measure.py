@@ -11,24 +11,21 @@ from torch import nn
 
 from leanvision.errors import LeanvisionError
 from leanvision.measure import (
-    RUNTIMES,
     LatencyStats,
     count_flops,
     count_macs,
     count_params,
     environment,
-    export_onnx,
     file_bytes,
-    get_runtime,
     mean_std,
     measure_latency,
     measure_runtime,
     measure_throughput,
     peak_memory,
-    predict_batches,
     weight_bytes,
     wilson_interval,
 )
+from leanvision.runtimes import RUNTIMES, export_onnx, get_runtime, predict_batches
 
 HAS_ORT = get_runtime("onnxruntime").is_available()[0]
 
@@ -371,7 +368,7 @@ def test_reorder_output_rewrite_only_touches_exclusive_per_tensor_chains():
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from leanvision.measure.runtimes import _reorder_output_to_nhwc
+    from leanvision.runtimes.graph import reorder_output_to_nhwc
 
     def graph(perm, extra_consumer=False):
         nodes = [helper.make_node("ReorderOutput", ["x"], ["r"], domain="com.microsoft.nchwc", channels=16),
@@ -387,8 +384,8 @@ def test_reorder_output_rewrite_only_touches_exclusive_per_tensor_chains():
         return helper.make_graph(nodes, "g", inputs, outputs, inits)
 
     g = graph([0, 2, 3, 1])
-    assert _reorder_output_to_nhwc(g) == 1
+    assert reorder_output_to_nhwc(g) == 1
     assert [n.op_type for n in g.node] == ["ReorderOutput", "QuantizeLinear"] and g.node[1].output[0] == "t"
     assert helper.get_attribute_value(next(a for a in g.node[0].attribute if a.name == "channels_last")) == 1
-    assert _reorder_output_to_nhwc(graph([0, 3, 1, 2])) == 0  # another permutation
-    assert _reorder_output_to_nhwc(graph([0, 2, 3, 1], extra_consumer=True)) == 0  # the NCHW tensor is still needed
+    assert reorder_output_to_nhwc(graph([0, 3, 1, 2])) == 0  # another permutation
+    assert reorder_output_to_nhwc(graph([0, 2, 3, 1], extra_consumer=True)) == 0  # the NCHW tensor is still needed

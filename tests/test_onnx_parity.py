@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from leanvision.config import TrainConfig
-from leanvision.measure import get_runtime, predict_batches
 from leanvision.models import create_model, list_models
+from leanvision.runtimes import get_runtime, predict_batches
 from leanvision.train import fit, normalizer
 
 pytest.importorskip("onnxruntime")

@@ -57,7 +57,7 @@ def test_fast_precision_follows_the_hardware(device, bf16_cpu, amx, expected, mo
 @pytest.mark.parametrize("device, backend", [("mps", "mps"), ("tpu", "xla"), ("xla", "xla")])
 def test_fast_recipe_runs_where_channels_last_is_refused(device, backend, monkeypatch):
     """`--recipe fast` on MPS/TPU resolves to a config setup_device accepts (it used to force channels_last)."""
-    from leanvision.accel import devices
+    from leanvision import device as devices
     from leanvision.config import TrainConfig
 
     for shape in ((1, 28, 28), (3, 32, 32)):

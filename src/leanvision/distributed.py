@@ -23,9 +23,7 @@ only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,26 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .device import resolve_device
+from .device import launch_env, local_device_name, resolve_device
 from .errors import LeanvisionError
-
-
-@dataclass(frozen=True)
-class LaunchEnv:
-    """Where this process sits in a torchrun job."""
-
-    rank: int  # 0..world_size-1 over all machines
-    local_rank: int  # 0..processes-on-this-machine-1: picks the GPU
-    world_size: int
-
-
-def launch_env() -> LaunchEnv | None:
-    """The torchrun environment of this process, or None for a plain single-process run."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None
-    return LaunchEnv(rank=int(os.environ.get("RANK", "0")), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                     world_size=world)
 
 
 def active() -> bool:
@@ -74,27 +54,6 @@ def is_main() -> bool:
         return dist.get_rank() == 0
     env = launch_env()
     return env is None or env.rank == 0
-
-
-def local_device_name(name: str) -> str:
-    """This rank's device under torchrun: `auto`/`cuda` -> `cuda:LOCAL_RANK` (CPU when no GPU); else `name`.
-
-    An explicit `cuda:N` is kept when it is this rank's GPU (N == LOCAL_RANK) or when torchrun runs one process per
-    machine (LOCAL_WORLD_SIZE=1); otherwise every rank would share GPU N, so it is refused with a one-line error.
-    """
-    env = launch_env()
-    name = (name or "auto").strip().lower()
-    if env is not None and name.startswith("cuda:"):
-        index = name.split(":", 1)[1]
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
-        if index.isdigit() and int(index) != env.local_rank and local_processes != 1:
-            raise LeanvisionError(f"device={name!r} under torchrun would put every process on GPU {index} (this is "
-                                  f"local rank {env.local_rank}). Use device='cuda': each process then takes "
-                                  "cuda:LOCAL_RANK (select GPUs with CUDA_VISIBLE_DEVICES).")
-        return name
-    if env is None or name not in ("auto", "cuda"):
-        return name
-    return f"cuda:{env.local_rank}" if torch.cuda.is_available() else ("cpu" if name == "auto" else name)
 
 
 def init_from_env(device_name: str = "auto") -> bool:

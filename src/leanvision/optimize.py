@@ -23,7 +23,7 @@ from torch import nn
 from .errors import LeanvisionError
 from .health import step_warning
 from .io import read_json
-from .measure import RUNTIMES, count_macs, count_params, get_runtime, measure_latency, speed_b1_b256
+from .measure import count_macs, count_params, measure_latency, speed_b1_b256
 from .rundir import (
     CUSTOM_PREFIX,
     Run,
@@ -38,6 +38,7 @@ from .rundir import (
     write_weights,
 )
 from .runs import dataset_summary
+from .runtimes import RUNTIMES, get_runtime
 from .techniques import (
     Context,
     DistillConfig,

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
-from .accel.devices import setup_train_device
 from .config import RunConfig, config_diff
 from .data import load_dataset
+from .device import setup_train_device
 from .errors import LeanvisionError
 from .io import load_weights, read_json
 from .models import create_model

@@ -24,21 +24,19 @@ from .data import load_dataset
 from .errors import LeanvisionError, TrainingInterrupted, first_line
 from .io import read_json, write_json
 from .measure import (
-    RUNTIMES,
     count_macs,
     count_params,
     environment,
     file_bytes,
-    get_runtime,
     mean_std,
     peak_tensor_memory,
-    predict_batches,
     speed_b1_b256,
     weight_bytes,
     wilson_interval,
 )
 from .rundir import is_onnx, load_run
 from .runs import dataset_summary, train_run
+from .runtimes import RUNTIMES, get_runtime, predict_batches
 from .train import normalizer
 
 PLAN_NAMES = ("reference", "quick", "colour")

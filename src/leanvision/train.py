@@ -24,21 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .accel.compile import compile_for_training
-from .accel.devices import (
-    LAZY_LOSS_CHECK_EVERY,
-    LossTracker,
-    check_autocast,
-    prepare_input,
-    prepare_model,
-    setup_train_device,
-    step_done,
-)
+from .compile import compile_for_training
 from .config import TrainConfig
 from .data.core import ImageSet, batch_order
-from .errors import LeanvisionError, TrainingDiverged, TrainingInterrupted
+from .device import check_autocast, prepare_input, prepare_model, setup_train_device, step_done
 from .io import append_jsonl, load_state, save_state, save_weights
 from .lookahead import Lookahead
+from .loss_tracker import LAZY_LOSS_CHECK_EVERY, LossTracker
 from .models import regularization_loss
 
 CHECKPOINT = "checkpoint.safetensors"

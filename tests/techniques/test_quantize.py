@@ -3,12 +3,11 @@ import pytest
 import torch
 
 from leanvision.errors import LeanvisionError
-from leanvision.measure import export_onnx, get_runtime
 from leanvision.optimize import optimize_run
 from leanvision.runs import load_run
+from leanvision.runtimes import export_onnx, get_runtime, make_session, ort_session
 from leanvision.techniques import OnnxModule
 from leanvision.techniques.onnx_graph import graph_coverage
-from leanvision.techniques.quantize import make_session
 
 pytest.importorskip("onnxruntime")
 
@@ -36,7 +35,6 @@ def test_static_int8_has_integer_convolutions_after_ort_fusion(int8_run, tmp_pat
 def test_int8_session_drops_the_stem_transpose_bit_for_bit(int8_run, base_run, tmp_path):
     import onnxruntime as ort
 
-    from leanvision.measure.runtimes import ort_session
 
     out, result = int8_run
     session_kwargs = result["steps"][-1]["quantization"]["session"]

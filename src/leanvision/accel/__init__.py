@@ -1,7 +1,6 @@
-"""Hardware acceleration: device setup (`devices`), torch.compile (`compile`), extra inference runtimes
-(`runtimes`: torch-compile, openvino), ONNX export with an accuracy parity check (`export`), the runtime x precision
-x batch-size benchmark with cost and energy (`bench`, `energy`), and the `export`/`bench` CLI commands (`commands`).
+"""The `export` and `bench` commands: ONNX export with an accuracy parity check (`export`), the runtime x precision
+x batch-size benchmark with cost and energy (`bench`, `energy`), and their CLI flags (`commands`).
 
-Nothing is imported here, so the CLI stays fast to start. Example:
-`from leanvision.accel.devices import setup_device; device = setup_device("cuda", channels_last=True)`.
+Devices live in `leanvision.device`, torch.compile in `leanvision.compile`, the runtimes and ONNX export in
+`leanvision.runtimes`, timing in `leanvision.measure`. Nothing is imported here, so the CLI stays fast to start.
 """

@@ -12,17 +12,18 @@ error when nothing asked for could be measured.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..device import setup_device
 from ..errors import LeanvisionError, first_line
-from ..measure.runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
-from ..measure.timing import measure_latency
-from .devices import setup_device, synchronize
+from ..measure.speed import images_per_s, time_batches
+from ..runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
 
 if TYPE_CHECKING:
@@ -132,48 +133,45 @@ def _bench_one(runtime: Runtime, run, precision: str, device: torch.device, imag
     generator = torch.Generator().manual_seed(0)
     predict = runtime.prepare(run.model, torch.randn((2, *shape), generator=generator), precision=precision,
                               device=device)
-    input_device = torch.device("cpu") if runtime.host_input else device
-    sync = (lambda: synchronize(device)) if device.type != "cpu" else None
+    joules: list[float] = []  # the energy of each batch size's timed window, when a counter is readable
     rows = []
-    for batch_size in config.batch_sizes:
-        x = torch.randn((batch_size, *shape), generator=generator).to(input_device)
-        start = time.perf_counter()
-        predict(x)
-        if sync is not None:
-            sync()
-        first_call_ms = (time.perf_counter() - start) * 1e3
-        for _ in range(config.warmup):
-            predict(x)
-        if sync is not None:
-            sync()
-        joules = meter.read_joules() if meter.available else None
-        stats = measure_latency(lambda: predict(x), warmup=0, repeats=config.repeats, sync=sync,
-                                min_time_s=MIN_WINDOW_S if meter.available else 0.0)
-        if joules is not None:
-            joules = meter.read_joules() - joules
-        images_per_s = batch_size / (stats.median_ms / 1e3) if stats.median_ms > 0 else float("inf")
+    for x, stats in time_batches(predict, shape, config.batch_sizes, device=device, host_input=runtime.host_input,
+                                 warmup=config.warmup + 1, repeats=config.repeats,  # + 1: the first call, timed apart
+                                 min_time_s=MIN_WINDOW_S if meter.available else 0.0, generator=generator,
+                                 window=(lambda: _energy_window(meter, joules)) if meter.available else None):
+        batch_size = len(x)
+        energy = joules.pop() if joules else None
+        speed = images_per_s(batch_size, stats)
         compile_times = getattr(predict, "compile_times_s", None)
         row = _row(runtime.name, precision, device, config, status="ok", batch_size=batch_size)
         if run.is_onnx:  # an int8 run: say what really ran
             mode = (run.meta.get("quantization") or {}).get("mode", "int8")  # int8 | int8-dynamic | qat
             row["precision"] = str(mode)
         row.update(
-            latency_median_ms=stats.median_ms, latency_p95_ms=stats.p95_ms, images_per_s=images_per_s,
-            first_call_ms=first_call_ms, repeats=stats.repeats,
+            latency_median_ms=stats.median_ms, latency_p95_ms=stats.p95_ms, images_per_s=speed,
+            first_call_ms=stats.first_call_ms, repeats=stats.repeats,
             compile_time_s=compile_times.get(tuple(x.shape)) if compile_times is not None else None,
-            energy_per_image_j=joules / (stats.repeats * batch_size) if joules is not None else None,
+            energy_per_image_j=energy / (stats.repeats * batch_size) if energy is not None else None,
             energy_source=meter.source or None,
-            energy_note=meter.reason if joules is not None else f"{NOT_MEASURABLE}: {meter.reason}",
+            energy_note=meter.reason if energy is not None else f"{NOT_MEASURABLE}: {meter.reason}",
             providers=list(getattr(predict, "providers", [])) or None, streams=getattr(predict, "streams", None),
         )
         if config.price_per_hour is not None:
-            row["cost_per_million_images_usd"] = config.price_per_hour / 3600 / images_per_s * 1e6
+            row["cost_per_million_images_usd"] = config.price_per_hour / 3600 / speed * 1e6
         rows.append(row)
     logits = predict_batches(predict, images, batch_size=config.accuracy_batch_size)  # same runtime and precision
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     for row in rows:
         row.update(accuracy=accuracy, accuracy_split=split_name, accuracy_images=len(labels))
     return rows
+
+
+@contextmanager
+def _energy_window(meter: EnergyMeter, out: list[float]) -> Iterator[None]:
+    """Append the joules `meter` counted while the block ran to `out`."""
+    start = meter.read_joules()
+    yield
+    out.append(meter.read_joules() - start)
 
 
 def _row(runtime: str, precision: str, device: torch.device, config: BenchConfig, *, status: str,

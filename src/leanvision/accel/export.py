@@ -12,9 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .. import __version__
 from ..errors import LeanvisionError
 from ..measure.counts import file_bytes
-from ..measure.runtimes import ONNX_INPUT_NAME, export_onnx, get_runtime, predict_batches
+from ..runtimes import (
+    DEFAULT_OPSET,
+    ONNX_INPUT_NAME,
+    check_opset,
+    export_onnx,
+    get_runtime,
+    make_session,
+    predict_batches,
+    write_metadata,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -22,8 +32,6 @@ if TYPE_CHECKING:
     from ..rundir import Run
 
 FORMATS = ("onnx",)
-DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO >= 2023 all run opset 17
-MIN_OPSET = 13  # the lowest opset the legacy exporter handles well for these models
 TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points
 
 
@@ -49,24 +57,20 @@ def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt:
 
     if fmt not in FORMATS:
         raise LeanvisionError(f"Invalid format {fmt!r}. Expected one of: {', '.join(FORMATS)}.")
-    _check_opset(opset)
+    check_opset(opset)
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, weights=weights, model=model)
     path = _out_path(run, out, opset)
     export_onnx(run.model, run.input_shape, path, opset=opset)
-    metadata = write_metadata(path, run.meta)
+    metadata = write_metadata(path, run.meta, __version__)
     ok, reason = get_runtime("onnxruntime").is_available()
     if not ok:
         raise LeanvisionError(f"Exported {path}, but its accuracy cannot be checked: {reason}")
-    import onnx
-    import onnxruntime as ort
+    import onnx  # a heavy library: imported when an export runs, not with the CLI
 
     graph = onnx.load(str(path))
     dims = graph.graph.input[0].type.tensor_type.shape.dim
     used_opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=opset)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = make_session(path)  # the session the onnxruntime runtime opens on the CPU
 
     dataset = run.load_dataset(data_dir)
     split_name, split = dataset.evaluation_split
@@ -117,49 +121,3 @@ def _out_path(run, out: str | Path | None, opset: int) -> Path:
                               f"another `out` (default: {run.path / 'export' / 'model.onnx'}).")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def write_metadata(path: Path, meta: dict[str, Any]) -> dict[str, str]:
-    """Store what a consumer needs to feed the model in the ONNX file's `metadata_props` (string key/values; lists as
-    JSON): class names, input layout and shape, and the preprocessing `(pixel / 255 - mean) / std` per channel."""
-    import json
-
-    import onnx
-
-    from .. import __version__
-
-    c, h, w = meta["input_shape"]
-    props = {
-        "leanvision.classes": json.dumps(list(meta["classes"])),
-        "leanvision.input_layout": "NCHW",
-        "leanvision.input_shape": json.dumps([c, h, w]),
-        "leanvision.input_channels": "grayscale" if c == 1 else "RGB",
-        "leanvision.mean": json.dumps(list(meta["mean"])),
-        "leanvision.std": json.dumps(list(meta["std"])),
-        "leanvision.preprocessing": "float32 (pixel / 255 - mean) / std per channel; input name 'input', output "
-                                    "'logits'",
-        "leanvision.version": __version__,
-    }
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    from ..io import atomic_write_bytes
-
-    atomic_write_bytes(path, model.SerializeToString())
-    return props
-
-
-def _check_opset(opset: int) -> None:
-    try:
-        import onnx
-
-        highest = onnx.defs.onnx_opset_version()
-    except ImportError:
-        raise LeanvisionError("ONNX export needs the onnx package, a dependency of leanvision that is missing "
-                              "here. Reinstall it: pip install 'onnx>=1.16'") from None
-    if not MIN_OPSET <= opset <= highest:
-        raise LeanvisionError(f"Invalid opset {opset}. Expected {MIN_OPSET}..{highest} (the installed onnx's "
-                              f"highest); {DEFAULT_OPSET} suits ONNX Runtime, TensorRT and OpenVINO.")

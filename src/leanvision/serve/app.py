@@ -55,7 +55,7 @@ ENDPOINTS = ("/predict", "/model", "/health", "/ready", "/metrics", "/", "/repor
 
 @dataclass(frozen=True)
 class ServeConfig:
-    runtime: str = "onnxruntime"  # inference runtime (leanvision.measure.RUNTIMES)
+    runtime: str = "onnxruntime"  # inference runtime (leanvision.runtimes.RUNTIMES)
     max_batch_size: int = 64  # images per runtime call at most
     max_wait_ms: float = 2.0  # a queued image waits at most this long for others
     max_body_kb: int = 2048  # request bodies above this are refused with 413
@@ -169,9 +169,9 @@ def study_report(run_dir: Path) -> Path | None:
 def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel:
     """Load a run and wrap it for serving: `infer` applies the training normalization, the runtime and softmax."""
     from ..io import read_json
-    from ..measure import count_macs, file_bytes, get_runtime
-    from ..measure.runtimes import RUNTIMES
+    from ..measure import count_macs, file_bytes
     from ..rundir import is_onnx, load_run
+    from ..runtimes import RUNTIMES, get_runtime
     from ..train import normalizer
 
     path = Path(run_dir)

@@ -1,5 +1,7 @@
-"""ONNX graph helpers for int8 quantization: which layers run integer kernels, which nodes stay fp32, and a
-rewrite that gives ORT an int8 kernel for global average pooling."""
+"""ONNX graph analysis for int8 quantization: which layers run integer kernels and which nodes stay fp32.
+
+Graph rewrites and sessions live in `leanvision.runtimes` (`graph`, `session`).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +12,13 @@ from typing import Any
 
 import torch
 
+from ..runtimes.session import make_session
+
 STEM_MIN_REDUCTION = 32  # convs whose dot products are shorter than this stay fp32 (see quantize.py)
 _INT_OPS = {"QLinearConv": "conv", "ConvInteger": "conv", "QGemm": "dense", "QLinearMatMul": "dense",
             "MatMulInteger": "dense", "DynamicQuantizeMatMul": "dense"}
 _FLOAT_OPS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "dense", "FusedGemm": "dense", "MatMul": "dense",
               "FusedMatMul": "dense"}
-
-
-def make_session(path: str | Path, session_kwargs: dict[str, Any] | None = None, optimized_path: str | None = None,
-                 level: str = "all"):
-    """`measure.ort_session` on the CPU with torch's thread count: the same session the measurement runtime opens."""
-    from ..measure.runtimes import ort_session
-
-    return ort_session(path, torch.get_num_threads(), session_kwargs=session_kwargs, level=level,
-                       optimized_path=optimized_path)
 
 
 def graph_coverage(onnx_path: str | Path, session_kwargs: dict | None = None) -> dict[str, Any]:
@@ -65,36 +60,3 @@ def stem_nodes(onnx_model) -> list[str]:
             return names
         names.append(consumers[0].name)
         tensor = consumers[0].output[0]
-
-
-def spatial_means_to_global_pool(onnx_model) -> int:
-    """Rewrite ReduceMean over axes (2, 3) of a 4-D tensor as GlobalAveragePool (+ Flatten when keepdims=0), in place.
-
-    The same numbers in float, but ORT has an int8 NHWC kernel for GlobalAveragePool (QLinearGlobalAveragePool) and
-    none for ReduceMean, which otherwise forces a dequantize plus an NHWC -> NCHW transpose of the last feature map.
-    Returns how many nodes were rewritten.
-    """
-    from onnx import helper, numpy_helper
-
-    graph, count = onnx_model.graph, 0
-    initializers = {init.name: init for init in graph.initializer}
-    for node in list(graph.node):
-        if node.op_type != "ReduceMean":
-            continue
-        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-        if axes is None and len(node.input) > 1 and node.input[1] in initializers:  # opset >= 18: axes as an input
-            axes = [int(a) for a in numpy_helper.to_array(initializers[node.input[1]])]
-        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
-        if sorted(axes or []) not in ([2, 3], [-2, -1]):
-            continue
-        index = list(graph.node).index(node)
-        graph.node.remove(node)
-        pooled = node.output[0] + "_global_pool" if not keepdims else node.output[0]
-        new = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name + "_global_pool")]
-        if not keepdims:
-            new.append(helper.make_node("Flatten", [pooled], [node.output[0]], name=node.name + "_flatten", axis=1))
-        for offset, item in enumerate(new):
-            graph.node.insert(index + offset, item)
-        count += 1
-    return count
-

@@ -13,7 +13,7 @@ fp32 with the pooling right after it: its int8 kernel measured 5x slower than th
 the first quantize node above that pooling and run it in a slow 8-bit NCHW kernel, so the session disables
 `QDQPropagationTransformer` for such models (stored in model.json, applied by `OnnxModule` and the ORT runtime).
 ORT then hands the fp32 stem's output to the int8 part as `ReorderOutput -> QuantizeLinear -> Transpose`; sessions
-made by leanvision (`measure.ort_session`) fuse that transpose into the ReorderOutput at load time, bit for bit (the
+made by leanvision (`runtimes.ort_session`) fuse that transpose into the ReorderOutput at load time, bit for bit (the
 transpose cost more than the int8 GlobalAveragePool, Gemm and quantize steps together at 2 threads).
 A global average pool written as ReduceMean is rewritten as GlobalAveragePool first (same numbers): ORT has an int8
 NHWC kernel for the latter only, which saves a dequantize and a transpose of the last feature map.
@@ -38,8 +38,11 @@ import torch
 from torch import nn
 
 from ..errors import LeanvisionError
+from ..runtimes.export import export_onnx
+from ..runtimes.graph import spatial_means_to_global_pool
+from ..runtimes.session import make_session
 from .base import Context, TechniqueConfig, check_choice, check_range, finetune_, register_technique
-from .onnx_graph import graph_coverage, make_session, spatial_means_to_global_pool, stem_nodes
+from .onnx_graph import graph_coverage, stem_nodes
 
 MODES = ("int8", "int8-dynamic", "qat")
 NO_PROPAGATION = {"disabled_optimizers": ["QDQPropagationTransformer"]}
@@ -141,8 +144,6 @@ def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path:
         quantize_dynamic,
         quantize_static,
     )
-
-    from ..measure import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="leanvision-quant-") as tmp, _quiet():
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"

@@ -19,8 +19,8 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from ..errors import LeanvisionError
-from .devices import synchronize
+from .device import synchronize
+from .errors import LeanvisionError
 
 
 def compile_support(device: torch.device | str = "cpu") -> tuple[bool, str]:

@@ -1,0 +1,49 @@
+"""The `torch` runtime: eager PyTorch, fp32 or autocast bf16/fp16."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from ..device import check_autocast, inference_context
+from ..errors import LeanvisionError
+from .base import PRECISIONS, RUNTIMES, Predict, Runtime
+
+
+@RUNTIMES.register("torch")
+class TorchRuntime(Runtime):
+    """Eager PyTorch on a private copy of the model, in eval mode under `torch.inference_mode`.
+
+    Precisions: `fp32`; `bf16` via autocast (CPU or CUDA); `fp16` via autocast, CUDA only. Logits come back as
+    float32 on `device`.
+    """
+
+    name = "torch"
+    precisions = PRECISIONS
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
+    ) -> Predict:
+        self._check_precision(precision)
+        if getattr(model, "onnx_path", None) is not None:  # an int8 run from `leanvision optimize`
+            raise LeanvisionError("This run holds an int8 ONNX model, which only ONNX Runtime can run. "
+                                  "Use runtime 'onnxruntime' for it.")
+        device = torch.device(device)
+        if precision == "fp16" and device.type != "cuda":
+            raise LeanvisionError(
+                f"precision='fp16' needs a CUDA device for the torch runtime. Received: device='{device}'. "
+                "Use precision='bf16' or 'fp32' on this device, or device='cuda'."
+            )
+        check_autocast(device, precision)  # MPS: bf16 autocast depends on the torch and macOS version
+        net = copy.deepcopy(model).to(device).eval()  # a copy: the caller's model keeps its device and train flag
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with inference_context(device), autocast:  # no_grad on XLA, inference_mode elsewhere
+                return net(x.to(device, non_blocking=True)).float()
+
+        return predict
