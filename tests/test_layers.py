@@ -1,0 +1,45 @@
+"""The architecture contracts in pyproject.toml's `[tool.importlinter]` (layers, forbidden upward imports, no cycles)
+hold for the package, and really fail on an upward import."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("importlinter", reason="import-linter is not installed (pip install -e '.[test]')")
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = Path(__import__("leanvision").__file__).parent  # the package under test (src/ or the installed copy)
+
+
+def lint_imports(root: Path, package_parent: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` with `root`'s pyproject.toml on the `leanvision` package found in `package_parent`."""
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
+    return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "", "PYTHONPATH": str(package_parent)})
+
+
+def test_import_contracts_are_kept():
+    result = lint_imports(REPO, PACKAGE.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("module, line, broken", [
+    ("runtimes/graph.py", "from ..measure import timing", "runtimes is not allowed to import leanvision.measure"),
+    ("measure/stats.py", "from ..train import normalizer", "measure is not allowed to import leanvision.train"),
+    ("device.py", "from .runtimes import base", "device is not allowed to import leanvision.runtimes"),
+    ("runtimes/base.py", "from . import eager", "No import cycles"),  # a cycle inside runtimes/
+])
+def test_an_upward_import_breaks_a_contract(tmp_path, module, line, broken):
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    copy = tmp_path / "src" / "leanvision"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / module, "a") as f:
+        f.write(f"\n{line}  # noqa\n")
+    result = lint_imports(tmp_path, tmp_path / "src")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert broken in result.stdout
