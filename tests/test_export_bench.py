@@ -130,6 +130,26 @@ def test_bench_energy_per_image_is_the_counter_delta_over_the_images(digits_run,
         assert r["energy_source"] == "fake" and r["energy_unit"] == "J/image"
 
 
+def test_bench_times_through_the_shared_device_synced_loop(digits_run, monkeypatch):
+    """bench's rows come from `measure.timing.measure_latency` like the study's and optimize's: the first call is
+    one more warm-up call, timed apart as `first_call_ms`, and the device is the bench device."""
+    from leanvision.measure import speed
+
+    seen, real = [], speed.measure_latency
+
+    def spy(fn, **kwargs):
+        stats = real(fn, **kwargs)
+        seen.append(({k: kwargs[k] for k in ("warmup", "repeats", "device")}, stats))
+        return stats
+
+    monkeypatch.setattr(speed, "measure_latency", spy)
+    rows = bench_run(digits_run, BenchConfig(runtimes=("torch",), batch_sizes=(1, 8), repeats=3, warmup=1))
+    assert [kwargs for kwargs, _ in seen] == [{"warmup": 2, "repeats": 3, "device": torch.device("cpu")}] * 2
+    for row, (_, stats) in zip(rows, seen):
+        assert row["first_call_ms"] == stats.first_call_ms > 0 and row["latency_median_ms"] == stats.median_ms
+        assert row["warmup"] == 1 and row["repeats"] == 3
+
+
 def test_cli_bench_table_names_units_and_unsupported_precisions(digits_run, capsys):
     assert main(["bench", str(digits_run), "--runtime", "onnxruntime", "--batch-sizes", "1", "--repeats", "2"]) == 0
     out = capsys.readouterr().out

@@ -148,6 +148,49 @@ def test_measure_latency_on_known_sleep():
     assert stats.min_ms <= stats.mean_ms
 
 
+@pytest.mark.parametrize("device, syncs", [("cpu", 0), ("cuda:1", 8), ("mps", 8), ("xla", 8)])
+def test_measure_latency_syncs_the_device_it_is_given(monkeypatch, device, syncs):
+    """One timing loop for study, optimize and bench: given a device, it waits for it after every call (none on the
+    CPU), times the first warm-up call apart, and opens `window` around the timed calls only."""
+    from contextlib import contextmanager
+
+    from leanvision.measure import timing
+
+    log = []
+    monkeypatch.setattr(timing, "synchronize", lambda d: log.append(("sync", str(d))))
+
+    @contextmanager
+    def window():
+        log.append("open")
+        yield
+        log.append("close")
+
+    stats = measure_latency(lambda: log.append("call"), warmup=3, repeats=5, device=device, window=window)
+    assert log.count("call") == 8 and len([e for e in log if e[0] == "sync"]) == syncs
+    assert all(e == ("sync", device) for e in log if e[0] == "sync")
+    opened, closed = log.index("open"), log.index("close")
+    assert log[:opened].count("call") == 3 and log[opened:closed].count("call") == 5  # warm-up outside the window
+    assert stats.warmup == 3 and stats.repeats == 5 and stats.first_call_ms is not None
+    assert measure_latency(lambda: None, warmup=0, repeats=1).first_call_ms is None
+
+
+def test_measure_runtime_times_through_the_shared_loop(monkeypatch):
+    """`measure_runtime` records come from `measure_latency` with the runtime's device (bench: test_export_bench)."""
+    from leanvision.measure import speed
+
+    seen = []
+    real = speed.measure_latency
+
+    def spy(fn, **kwargs):
+        seen.append({k: kwargs[k] for k in ("warmup", "repeats", "device")})
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(speed, "measure_latency", spy)
+    records = measure_runtime(tiny_convnet(), "torch", (3, 8, 8), batch_sizes=(1, 4), warmup=1, repeats=2)
+    assert [r["batch_size"] for r in records] == [1, 4]
+    assert seen == [{"warmup": 1, "repeats": 2, "device": torch.device("cpu")}] * 2
+
+
 def test_measure_latency_min_time_extends_repeats():
     stats = measure_latency(lambda: time.sleep(0.001), warmup=0, repeats=1, min_time_s=0.01)
     assert stats.repeats >= 2

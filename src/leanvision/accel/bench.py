@@ -16,20 +16,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..device import setup_device
 from ..errors import LeanvisionError, first_line
 from ..measure.speed import images_per_s, time_batches
+from ..rundir import Run, load_run
 from ..runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
+from ..train import normalizer
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from ..rundir import Run
 
 ROW_KEYS = (
     "runtime", "precision", "device", "threads", "batch_size", "status", "latency_median_ms", "latency_p95_ms",
@@ -85,9 +83,6 @@ def bench_run(run_dir: str | Path | Run, config: BenchConfig = BenchConfig(), da
     Every row has all of `ROW_KEYS` (None where not applicable). Example:
     `rows = bench_run("runs/compact", BenchConfig(runtimes=("torch", "onnxruntime"), batch_sizes=(1,)))`.
     """
-    from ..rundir import Run, load_run
-    from ..train import normalizer
-
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = setup_device(config.device)  # the same cuDNN autotune setting whatever ran before in this process

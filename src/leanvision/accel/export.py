@@ -8,13 +8,15 @@ by the PyTorch model (eager, fp32) and by ONNX Runtime on the exported file itse
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
 from .. import __version__
 from ..errors import LeanvisionError
 from ..measure.counts import file_bytes
+from ..rundir import Run, load_run
 from ..runtimes import (
     DEFAULT_OPSET,
     ONNX_INPUT_NAME,
@@ -25,11 +27,7 @@ from ..runtimes import (
     predict_batches,
     write_metadata,
 )
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from ..rundir import Run
+from ..train import normalizer
 
 FORMATS = ("onnx",)
 TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points
@@ -52,9 +50,6 @@ def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt:
 
     Example: `export_run("runs/compact")["parity_ok"]`.
     """
-    from ..rundir import Run, load_run
-    from ..train import normalizer
-
     if fmt not in FORMATS:
         raise LeanvisionError(f"Invalid format {fmt!r}. Expected one of: {', '.join(FORMATS)}.")
     check_opset(opset)
