@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import one_error_line as shared_one_error_line
+from testkit import one_error_line as shared_one_error_line
 from torch import nn
 
 from leanvision.cli import main

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_error_line
 from PIL import Image
+from testkit import one_error_line
 
 from leanvision.cli import main
 

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 import yaml
-from conftest import one_error_line
+from testkit import one_error_line
 
 from leanvision.cli import build_parser, main
 

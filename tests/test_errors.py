@@ -1,7 +1,7 @@
 """The error policy: one hierarchy in leanvision.errors, one exit code per class, seen through the real CLI."""
 
 import pytest
-from conftest import one_error_line
+from testkit import one_error_line
 
 from leanvision import cli, errors
 from leanvision.cli import main

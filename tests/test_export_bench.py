@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import one_error_line
+from testkit import one_error_line
 
 from leanvision.accel import bench as bench_module
 from leanvision.accel import export as export_module

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 import pytest
-from conftest import one_error_line
+from testkit import one_error_line
 
 from leanvision.cli import main
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_error_line
+from testkit import one_error_line
 
 from leanvision.cli import main
 from leanvision.errors import RunDirError

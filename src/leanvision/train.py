@@ -28,6 +28,7 @@ from .compile import compile_for_training
 from .config import TrainConfig
 from .data.core import ImageSet, batch_order
 from .device import check_autocast, prepare_input, prepare_model, setup_train_device, step_done
+from .errors import LeanvisionError, TrainingDiverged, TrainingInterrupted
 from .io import append_jsonl, load_state, save_state, save_weights
 from .lookahead import Lookahead
 from .loss_tracker import LAZY_LOSS_CHECK_EVERY, LossTracker

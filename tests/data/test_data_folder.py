@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
 from PIL import Image
+from testkit import SHARED_DATA
 
 from leanvision.data import ImageSet, StreamingImageSet, folder, load_dataset, load_image_files
 from leanvision.errors import DataError

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from testkit import SHARED_DATA
 
 from leanvision.data import load_dataset
 from leanvision.data.idx import FILES, read_idx
