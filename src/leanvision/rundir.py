@@ -238,14 +238,15 @@ def validate_run(path: str | Path, weights: str = "best", *, model: nn.Module | 
             with torch.device("meta"):
                 restore_structure_(described, meta)
     expected = {k: tuple(v.shape) for k, v in described.state_dict().items()}
-    if sum(math.prod(s) for s in expected.values()) > MAX_PARAMS:
-        raise RunDirError(f"{path / MODEL} describes a model of over {MAX_PARAMS:,} values. Refused.")
-    mismatch = _shape_mismatch(expected, found)
+    mismatch = _shape_mismatch(expected, found)  # first: it names what differs (a too-large model.json mismatches)
     if mismatch:
         which = f"the given {type(model).__name__}" if model is not None else "the model in model.json"
         fix = ("Pass an instance of the class the run was trained with (with the same arguments)." if model is not None
                else "model.json and the weights disagree (changed or damaged); re-create the run.")
         raise RunDirError(f"Weights in {path} do not fit {which}: {mismatch}. {fix}")
+    if sum(math.prod(s) for s in expected.values()) > MAX_PARAMS:
+        raise RunDirError(f"{path / MODEL} describes a model of over {MAX_PARAMS:,} values (at most {MAX_PARAMS:,} "
+                          "are loaded). Refused; re-create the run.")
     return meta
 
 
