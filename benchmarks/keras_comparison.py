@@ -8,7 +8,10 @@ Adam 3e-3 one-cycle) on the same 60,000 images. After every epoch each model is 
 latency (median over 200 calls after warm-up) and throughput at batch 256, and the ratios against Keras.
 Writes benchmarks/out/keras_comparison.json. Skips with a message when TensorFlow is not installed.
 
-Usage: python benchmarks/keras_comparison.py [--data-dir ../shared/data] [--epochs 2]
+The VM's speed drifts between runs, so the whole comparison runs `--repeats` times (alternating which framework
+goes first); every ratio is taken within one repeat, and the medians with their range are printed.
+
+Usage: python benchmarks/keras_comparison.py [--data-dir ../shared/data] [--epochs 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -65,10 +68,11 @@ def keras_run(x_train, y_train, x_test, y_test, epochs: int) -> dict:
     return {"framework": f"keras {keras.__version__} (tensorflow {tf.__version__})", "model": "reference baseline",
             "params": int(model.count_params()), "epoch_times_s": epoch_times, "test_accuracies": accuracies,
             "latency_b1_median_ms": b1.median_ms, "images_per_s_b256": 256 / (b256.median_ms / 1e3),
-            "inference": "tf.function(model(x, training=False))"}
+            "inference": "tf.function"}
 
 
-def leanvision_run(dataset, name: str, cfg: TrainConfig, runtime: str) -> dict:
+def leanvision_run(dataset, name: str, cfg: TrainConfig, runtimes: tuple[str, ...]) -> list[dict]:
+    """Train `name` once; one row per inference runtime (the training columns are shared)."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_chans=1, img_size=28)
     accuracies = []
@@ -81,13 +85,17 @@ def leanvision_run(dataset, name: str, cfg: TrainConfig, runtime: str) -> dict:
         history = fit(model, dataset, cfg, out, progress=False, on_epoch_end=score)
     model.eval()
     x = normalizer(dataset.mean, dataset.std, torch.device("cpu"))(dataset.test.images[:256])
-    predict = get_runtime(runtime).prepare(model, x[:1], precision="fp32", device=torch.device("cpu"))
-    b1 = measure_latency(lambda: predict(x[:1]), warmup=20, repeats=200)
-    b256 = measure_latency(lambda: predict(x), warmup=3, repeats=20)
-    return {"framework": f"leanvision (torch {torch.__version__}), inference on {runtime}", "model": name,
-            "params": sum(p.numel() for p in model.parameters()), "epoch_times_s": [h["epoch_time_s"] for h in history],
-            "test_accuracies": accuracies, "latency_b1_median_ms": b1.median_ms,
-            "images_per_s_b256": 256 / (b256.median_ms / 1e3), "inference": runtime}
+    rows = []
+    for runtime in runtimes:
+        predict = get_runtime(runtime).prepare(model, x[:1], precision="fp32", device=torch.device("cpu"))
+        b1 = measure_latency(lambda: predict(x[:1]), warmup=20, repeats=200)
+        b256 = measure_latency(lambda: predict(x), warmup=3, repeats=20)
+        rows.append({"framework": f"leanvision (torch {torch.__version__}), inference on {runtime}", "model": name,
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "epoch_times_s": [h["epoch_time_s"] for h in history], "test_accuracies": list(accuracies),
+                     "latency_b1_median_ms": b1.median_ms, "images_per_s_b256": 256 / (b256.median_ms / 1e3),
+                     "inference": runtime})
+    return rows
 
 
 def time_to(accuracies: list[float], times: list[float], target: float) -> float | None:
@@ -99,11 +107,81 @@ def time_to(accuracies: list[float], times: list[float], target: float) -> float
     return None
 
 
+def label(row: dict) -> str:
+    return f"{row['framework'].split(' (')[0]} {row['model']} [{row['inference']}]"
+
+
+def one_repeat(dataset, arrays, epochs: int, keras_first: bool) -> dict:
+    """Keras and leanvision once each, in the given order; ratios against this repeat's Keras run."""
+    reference = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", learning_rate=1e-3, schedule="constant",
+                            device="cpu")  # the reference Keras code's training, written out
+    best = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", learning_rate=3e-3, schedule="onecycle",
+                       device="cpu")
+
+    def ours():
+        return (leanvision_run(dataset, "seed-baseline", reference, ("torch", "onnxruntime"))
+                + leanvision_run(dataset, "compact", best, ("onnxruntime",)))
+
+    if keras_first:
+        keras = keras_run(*arrays, epochs)
+        lean = ours()
+    else:
+        lean = ours()
+        keras = keras_run(*arrays, epochs)
+    rows = [keras, *lean]
+    target = keras["test_accuracies"][-1]
+    keras_tta = time_to(keras["test_accuracies"], keras["epoch_times_s"], target)
+    for r in rows:
+        tta = time_to(r["test_accuracies"], r["epoch_times_s"], target)
+        r["time_per_epoch_s"] = float(np.mean(r["epoch_times_s"]))
+        r["time_to_target_s"] = tta
+        r["speedup_time_to_target_vs_keras"] = keras_tta / tta if tta else None
+        r["speedup_latency_b1_vs_keras"] = keras["latency_b1_median_ms"] / r["latency_b1_median_ms"]
+        r["speedup_throughput_vs_keras"] = r["images_per_s_b256"] / keras["images_per_s_b256"]
+    for r in rows:  # after the loop: Keras's own time per epoch is set in it
+        r["speedup_epoch_time_vs_keras"] = keras["time_per_epoch_s"] / r["time_per_epoch_s"]
+    return {"order": "keras first" if keras_first else "leanvision first", "target_accuracy": target, "rows": rows}
+
+
+COLUMNS = (("time_per_epoch_s", "s/epoch", "{:.1f}"), ("speedup_epoch_time_vs_keras", "x", "{:.2f}"),
+           ("time_to_target_s", "t->target s", "{:.1f}"), ("speedup_time_to_target_vs_keras", "x", "{:.2f}"),
+           ("latency_b1_median_ms", "b1 ms", "{:.3f}"), ("speedup_latency_b1_vs_keras", "x", "{:.2f}"),
+           ("images_per_s_b256", "img/s@256", "{:,.0f}"), ("speedup_throughput_vs_keras", "x", "{:.2f}"))
+
+
+def summarize(repeats: list[dict]) -> list[dict]:
+    """Per row: the median of each column over the repeats and its range (None where a repeat missed the target)."""
+    out = []
+    for i, first in enumerate(repeats[0]["rows"]):
+        summary = {"row": label(first), "params": first["params"],
+                   "final_accuracy": [r["rows"][i]["test_accuracies"][-1] for r in repeats]}
+        for key, _, _ in COLUMNS:
+            values = [r["rows"][i][key] for r in repeats]
+            got = [v for v in values if v is not None]
+            summary[key] = {"median": float(np.median(got)) if got else None, "min": min(got, default=None),
+                            "max": max(got, default=None), "values": values}
+        out.append(summary)
+    return out
+
+
+def cell(stat: dict, fmt: str) -> str:
+    if stat["median"] is None:
+        return "not reached"
+    text = fmt.format(stat["median"])
+    return text if len(stat["values"]) == 1 else f"{text} [{fmt.format(stat['min'])}-{fmt.format(stat['max'])}]"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--epochs", type=int, default=2, help="Keras epochs (the target); leanvision gets as many")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="whole comparisons, alternating which framework goes first; medians and ranges printed")
+    parser.add_argument("--train-images", type=int, default=None, help="use the first N training images (a quick "
+                        "correctness check; the recorded numbers use all 60,000)")
     args = parser.parse_args()
+    if args.repeats < 1 or args.epochs < 1:
+        parser.error(f"--repeats and --epochs must be >= 1 (got {args.repeats}, {args.epochs})")
     try:
         import tensorflow  # noqa: F401
     except ImportError:
@@ -111,37 +189,35 @@ def main() -> int:
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     dataset = load_dataset("mnist", args.data_dir, val_fraction=0.0, download=False)
-    x_train = dataset.train.images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255  # NHWC, as Keras reads it
-    x_test = dataset.test.images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255
-    keras = keras_run(x_train, dataset.train.labels.numpy(), x_test, dataset.test.labels.numpy(), args.epochs)
-    target = keras["test_accuracies"][-1]
-    reference = TrainConfig(epochs=args.epochs, batch_size=128, optimizer="adam", learning_rate=1e-3, device="cpu")
-    best = TrainConfig(epochs=args.epochs, batch_size=128, optimizer="adam", learning_rate=3e-3, schedule="onecycle",
-                       device="cpu")
-    rows = [keras,
-            leanvision_run(dataset, "seed-baseline", reference, "torch"),
-            leanvision_run(dataset, "seed-baseline", reference, "onnxruntime"),
-            leanvision_run(dataset, "compact", best, "onnxruntime")]
-    keras_tta = time_to(keras["test_accuracies"], keras["epoch_times_s"], target)
-    print(f"MNIST 60,000 train / 10,000 test, CPU {environment()['cpu_model']}, {torch.get_num_threads()} threads; "
-          f"target = Keras's final test accuracy {target:.4f} after {args.epochs} epoch(s); fp32 everywhere")
-    print(f"{'framework / model':<58}{'params':>9}{'s/epoch':>9}{'final acc':>10}{'t->target s':>12}"
-          f"{'(x Keras)':>10}{'b1 ms':>8}{'(x)':>7}{'img/s@256':>11}{'(x)':>7}")
-    for r in rows:
-        tta = time_to(r["test_accuracies"], r["epoch_times_s"], target)
-        r["time_to_target_s"] = tta
-        r["speedup_time_to_target_vs_keras"] = keras_tta / tta if tta else None
-        r["speedup_latency_b1_vs_keras"] = keras["latency_b1_median_ms"] / r["latency_b1_median_ms"]
-        r["speedup_throughput_vs_keras"] = r["images_per_s_b256"] / keras["images_per_s_b256"]
-        label = f"{r['framework'].split(' (')[0]} {r['model']} [{r['inference']}]"[:57]
-        tta_text = f"{tta:12.1f}" if tta else f"{'not reached':>12}"
-        speed = f"{r['speedup_time_to_target_vs_keras']:10.2f}" if tta else f"{'-':>10}"
-        print(f"{label:<58}{r['params']:>9,}{np.mean(r['epoch_times_s']):>9.1f}{r['test_accuracies'][-1]:>10.4f}"
-              f"{tta_text}{speed}{r['latency_b1_median_ms']:>8.3f}{r['speedup_latency_b1_vs_keras']:>7.2f}"
-              f"{r['images_per_s_b256']:>11,.0f}{r['speedup_throughput_vs_keras']:>7.2f}")
+    if args.train_images:
+        dataset.train = dataset.train.subset(torch.arange(min(args.train_images, len(dataset.train))))
+    arrays = (dataset.train.images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255,  # NHWC, as Keras reads it
+              dataset.train.labels.numpy(),
+              dataset.test.images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255, dataset.test.labels.numpy())
+    print(f"MNIST {len(dataset.train):,} train / {len(dataset.test):,} test, CPU {environment()['cpu_model']}, "
+          f"{torch.get_num_threads()} threads, fp32 everywhere, batch 128 training; target = each repeat's Keras final "
+          f"test accuracy after {args.epochs} epoch(s); {args.repeats} repeat(s), alternating order")
+    repeats = []
+    for k in range(args.repeats):
+        repeats.append(one_repeat(dataset, arrays, args.epochs, keras_first=k % 2 == 0))
+        rep = repeats[-1]
+        print(f"repeat {k + 1} ({rep['order']}), target {rep['target_accuracy']:.4f}: " + "; ".join(
+            f"{label(r)} {r['time_per_epoch_s']:.1f} s/epoch, acc {r['test_accuracies'][-1]:.4f}, "
+            f"b1 {r['latency_b1_median_ms']:.3f} ms, {r['images_per_s_b256']:,.0f} img/s@256" for r in rep["rows"]),
+            flush=True)
+    summary = summarize(repeats)
+    print(f"\nmedian [min-max] over {args.repeats} repeat(s); x = ratio against Keras in the same repeat "
+          "(> 1: leanvision faster)")
+    print("| framework / model [inference] | params | final acc | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
+    print("|---|---:|---:|" + "---:|" * len(COLUMNS))
+    for s in summary:
+        accs = s["final_accuracy"]
+        acc = f"{np.median(accs):.4f}" + (f" [{min(accs):.4f}-{max(accs):.4f}]" if len(accs) > 1 else "")
+        print(f"| {s['row']} | {s['params']:,} | {acc} | " + " | ".join(cell(s[k], f) for k, _, f in COLUMNS) + " |")
     out = Path(__file__).parent / "out" / "keras_comparison.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"target_accuracy": target, "rows": rows, "environment": environment()}, indent=2))
+    out.write_text(json.dumps({"epochs": args.epochs, "repeats": repeats, "summary": summary,
+                               "environment": environment()}, indent=2))
     print(f"wrote {out}")
     return 0
 

@@ -113,7 +113,8 @@ def test_fit_l2_penalty_shrinks_regularized_kernel(digits, tmp_path):
 
 @pytest.mark.parametrize("patience", [1, 2])
 def test_fit_early_stopping_waits_exactly_patience_epochs(digits, tmp_path, patience):
-    cfg = TrainConfig(epochs=30, device="cpu", early_stopping=patience, learning_rate=1e-5, optimizer="sgd")
+    cfg = TrainConfig(epochs=30, device="cpu", early_stopping=patience, learning_rate=3e-3, optimizer="adam",
+                      schedule="constant")  # improves, then plateaus well before 30 epochs
     history = fit(_model("seed-shallow"), digits, cfg, tmp_path, progress=False)
     val = [h["val_accuracy"] for h in history]
     improved = [i for i, v in enumerate(val) if v > max(val[:i], default=-1.0)]  # the rule: strictly better

@@ -164,8 +164,7 @@ def test_explicit_round_to_gets_no_round_to_advice(one_epoch_run, tmp_path, digi
     auto = optimize_run(one_epoch_run, ["prune:ratio=0.3,finetune_epochs=0"], tmp_path / "p30",
                         dataset=digits, progress=False, repeats=3)
     notes = " ".join(auto["steps"][1]["notes"])
-    assert "round_to=8" not in notes
-    if "not multiples of 8" in notes:
+    if "not multiples of 8" in notes:  # the automatic rounding left odd channel counts: the advice names the argument
         assert "round_to=8" in notes
 
 

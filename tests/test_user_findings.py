@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from leanvision.cli import main
+from leanvision.cli import build_parser, main
+from leanvision.cliparse import as_flags
 
 QUICK = ["--dataset", "digits", "--no-progress", "--device", "cpu"]
 GOOD = ["--epochs", "4", "--batch-size", "64", "--lr", "3e-3", "--schedule", "onecycle"]
@@ -38,7 +39,9 @@ def test_collapsed_validation_warns_with_the_fix_and_a_good_run_does_not(good_ru
     captured = capsys.readouterr()
     lines = warnings_in(captured.err)
     assert lines and "--epochs" in lines[0] and "Traceback" not in captured.err
-    assert json.loads((out / "result.json").read_text())["warnings"] == [line[len("warning: "):] for line in lines]
+    saved = json.loads((out / "result.json").read_text())["warnings"]  # the library's words: argument names
+    assert "`epochs`" in saved[0] and [as_flags(w, build_parser(), "train") for w in saved] == [
+        line[len("warning: "):] for line in lines]
     assert json.loads((good_run / "result.json").read_text())["warnings"] == []
 
 
@@ -149,7 +152,8 @@ def test_optimize_round_to_warning_table_and_int8_export(good_run, tmp_path, cap
     warning = warnings_in(captured.err)
     assert len(warning) == 1 and "prune lost" in warning[0] and "--finetune-epochs" in warning[0]
     result = json.loads((out / "result.json").read_text())
-    assert result["warnings"] == [warning[0][len("warning: "):]]
+    assert "finetune_epochs=3" in result["warnings"][0]  # result.json keeps the argument; the CLI says the flag
+    assert [as_flags(w, build_parser(), "optimize") for w in result["warnings"]] == [warning[0][len("warning: "):]]
     assert result["steps"][1]["config"]["round_to"] == 8
     pruned = json.loads((out / "model.json").read_text())["shape_overrides"]
     widths = [shape["out_channels"] for shape in pruned.values() if "out_channels" in shape]
