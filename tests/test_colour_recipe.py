@@ -173,4 +173,4 @@ def test_colour_fast_recipe_learns_on_real_photos(cifar_subset, tmp_path):
     cfg = RunConfig(model=recipe.model, model_kwargs=recipe.model_kwargs,
                     data=DataConfig(str(cifar_subset)), train=TrainConfig(**train))
     result = train_run(cfg, tmp_path / "run", progress=False, dataset=dataset)
-    assert result["test_accuracy"] >= 0.40  # chance is 10%; measured 0.0 with seed 0
+    assert result["test_accuracy"] >= 0.40  # chance is 10%; measured 0.5975 (seed 0, 400 test images)
