@@ -26,7 +26,8 @@ from leanvision.data import load_dataset
 from leanvision.measure import environment
 from leanvision.models import create_model
 from leanvision.recipes import resolve_recipe
-from leanvision.train import fit, predict_logits
+from leanvision.runtimes.eager import predict_logits
+from leanvision.train import fit
 
 ROWS = {  # name: (TrainConfig changes, model kwargs changes, what it removes)
     "recipe": ({}, {}, "the fast recipe as shipped"),

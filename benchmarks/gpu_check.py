@@ -402,7 +402,8 @@ def stage_pytest(ctx: Ctx) -> dict:
 def stage_mnist(ctx: Ctx) -> dict:
     import torch
 
-    from leanvision.train import fit, predict_logits
+    from leanvision.runtimes.eager import predict_logits
+    from leanvision.train import fit
 
     dataset = ctx.dataset("mnist")
     target = 0.99
@@ -449,8 +450,9 @@ def stage_precision(ctx: Ctx) -> dict:
     import torch.nn.functional as F
 
     from leanvision.config import TrainConfig
+    from leanvision.device import autocast
     from leanvision.models import create_model
-    from leanvision.train import autocast, make_optimizer
+    from leanvision.train import make_optimizer
 
     precisions = ("fp32", "bf16", "fp16") if ctx.cuda else ("fp32", "bf16")
     sizes, steps, warmup = ((128, 512, 2048), 20, 3) if ctx.cuda else ((4,), 1, 1)
@@ -630,7 +632,8 @@ def stage_bench(ctx: Ctx) -> dict:
 def stage_cifar(ctx: Ctx) -> dict:
     import torch
 
-    from leanvision.train import fit, predict_logits
+    from leanvision.runtimes.eager import predict_logits
+    from leanvision.train import fit
 
     dataset = ctx.dataset("cifar")
     recipe, cfg = _fast_config(ctx, dataset, **({"epochs": 1} if ctx.smoke else {}))

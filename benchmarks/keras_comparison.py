@@ -29,10 +29,12 @@ import torch
 
 from leanvision.config import TrainConfig
 from leanvision.data import load_dataset
+from leanvision.data.normalize import normalizer
 from leanvision.measure import environment, measure_latency
 from leanvision.models import create_model
 from leanvision.runtimes import get_runtime
-from leanvision.train import fit, normalizer, predict_logits
+from leanvision.runtimes.eager import predict_logits
+from leanvision.train import fit
 
 
 def keras_run(x_train, y_train, x_test, y_test, epochs: int) -> dict:

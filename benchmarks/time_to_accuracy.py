@@ -41,7 +41,8 @@ from leanvision.measure import environment
 from leanvision.models import create_model
 from leanvision.recipes import resolve_recipe
 from leanvision.runs import train_run
-from leanvision.train import fit, predict_logits
+from leanvision.runtimes.eager import predict_logits
+from leanvision.train import fit
 
 TARGET = 0.990
 CIFAR_GOALS = {"fast": (0.85, 180.0), "accurate": (0.90, 600.0)}  # recipe: (test accuracy, seconds from start)

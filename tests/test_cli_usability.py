@@ -218,9 +218,9 @@ def test_resume_reads_the_stored_config_and_extends_a_finished_run(tmp_path, cap
 # -- point 13: the compile time is said when it happens -----------------------------------------------------------
 
 def test_compile_time_is_printed_and_kept_apart(tmp_path, capsys, monkeypatch):
-    import leanvision.train
+    import leanvision.train.loop
 
-    monkeypatch.setattr(leanvision.train, "compile_for_training",
+    monkeypatch.setattr(leanvision.train.loop, "compile_for_training",
                         lambda net, device, shapes, autocast, channels_last=False: (net, 12.5))
     assert main(["train", *CPU, "--model", "seed-shallow", "--epochs", "1", "--compile", "--out",
                  str(tmp_path / "r")]) == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import interrupt_at
 from torch import nn
 
 from leanvision.config import DataConfig, RunConfig, TrainConfig
@@ -132,8 +133,8 @@ def test_lookahead_resume_is_exact(digits, tmp_path):
         if interrupt:
             from leanvision.train import TrainingInterrupted
 
-            with pytest.raises(TrainingInterrupted):
-                fit(model, digits, cfg, out, progress=False, interrupt_at_step=interrupt)
+            with interrupt_at(interrupt), pytest.raises(TrainingInterrupted):
+                fit(model, digits, cfg, out, progress=False)
             torch.manual_seed(0)
             model = create_model("compact", in_chans=1, img_size=8)
             fit(model, digits, cfg, out, progress=False, resume=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import interrupt_at
 from torch import nn
 
 from leanvision import device as devices
@@ -101,10 +102,11 @@ def test_fused_optimizer_on_cuda_only_and_not_carried_to_another_device():
 
 
 def test_device_split_batches_like_the_host_split(digits):
-    from leanvision.train import _NormalizedSplit, normalizer
+    from leanvision.data import normalizer
+    from leanvision.train.placement import DeviceSplit
 
     normalize = normalizer(digits.mean, digits.std, torch.device("cpu"))
-    raw = _NormalizedSplit(digits.train, normalize, torch.device("cpu"), normalized=False)
+    raw = DeviceSplit(digits.train, normalize, torch.device("cpu"), normalized=False)
     host = list(digits.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(3)))
     kept = list(raw.batches(64, shuffle=True, generator=torch.Generator().manual_seed(3)))
     assert len(host) == len(kept) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -143,8 +145,8 @@ def test_resume_with_an_augmentation_state_from_another_device(digits, tmp_path)
     cfg = TrainConfig(epochs=2, device="cpu", augment="flip", batch_size=256)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    with pytest.raises(TrainingInterrupted):
-        fit(model, digits, cfg, tmp_path, progress=False, interrupt_at_step=3)
+    with interrupt_at(3), pytest.raises(TrainingInterrupted):
+        fit(model, digits, cfg, tmp_path, progress=False)
     state = load_state(tmp_path / CHECKPOINT)
     assert state["rng"]["aug_device"] == "cpu" and state["rng"]["aug"].numel() == 5056
     state["rng"]["aug"], state["rng"]["aug_device"] = torch.zeros(16, dtype=torch.uint8), "cuda"  # a CUDA state
@@ -264,14 +266,15 @@ def test_ort_io_binding_matches_session_run(tmp_path):
 
 def test_no_inference_mode_on_xla_and_loss_read_after_the_step(digits, tmp_path, monkeypatch):
     from leanvision import train
+    from leanvision.train import amp, loop
 
     assert isinstance(devices.inference_context(torch.device("xla")), torch.no_grad)
     assert isinstance(devices.inference_context(torch.device("cpu")), torch.inference_mode)
     log = []
-    monkeypatch.setattr(train, "step_done", lambda device: log.append("step"))
+    monkeypatch.setattr(amp, "step_done", lambda device: log.append("step"))
     add = LossTracker.add
     monkeypatch.setattr(LossTracker, "add", lambda self, loss, n: log.append("read") or add(self, loss, n))
-    monkeypatch.setattr(train, "LossTracker", LossTracker)
+    monkeypatch.setattr(loop, "LossTracker", LossTracker)
     train.fit(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), digits, TrainConfig(epochs=1, device="cpu"), tmp_path,
               progress=False)
     assert log and log == ["step", "read"] * (len(log) // 2)  # the read follows the step (no extra XLA graph)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from leanvision.config import TrainConfig
+from leanvision.data.normalize import normalizer
 from leanvision.models import create_model, list_models
 from leanvision.runtimes import get_runtime, predict_batches
-from leanvision.train import fit, normalizer
+from leanvision.train import fit
 
 pytest.importorskip("onnxruntime")
 

@@ -15,8 +15,9 @@ from leanvision.evaluate import classification_metrics, predict_files
 from leanvision.models import MODELS, create_model
 from leanvision.registry import Registry
 from leanvision.rundir import load_run
+from leanvision.runtimes.eager import predict_logits
 from leanvision.techniques import parse_technique
-from leanvision.train import fit, make_optimizer, predict_logits
+from leanvision.train import fit, make_optimizer
 
 # ---- precision / recall: scikit-learn is the oracle ---------------------------------------------------------------
 

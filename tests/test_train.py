@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from testkit import interrupt_at
 from torch import nn
 
 from leanvision.config import TrainConfig
@@ -47,16 +48,15 @@ def test_fit_same_seed_identical_metrics(digits, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("interrupt_at", [5, 11, 24])  # mid-epoch 1, exactly at the end of epoch 1, mid-epoch 3
-def test_fit_resume_after_interrupt_matches_uninterrupted(digits, tmp_path, interrupt_at):
+@pytest.mark.parametrize("interrupt", [5, 11, 24])  # mid-epoch 1, exactly at the end of epoch 1, mid-epoch 3
+def test_fit_resume_after_interrupt_matches_uninterrupted(digits, tmp_path, interrupt):
     # dropout + augmentation + onecycle: every RNG stream and the schedule must survive the interruption
     cfg = TrainConfig(epochs=3, seed=1, device="cpu", augment="crop-flip", schedule="onecycle", batch_size=128)
     full = fit(_model("seed-dropout", seed=1), digits, cfg, tmp_path / "full", progress=False)
-    with pytest.raises(TrainingInterrupted, match="`resume`"):
-        fit(_model("seed-dropout", seed=1), digits, cfg, tmp_path / "cut", progress=False,
-            interrupt_at_step=interrupt_at)
+    with interrupt_at(interrupt), pytest.raises(TrainingInterrupted, match="`resume`"):
+        fit(_model("seed-dropout", seed=1), digits, cfg, tmp_path / "cut", progress=False)
     state = load_state(tmp_path / "cut" / "checkpoint.safetensors")
-    assert state["global_step"] == interrupt_at
+    assert state["global_step"] == interrupt
     resumed = fit(_model("seed-dropout", seed=99), digits, cfg, tmp_path / "cut", progress=False, resume=True)
     assert _strip_times(resumed) == _strip_times(full)
     wa = load_weights(tmp_path / "full" / "last.safetensors")

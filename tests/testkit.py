@@ -1,6 +1,7 @@
 """Helpers shared by the tests (imported as `from testkit import ...`; conftest.py files are not importable by name,
 since pytest loads one per folder under the same module name)."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,3 +21,15 @@ def one_error_line(text: str, *fragments: str, only: bool = False) -> str:
     for fragment in fragments:
         assert fragment.lower() in errors[0].lower(), errors[0]
     return errors[0]
+
+
+@contextmanager
+def interrupt_at(step: int):
+    """`fit` behaves as if Ctrl-C came after optimizer step `step` (test hook `train.stopping.interrupt_at_step`)."""
+    from leanvision.train import stopping
+
+    stopping.interrupt_at_step = step
+    try:
+        yield
+    finally:
+        stopping.interrupt_at_step = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,3 +298,13 @@ def setup_train_device(cfg: Any) -> torch.device:
     """`setup_device` with a `TrainConfig`'s device options; under torchrun, this rank's device (cuda:LOCAL_RANK)."""
     return setup_device(local_device_name(cfg.device), channels_last=cfg.channels_last,
                         memory_fraction=cfg.memory_fraction, expandable_segments=cfg.expandable_segments)
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for `precision` (fp32: none). fp16 autocast is CUDA-only here (slow or missing on CPU)."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise LeanvisionError(f"precision fp16 needs a CUDA device (got {device}). Use precision='bf16' on CPU.")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from .data.images import IMAGE_EXTENSIONS, image_files
+from .data.normalize import normalizer
 from .errors import LeanvisionError
 from .rundir import Run
-from .train import normalizer, predict_logits
+from .runtimes.eager import predict_logits
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from .rundir import (
 )
 from .runs import dataset_summary
 from .runtimes import RUNTIMES, get_runtime
+from .runtimes.eager import predict_logits
 from .techniques import (
     Context,
     DistillConfig,
@@ -50,7 +51,6 @@ from .techniques import (
     parse_technique,
     shape_overrides,
 )
-from .train import predict_logits
 
 
 def build_chain(*, prune: float | None = None, prune_method: str = "l1", unstructured: float | None = None,

@@ -36,7 +36,8 @@ from .data import load_dataset
 from .errors import RunDirError, first_line
 from .io import load_weights, read_json, save_weights, write_json
 from .models import create_model
-from .techniques import OnnxModule, restore_structure_
+from .runtimes.onnx_model import OnnxModule, is_onnx  # is_onnx: re-exported, its home is runtimes
+from .techniques import restore_structure_
 
 MODEL_FORMAT = "leanvision-model/1"
 CUSTOM_PREFIX = "custom:"  # model name of a run trained from a user's own nn.Module (class recorded, never imported)
@@ -74,12 +75,6 @@ class Run:
         if data_dir is not None:
             source["data_dir"] = data_dir
         return load_dataset(**source)
-
-
-def is_onnx(model: Any) -> bool:
-    """True for the int8 ONNX Runtime model of a quantized run (`OnnxModule`): it runs in ONNX Runtime only, and its
-    file is `model.onnx_path`. The one way to ask."""
-    return isinstance(model, OnnxModule)
 
 
 def custom_module_error(name: str, where: str) -> RunDirError:

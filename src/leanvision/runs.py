@@ -33,10 +33,11 @@ from .rundir import (
     write_model_meta,
     write_result,
 )
-from .train import CHECKPOINT, fit, predict_logits
+from .runtimes.eager import predict_logits
+from .train import CHECKPOINT, fit
 
 RESUMABLE = {f"train.{k}" for k in ("epochs", "device", "compile", "channels_last", "memory_fraction",
-                                    "expandable_segments")}  # what a resume may change (train._config_for_compare)
+                                    "expandable_segments")}  # what a resume may change (train.config_for_compare)
 
 
 def _data_kwargs(cfg: RunConfig) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-              interrupt_at_step: int | None = None, dataset=None, loss_fn=None, overwrite: bool = False, log=None,
+              dataset=None, loss_fn=None, overwrite: bool = False, log=None,
               recipe: str | None = None, epoch_lines: bool | None = None, model: nn.Module | None = None
               ) -> dict[str, Any]:
     """Train `cfg` into `out_dir` and evaluate the best weights on the test split; returns result.json's content.
@@ -79,7 +80,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     device = setup_train_device(cfg.train)  # fail fast on a missing device or bad device option, before any write
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
     try:
-        return _train_run(cfg, out, device, resume=resume, progress=progress, interrupt_at_step=interrupt_at_step,
+        return _train_run(cfg, out, device, resume=resume, progress=progress,
                           dataset=dataset, loss_fn=loss_fn, overwrite=overwrite, log=log, recipe=recipe,
                           epoch_lines=epoch_lines, model=model)
     finally:  # also on errors (a NaN stops every rank): the group is torn down, not left to the NCCL watchdog
@@ -88,7 +89,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
 
 
 def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool, progress: bool,
-               interrupt_at_step: int | None, dataset, loss_fn, overwrite: bool, log=None, recipe: str | None = None,
+               dataset, loss_fn, overwrite: bool, log=None, recipe: str | None = None,
                epoch_lines: bool | None = None, model: nn.Module | None = None) -> dict[str, Any]:
     main = distributed.is_main()  # only rank 0 writes files
     if resume and overwrite:
@@ -125,7 +126,7 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
         write_model_meta(out, meta)
     start = time.perf_counter()
     history = fit(model, dataset, cfg.train, out, resume=resume, progress=progress,
-                  interrupt_at_step=interrupt_at_step, loss_fn=loss_fn, epoch_lines=epoch_lines)
+                  loss_fn=loss_fn, epoch_lines=epoch_lines)
     wall = time.perf_counter() - start
     if not main:  # torchrun: rank 0 evaluates the test split and writes result.json; the other ranks read it
         distributed.barrier()

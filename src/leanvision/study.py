@@ -21,6 +21,7 @@ import yaml
 
 from .config import DataConfig, RunConfig, TrainConfig
 from .data import load_dataset
+from .data.normalize import normalizer
 from .errors import LeanvisionError, TrainingInterrupted, first_line
 from .io import read_json, write_json
 from .measure import (
@@ -37,7 +38,6 @@ from .measure import (
 from .rundir import is_onnx, load_run
 from .runs import dataset_summary, train_run
 from .runtimes import RUNTIMES, get_runtime, predict_batches
-from .train import normalizer
 
 PLAN_NAMES = ("reference", "quick", "colour")
 VARIANT_KEYS = {"name", "model", "model_kwargs", "base", "description", "train", "techniques", "recipe"}

@@ -6,7 +6,7 @@ from leanvision.errors import LeanvisionError
 from leanvision.optimize import optimize_run
 from leanvision.runs import load_run
 from leanvision.runtimes import export_onnx, get_runtime, make_session, ort_session
-from leanvision.techniques import OnnxModule
+from leanvision.runtimes.onnx_model import OnnxModule
 from leanvision.techniques.onnx_graph import graph_coverage
 
 pytest.importorskip("onnxruntime")

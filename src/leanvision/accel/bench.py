@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.normalize import normalizer
 from ..device import setup_device
 from ..errors import LeanvisionError, first_line
 from ..measure.speed import images_per_s, time_batches
 from ..rundir import Run, load_run
 from ..runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
-from ..train import normalizer
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
 
 ROW_KEYS = (

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..data.normalize import normalizer
 from ..errors import LeanvisionError
 from ..measure.counts import file_bytes
 from ..rundir import Run, load_run
@@ -27,7 +28,6 @@ from ..runtimes import (
     predict_batches,
     write_metadata,
 )
-from ..train import normalizer
 
 FORMATS = ("onnx",)
 TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points

@@ -11,6 +11,7 @@ from . import cifar, digits, idx  # noqa: F401  (register the built-in datasets)
 from .api import list_datasets, load_dataset
 from .core import DATASETS, Dataset, DatasetSpec, ImageSet, resolve_data_dir
 from .images import IMAGE_EXTENSIONS, load_image_files
+from .normalize import normalizer
 from .streaming import StreamingImageSet
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_image_files",
+    "normalizer",
     "resolve_data_dir",
 ]

@@ -12,6 +12,7 @@ from ..compile import compile_for_inference, compile_support, recompile_limit
 from ..device import check_autocast, synchronize
 from ..errors import LeanvisionError
 from .base import PRECISIONS, RUNTIMES, Predict, Runtime
+from .onnx_model import is_onnx
 
 
 @RUNTIMES.register("torch-compile")
@@ -37,7 +38,7 @@ class TorchCompileRuntime(Runtime):
         self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
     ) -> Predict:
         self._check_precision(precision)
-        if getattr(model, "onnx_path", None) is not None:
+        if is_onnx(model):
             raise LeanvisionError("This run is an int8 ONNX model; torch-compile cannot run it. "
                                   "Use runtime='onnxruntime'.")
         device = torch.device(device)

@@ -8,9 +8,11 @@ import copy
 import torch
 from torch import nn
 
-from ..device import check_autocast, inference_context
+from ..data.normalize import normalizer
+from ..device import autocast, check_autocast, inference_context
 from ..errors import LeanvisionError
 from .base import PRECISIONS, RUNTIMES, Predict, Runtime
+from .onnx_model import is_onnx
 
 
 @RUNTIMES.register("torch")
@@ -28,7 +30,7 @@ class TorchRuntime(Runtime):
         self, model: nn.Module, example: torch.Tensor, precision: str = "fp32", device: torch.device | str = "cpu"
     ) -> Predict:
         self._check_precision(precision)
-        if getattr(model, "onnx_path", None) is not None:  # an int8 run from `leanvision optimize`
+        if is_onnx(model):  # an int8 run from `leanvision optimize`
             raise LeanvisionError("This run holds an int8 ONNX model, which only ONNX Runtime can run. "
                                   "Use runtime 'onnxruntime' for it.")
         device = torch.device(device)
@@ -42,8 +44,26 @@ class TorchRuntime(Runtime):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with inference_context(device), autocast:  # no_grad on XLA, inference_mode elsewhere
+            amp = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with inference_context(device), amp:  # no_grad on XLA, inference_mode elsewhere
                 return net(x.to(device, non_blocking=True)).float()
 
         return predict
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split, mean, std, device: torch.device, *, batch_size: int = 1000,
+                   precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and labels (N,) of a whole split, in eval mode, on CPU."""
+    normalize = normalizer(mean, std, device)
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    with autocast(device, precision):
+        for xb, yb in split.batches(batch_size):
+            outputs.append(model(normalize(xb)).float().cpu())
+            labels.append(yb)
+    model.train(was_training)
+    if not outputs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(labels)

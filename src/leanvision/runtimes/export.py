@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import LeanvisionError, first_line
 from ..io import atomic_write_bytes
+from .onnx_model import is_onnx
 
 ONNX_INPUT_NAME, ONNX_OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO >= 2023 all run opset 17
@@ -42,10 +43,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
         raise ValueError(f"Invalid `input_shape`. Expected (C, H, W). Received: input_shape={input_shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = getattr(model, "onnx_path", None)
-    if source is not None:  # already an ONNX model (an int8 run from `leanvision optimize`): copied as is
-        if Path(source).resolve() != path.resolve():
-            shutil.copyfile(source, path)
+    if is_onnx(model):  # already an ONNX model (an int8 run from `leanvision optimize`): copied as is
+        if Path(model.onnx_path).resolve() != path.resolve():
+            shutil.copyfile(model.onnx_path, path)
         return path
     net = copy.deepcopy(model).cpu().float().eval()
     example = torch.zeros((2, *input_shape))  # batch 2: a trace at batch 1 can bake the batch size into reshapes

@@ -6,7 +6,7 @@ body), `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /model`, `
 study report, when the run lives in a study folder), `/docs` and `/openapi.json`.
 
 Images are decoded with the training pipeline's own conversion (`data.images.convert_image`) and normalized by
-`train.normalizer`, exactly as `leanvision predict` does. Every untrusted input is bounded before it costs memory:
+`data.normalizer`, exactly as `leanvision predict` does. Every untrusted input is bounded before it costs memory:
 the body (Content-Length checked first, then bytes counted while streaming), the file formats PIL may open, and the
 pixel count read from the image header before any pixel is decoded (decompression bombs).
 """
@@ -168,11 +168,11 @@ def study_report(run_dir: Path) -> Path | None:
 
 def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel:
     """Load a run and wrap it for serving: `infer` applies the training normalization, the runtime and softmax."""
+    from ..data.normalize import normalizer
     from ..io import read_json
     from ..measure import count_macs, file_bytes
     from ..rundir import is_onnx, load_run
     from ..runtimes import RUNTIMES, get_runtime
-    from ..train import normalizer
 
     path = Path(run_dir)
     if not (path / "model.json").is_file():

@@ -31,7 +31,7 @@ from .base import (
 from .distill import DistillConfig, distillation_loss
 from .fold import FoldConfig, fold_conv_bn_
 from .prune import PruneConfig, apply_shape_overrides, shape_overrides
-from .quantize import OnnxModule, QuantizeConfig
+from .quantize import QuantizeConfig
 
 
 def restore_structure_(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
@@ -45,7 +45,7 @@ def restore_structure_(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
 
 
 __all__ = [
-    "TECHNIQUES", "Context", "DistillConfig", "FoldConfig", "OnnxModule", "PruneConfig", "QuantizeConfig", "Technique",
+    "TECHNIQUES", "Context", "DistillConfig", "FoldConfig", "PruneConfig", "QuantizeConfig", "Technique",
     "TechniqueConfig", "apply_", "apply_shape_overrides", "distillation_loss", "finetune_", "fold_conv_bn_",
     "list_techniques", "parse_technique", "register_technique", "restore_structure_", "shape_overrides",
 ]

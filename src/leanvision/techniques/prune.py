@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.normalize import normalizer
 from ..errors import LeanvisionError
 from .base import Context, TechniqueConfig, check_choice, check_range, finetune_, register_technique
 
@@ -121,7 +122,6 @@ def recalibrate_batchnorm_(model: nn.Module, ctx: Context, num_batches: int = 50
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or ctx.dataset is None:
         return
-    from ..train import normalizer
 
     momenta = [m.momentum for m in norms]
     for m in norms:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtimes.eager import predict_logits
 from .onnx_graph import STEM_MIN_REDUCTION
 
 
@@ -136,8 +137,6 @@ def strip_(model: nn.Module) -> nn.Module:
 
 def agreement(reference: nn.Module, candidate: nn.Module, dataset) -> dict[str, float]:
     """Top-1 agreement and largest logit difference of two models on the test split (validation if no test)."""
-    from ..train import predict_logits
-
     _, split = dataset.evaluation_split
     cpu = torch.device("cpu")
     ref, _ = predict_logits(reference, split, dataset.mean, dataset.std, cpu)

@@ -37,10 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.normalize import normalizer
 from ..errors import LeanvisionError
 from ..runtimes.export import export_onnx
 from ..runtimes.graph import spatial_means_to_global_pool
-from ..runtimes.session import make_session
+from ..runtimes.onnx_model import OnnxModule
 from .base import Context, TechniqueConfig, check_choice, check_range, finetune_, register_technique
 from .onnx_graph import graph_coverage, stem_nodes
 
@@ -68,48 +69,10 @@ class QuantizeConfig(TechniqueConfig):
         check_range("quantize", "finetune_epochs", self.finetune_epochs, 0, 10_000)
 
 
-class OnnxModule(nn.Module):
-    """An ONNX model run by ONNX Runtime on the CPU behind the `nn.Module` interface: `forward(x) -> logits`.
-
-    `x` is a float batch (N, C, H, W) on any device; logits come back as float32 on the same device. The module has
-    one empty parameter so `next(model.parameters()).device` works for callers that ask. `onnx_path` and
-    `session_kwargs` let runtimes open the same file themselves.
-
-    Example: `OnnxModule("runs/int8/model.onnx")(x).argmax(1)`.
-    """
-
-    def __init__(self, path: str | Path, session_kwargs: dict[str, Any] | None = None):
-        super().__init__()
-        self.onnx_path = Path(path)
-        self.session_kwargs = dict(session_kwargs or {})
-        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
-        if not self.onnx_path.is_file():
-            raise LeanvisionError(f"ONNX model {self.onnx_path} not found. Expected the model.onnx written by "
-                                  "`leanvision optimize --quantize`; re-create the run.")
-        self._session = None
-
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = make_session(self.onnx_path, self.session_kwargs)
-        return self._session
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self.session.run(None, {self.session.get_inputs()[0].name: array})[0]
-        return torch.from_numpy(out).to(x.device)
-
-    def __deepcopy__(self, memo: dict) -> OnnxModule:
-        return OnnxModule(self.onnx_path, self.session_kwargs)  # a fresh session; sessions cannot be copied
-
-    def extra_repr(self) -> str:
-        return f"{self.onnx_path}"
 
 
 def calibration_images(dataset, size: int, seed: int = 0) -> torch.Tensor:
     """`size` normalized training images (a seeded random sample), float (N, C, H, W) on the CPU."""
-    from ..train import normalizer
-
     normalize = normalizer(dataset.mean, dataset.std, torch.device("cpu"))
     chunks, total = [], 0
     for xb, _ in dataset.train.batches(min(size, 256), shuffle=True, generator=torch.Generator().manual_seed(seed)):
