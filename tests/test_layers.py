@@ -1,9 +1,10 @@
-"""The architecture contracts in pyproject.toml's `[tool.importlinter]` (layers, forbidden upward imports, no cycles)
-hold for the package, and really fail on an upward import."""
+"""The architecture contracts in pyproject.toml's `[tool.importlinter]` (one layers contract for the whole package,
+no cycles inside a package) hold, place every module, and really fail on an upward import."""
 
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,11 @@ def test_import_contracts_are_kept():
     ("measure/stats.py", "from ..train import normalizer", "measure is not allowed to import leanvision.train"),
     ("device.py", "from .runtimes import base", "device is not allowed to import leanvision.runtimes"),
     ("runtimes/base.py", "from . import eager", "No import cycles"),  # a cycle inside runtimes/
+    ("train/optim.py", "from . import loop", "No import cycles"),  # a cycle inside train/
+    ("techniques/base.py", "from .. import runs", "techniques is not allowed to import leanvision.runs"),
+    ("train/loop.py", "from ..techniques import fold", "train is not allowed to import leanvision.techniques"),
+    ("data/core.py", "from .. import models", "data is not allowed to import leanvision.models"),
+    ("optimize.py", "from . import evaluate", "optimize is not allowed to import leanvision.evaluate"),  # siblings
 ])
 def test_an_upward_import_breaks_a_contract(tmp_path, module, line, broken):
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
@@ -43,3 +49,13 @@ def test_an_upward_import_breaks_a_contract(tmp_path, module, line, broken):
     result = lint_imports(tmp_path, tmp_path / "src")
     assert result.returncode == 1, result.stdout + result.stderr
     assert broken in result.stdout
+
+
+def test_every_module_has_a_layer():
+    """A new top-level module or package must be placed in the layers contract (else nothing checks its imports)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["id"] == "layers")["layers"]
+    placed = {name.strip().removeprefix("leanvision.") for layer in layers for name in layer.split("|")}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert modules | packages == placed

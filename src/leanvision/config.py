@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LeanvisionError
+from .registry import did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "warmup", "onecycle", "cosine", "triangle")
@@ -20,8 +21,6 @@ AUGMENTS = ("auto", "none", "flip", "crop", "crop-flip", "translate-flip")
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        from .registry import did_you_mean
-
         raise LeanvisionError(f"Invalid value for `{name}`. Expected one of {', '.join(choices)}. Received: {value!r}."
                               f"{did_you_mean(value, choices)}")
 

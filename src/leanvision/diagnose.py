@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .health import near_chance
+
 NOISE_FLOOR = 0.10  # relative: latency differences under 10% between separately timed variants are not claimed
 DISTURBED_MACS_FACTOR = 3.0  # a speed-up this many times the MAC ratio is suspicious ...
 DISTURBED_TAIL = 1.5  # ... when the slower side's p95 is over this many times its median (a busy machine)
@@ -78,8 +80,6 @@ def disturbed_timing(v: dict, base: dict, runtime: str = "torch") -> str | None:
 
 def did_not_learn(v: dict, num_classes: int | None) -> bool:
     """True for an ok variant whose test accuracy is near chance (`health.near_chance`)."""
-    from .health import near_chance
-
     return bool(num_classes) and v.get("accuracy") is not None and near_chance(v["accuracy"], num_classes)
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from .data.images import IMAGE_EXTENSIONS, image_files
+from .data.images import EMPTY_FILE, GRAY_MODES, IMAGE_EXTENSIONS, convert_image, decode_files, image_files, probe_files
 from .data.normalize import normalizer
 from .errors import LeanvisionError
+from .io import atomic_write_bytes
 from .rundir import Run
 from .runtimes.eager import predict_logits
 
@@ -94,8 +95,6 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .io import atomic_write_bytes
-
     cm = np.array(metrics["confusion_matrix"])
     names = [p["class"] for p in metrics["per_class"]]
     k = len(names)
@@ -176,8 +175,6 @@ def decode_inputs(items: list[Any], size_hw: tuple[int, int], channels: int
     decoded, {index: error} for those that did not)."""
     from PIL import Image
 
-    from .data.images import EMPTY_FILE, convert_image, decode_files
-
     entries = expand_inputs(list(items))
     names, arrays, errors = [], {}, {}
     paths = {i: e for i, e in enumerate(entries) if isinstance(e, str)}
@@ -226,8 +223,6 @@ def inverted_polarity(images: torch.Tensor, train_mean: list[float]) -> list[boo
 def _colour_inputs(entries: list[Any], order: list[int]) -> list[bool]:
     """Per decoded input (indices `order` into `expand_inputs` entries): was it a colour image (mode/shape)?"""
     from PIL import Image
-
-    from .data.images import GRAY_MODES, probe_files
 
     paths = [i for i in order if isinstance(entries[i], str)]
     modes = {i: (info[2] if info else "L") for i, (info, _) in zip(paths, probe_files([entries[i] for i in paths]))}

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .diagnose import spread_verdict
 from .errors import LeanvisionError
 from .health import step_warning
 from .io import read_json
@@ -163,8 +164,6 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
                                      f"{_verdict_text(*c['throughput_b256'])}" for name, c in changes.items())
     speed = step.get("onnxruntime")
     if speed:
-        from .diagnose import spread_verdict
-
         fp32, int8 = speed["fp32"], speed["int8"]
         b256 = spread_verdict(*(256e3 / int8["throughput_images_per_s"],) * 2,
                               *(256e3 / fp32["throughput_images_per_s"],) * 2)
@@ -203,8 +202,6 @@ def same_graph(step: dict[str, Any], before: dict[str, Any]) -> bool:
 def speed_change(step: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, tuple[str, float]]]:
     """Per runtime timed both before and after a step: (verdict, ratio) for batch-1 latency and batch-256 throughput
     by the study's measured-spread rule (`diagnose.spread_verdict`; batch 256 has no p95, so its noise floor only)."""
-    from .diagnose import spread_verdict
-
     out = {}
     for name, after in (step.get("speed") or {}).items():
         prev = (before.get("speed") or {}).get(name)

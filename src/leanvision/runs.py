@@ -18,8 +18,11 @@ from .config import RunConfig, config_diff
 from .data import load_dataset
 from .device import setup_train_device
 from .errors import LeanvisionError
+from .health import training_warnings
 from .io import load_weights, read_json
-from .models import create_model
+from .measure import environment as measured_environment
+from .models import MODELS, create_model, load_spec
+from .models.registry_api import SPEC_SUFFIXES
 from .rundir import (
     CUSTOM_PREFIX,
     MODEL_FORMAT,
@@ -55,8 +58,6 @@ def build_model(cfg: RunConfig, dataset) -> nn.Module:
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     """measure.environment (versions, threads, CPU/GPU names) plus the leanvision version and torchrun world size."""
-    from .measure import environment as measured_environment
-
     return {"leanvision": __version__, **measured_environment(device), "world_size": distributed.world_size()}
 
 
@@ -150,8 +151,6 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
         logits, labels = predict_logits(model, dataset.test, dataset.mean, dataset.std, device)
         correct = int((logits.argmax(1) == labels).sum())
         result.update(test_accuracy=correct / len(labels), test_correct=correct, test_total=len(labels))
-    from .health import training_warnings
-
     steps = -(-len(dataset.train) // cfg.train.batch_size)
     result["warnings"] = training_warnings(history, dataset.num_classes, steps_per_epoch=steps,
                                            learning_rate=cfg.train.learning_rate,
@@ -164,9 +163,6 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
 
 def _check_model_name(model: Any) -> None:
     """An unknown model name or a bad spec file fails here, before any run directory is looked at."""
-    from .models import MODELS, load_spec
-    from .models.registry_api import SPEC_SUFFIXES
-
     if isinstance(model, str) and not model.lower().endswith(SPEC_SUFFIXES):
         MODELS.get(model)
     elif isinstance(model, (str, os.PathLike)):

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 import yaml
 
-from .config import DataConfig, RunConfig, TrainConfig
+from .config import DataConfig, RunConfig, TrainConfig, config_diff
 from .data import load_dataset
 from .data.normalize import normalizer
+from .device import resolve_device
+from .diagnose import diagnose
 from .errors import LeanvisionError, TrainingInterrupted, first_line
 from .io import read_json, write_json
 from .measure import (
@@ -35,6 +37,10 @@ from .measure import (
     weight_bytes,
     wilson_interval,
 )
+from .optimize import optimize_variant, order_chain
+from .recipes import RECIPES, resolve_recipe
+from .registry import did_you_mean
+from .report import write_report
 from .rundir import is_onnx, load_run
 from .runs import dataset_summary, train_run
 from .runtimes import RUNTIMES, get_runtime, predict_batches
@@ -55,8 +61,6 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
     else:
         path = Path(plan)
         if not path.is_file():
-            from .registry import did_you_mean
-
             if path.suffix.lower() in (".yaml", ".yml", ".json") or len(path.parts) > 1:
                 raise LeanvisionError(f"Plan file {plan} does not exist. Give an existing plan .yaml file or a "
                                       f"built-in plan: {', '.join(PLAN_NAMES)}.")
@@ -80,12 +84,8 @@ def load_plan(plan: str | dict) -> dict[str, Any]:
             raise LeanvisionError(f"Plan {where}: variant {i} has unknown key(s) {sorted(unknown)}; "
                                   f"expected some of {sorted(VARIANT_KEYS)}.")
         if v.get("techniques"):  # e.g. ["prune:ratio=0.5,finetune_epochs=2", "quantize:mode=int8"]: checked now
-            from .optimize import order_chain
-
             order_chain(list(v["techniques"]))
         if v.get("recipe") is not None:  # e.g. `recipe: fast`: model and training come from it (for the data's shape)
-            from .recipes import RECIPES
-
             RECIPES.get(str(v["recipe"]))  # unknown names fail now, listing the known ones
         v.setdefault("name", Path(str(v.get("model") or v["recipe"])).stem)
         if v["name"] in seen:
@@ -114,8 +114,6 @@ def variant_config(plan_data: dict[str, Any], variant: dict[str, Any], input_sha
     """
     model, model_kwargs, recipe_train = variant.get("model"), dict(variant.get("model_kwargs") or {}), {}
     if variant.get("recipe") is not None:
-        from .recipes import resolve_recipe
-
         recipe = resolve_recipe(str(variant["recipe"]), input_shape, device)
         model = model or recipe.model
         model_kwargs = {**recipe.model_kwargs, **model_kwargs}
@@ -159,8 +157,6 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     ds = load_dataset(dataset, data_dir)
     plan_data = {**plan_data, "default_epochs": plan_data["train"].get("epochs") or default_epochs(len(ds.train))}
     if device == "auto":  # stored concretely, so the variants' configs match across machines' defaults
-        from .device import resolve_device
-
         device = str(resolve_device(device))
     configs = {v["name"]: variant_config(plan_data, v, ds.input_shape, epochs, precision, device)
                for v in plan_data["variants"]}
@@ -205,11 +201,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
         "wall_time_s": time.perf_counter() - tick,
         "variants": variants,
     }
-    from .diagnose import diagnose
-
     diagnose(study)
-    from .report import write_report
-
     report_dir = out
     if (out / "results.json").exists() and not overwrite:  # never replace a good report with a worse one
         try:
@@ -231,8 +223,6 @@ def _check_existing(plan_data, data_cfg, configs, seeds, out: Path, overwrite: b
 
     With `overwrite`, those variants' directories are removed so they are retrained.
     """
-    from .config import config_diff
-
     clashes = []
     for variant in plan_data["variants"]:
         config = configs[variant["name"]]
@@ -296,8 +286,6 @@ def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repe
                 raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another `out`.")
             result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
         if variant.get("techniques"):  # compress the trained run into seed<k>-optimized; that model is measured
-            from .optimize import optimize_variant
-
             result = {**result, **optimize_variant(run_dir, variant["techniques"], ds, progress, repeats)}
         results.append(result)
         accuracies.append(result["test_accuracy"])

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.images import convert_image
+from ..data.normalize import normalizer
 from ..errors import LeanvisionError, first_line
+from ..io import read_json
+from ..measure import count_macs, file_bytes
+from ..registry import did_you_mean
+from ..rundir import is_onnx, load_run
+from ..runtimes import RUNTIMES, get_runtime
 from .batching import Answer, Batcher, BatcherClosed
 
 try:
@@ -168,19 +175,11 @@ def study_report(run_dir: Path) -> Path | None:
 
 def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel:
     """Load a run and wrap it for serving: `infer` applies the training normalization, the runtime and softmax."""
-    from ..data.normalize import normalizer
-    from ..io import read_json
-    from ..measure import count_macs, file_bytes
-    from ..rundir import is_onnx, load_run
-    from ..runtimes import RUNTIMES, get_runtime
-
     path = Path(run_dir)
     if not (path / "model.json").is_file():
         raise LeanvisionError(f"Run directory {path} not found (no model.json). Expected a folder written by "
                               "`leanvision train` or `leanvision optimize`.")
     if runtime not in RUNTIMES.names():
-        from ..registry import did_you_mean
-
         raise LeanvisionError(f"Unknown runtime={runtime!r}.{did_you_mean(runtime, RUNTIMES.names())} Expected one "
                               f"of: {', '.join(RUNTIMES.names())}.")
     engine = get_runtime(runtime)
@@ -226,8 +225,6 @@ def decode_image(data: bytes, name: str, size_hw: tuple[int, int], channels: int
     """Decode one untrusted image to uint8 (C, H, W) with the training conversion; `ApiError` 4xx when it is not a
     readable image or has more than `max_pixels` pixels (checked from the header, before decoding)."""
     from PIL import Image, UnidentifiedImageError
-
-    from ..data.images import convert_image
 
     if not data:
         raise ApiError(422, f"{name} is empty (0 bytes). Send a PNG, JPEG, BMP, GIF or WebP image.", "empty")

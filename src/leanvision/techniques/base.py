@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..errors import LeanvisionError
+from ..io import load_weights
 from ..registry import Registry
+from ..train import fit
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,6 @@ def finetune_(model: nn.Module, ctx: Context, epochs: int, tag: str, learning_ra
 
     Example: `finetune_(pruned, ctx, epochs=2, tag="prune")`.
     """
-    from ..io import load_weights
-    from ..train import fit
-
     if epochs < 1:
         return model
     cfg = dataclasses.replace(ctx.train, epochs=epochs, schedule="cosine", warmup_epochs=0.0, early_stopping=0,

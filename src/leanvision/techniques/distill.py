@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LeanvisionError
+from ..io import load_weights
+from ..train import fit
 from .base import Context, TechniqueConfig, check_range, register_technique
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -99,9 +101,6 @@ def distill_(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module
     architecture, same initialization, same schedule, only the loss differs.
     """
     import dataclasses
-
-    from ..io import load_weights
-    from ..train import fit
 
     if ctx.load_run is None or ctx.rebuild is None:
         raise LeanvisionError("distill needs Context.load_run and Context.rebuild (optimize_run gives both); call it "

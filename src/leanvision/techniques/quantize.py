@@ -42,6 +42,7 @@ from ..errors import LeanvisionError
 from ..runtimes.export import export_onnx
 from ..runtimes.graph import spatial_means_to_global_pool
 from ..runtimes.onnx_model import OnnxModule
+from . import qat
 from .base import Context, TechniqueConfig, check_choice, check_range, finetune_, register_technique
 from .onnx_graph import graph_coverage, stem_nodes
 
@@ -174,8 +175,6 @@ def quantize_(model: nn.Module, config: QuantizeConfig, ctx: Context) -> nn.Modu
     calibration = None if config.mode == "int8-dynamic" else calibration_images(ctx.dataset, config.calibration_size)
     fake_quant = None
     if config.mode == "qat":
-        from . import qat
-
         qat.prepare_(model, ctx.input_shape, config.activation_type, keep_stem_fp32=config.keep_stem_fp32)
         qat.calibrate_(model, calibration)
         finetune_(model, ctx, config.finetune_epochs, "qat", config.learning_rate)
