@@ -4,10 +4,14 @@ no cycles inside a package) hold, place every module, and really fail on an upwa
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, a dependency of import-linter there
+    import tomli as tomllib
 
 pytest.importorskip("importlinter", reason="import-linter is not installed (pip install -e '.[test]')")
 

@@ -5,51 +5,42 @@ trained, pruned, int8), and returns a FastAPI app. Endpoints: `POST /predict` (m
 body), `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /model`, `GET /` (a page), `GET /report` (the
 study report, when the run lives in a study folder), `/docs` and `/openapi.json`.
 
-Images are decoded with the training pipeline's own conversion (`data.images.convert_image`) and normalized by
-`data.normalizer`, exactly as `leanvision predict` does. Every untrusted input is bounded before it costs memory:
-the body (Content-Length checked first, then bytes counted while streaming), the file formats PIL may open, and the
-pixel count read from the image header before any pixel is decoded (decompression bombs).
+Its pieces: `inputs` bounds every untrusted input before it costs memory (body, multipart files, image formats,
+pixel count) and decodes images as `leanvision predict` does; `model` loads the run; `metrics` counts for
+Prometheus; `schemas` holds the limits (`ServeConfig`), `ApiError` and the response schemas; `batching` the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data.images import convert_image
-from ..data.normalize import normalizer
 from ..errors import LeanvisionError, first_line
-from ..io import read_json
-from ..measure import count_macs, file_bytes
-from ..registry import did_you_mean
-from ..rundir import is_onnx, load_run
-from ..runtimes import RUNTIMES, get_runtime
 from .batching import Answer, Batcher, BatcherClosed
+from .inputs import decode_image, image_parts
+from .metrics import CountRequests, Metrics
+from .model import load_model, study_report
+from .schemas import ERRORS, ApiError, ErrorBody, Health, ModelCard, PredictResponse, ServeConfig
 
 try:
     import prometheus_client
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised by the CLI test that hides the extra
     raise LeanvisionError(f'`leanvision serve` needs its extra ({e.name} is missing). Install it with: '
                           'pip install "leanvision[serve]"') from None
 
-#: File formats PIL may open for a request (those of `data.images.IMAGE_EXTENSIONS`); nothing else is parsed.
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 #: Bodies above this size are decoded in a worker thread, so a large image does not stall the event loop; at most
 #: `DECODE_SLOTS` such decodes run at once, which bounds the memory of decoded pixels (up to --max-pixels each).
 INLINE_DECODE_BYTES = 32 * 1024
@@ -57,321 +48,9 @@ DECODE_SLOTS = max(2, os.cpu_count() or 1)
 #: A lone image is computed on the event loop (no thread hand-off) when the model's batch-1 call takes less than this
 #: (measured at start-up, including the hand-off, so the real call is shorter still).
 INLINE_MAX_S = 0.001
-ENDPOINTS = ("/predict", "/model", "/health", "/ready", "/metrics", "/", "/report")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    runtime: str = "onnxruntime"  # inference runtime (leanvision.runtimes.RUNTIMES)
-    max_batch_size: int = 64  # images per runtime call at most
-    max_wait_ms: float = 2.0  # a queued image waits at most this long for others
-    max_body_kb: int = 2048  # request bodies above this are refused with 413
-    max_concurrency: int = 256  # /predict requests in progress at once; more get 503
-    max_pixels: int = 16_000_000  # width x height of one image at most (decompression bomb guard)
-    max_files: int = 64  # images in one request at most
-    top_k: int = 1  # predictions per image when the request does not say
 
-    def check(self) -> ServeConfig:
-        for name in ("max_batch_size", "max_body_kb", "max_concurrency", "max_pixels", "max_files", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LeanvisionError(f"Invalid {name}={value!r}. Expected an integer >= 1.")
-        if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 10_000:
-            raise LeanvisionError(f"Invalid max_wait_ms={self.max_wait_ms!r}. Expected a number of milliseconds "
-                                  "from 0 to 10000.")
-        return self
-
-
-class ApiError(Exception):
-    """An error answered as `{"error": "<one line>"}` with `status`."""
-
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.reason, self.headers = status, message, reason, headers or {}
-
-
-# ---- response schemas (documentation and the fuzz test's oracle; responses are serialized directly) ----
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="what was wrong, in one line")
-
-
-class Prediction(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    class_: str = Field(alias="class")
-    probability: float
-
-
-class ImageResult(BaseModel):
-    file: str = Field(description="the multipart file name, or 'body' for a raw image body")
-    predictions: list[Prediction]
-    batch_size: int = Field(description="images in the runtime call that computed this one")
-    model_ms: float = Field(description="wall time of that runtime call, ms")
-    queue_ms: float = Field(description="time this image waited for its batch, ms")
-
-
-class PredictResponse(BaseModel):
-    results: list[ImageResult]
-    server_ms: float = Field(description="time in the server from the request's start to the response, ms")
-    runtime: str
-    precision: str
-
-
-class ModelCard(BaseModel):
-    name: str
-    run: str
-    dataset: str | None
-    classes: list[str]
-    input_shape: list[int]
-    params: int
-    macs: int | None
-    file: str
-    file_bytes: int
-    runtime: str
-    precision: str
-    providers: list[str]
-    threads: int
-    accuracy: float | None
-    accuracy_images: int | None
-    techniques: list[str]
-    study_report: str | None
-    max_batch_size: int
-    max_wait_ms: float
-    max_body_bytes: int
-    max_files: int
-    top_k: int
-
-
-class Health(BaseModel):
-    status: str
-
-
-ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in (
-    (400, "malformed request"), (413, "body or image too large"), (415, "unsupported content type"),
-    (422, "not an image, empty, or invalid parameters"), (503, "overloaded or not ready; retry later"),
-    (500, "the model failed on this image"))}
-
-
-# ---- the model ----
-
-@dataclass
-class LoadedModel:
-    infer: Any  # uint8 (N, C, H, W) numpy -> float32 probabilities (N, K) numpy
-    card: dict[str, Any]
-    classes: list[str]
-    input_shape: tuple[int, int, int]
-    report: Path | None
-
-
-def study_report(run_dir: Path) -> Path | None:
-    """The study report of a run that lives in a study folder (`<study>/variants/<name>/seed<k>[-optimized]`)."""
-    run_dir = run_dir.resolve()
-    if len(run_dir.parents) >= 3 and run_dir.parent.parent.name == "variants":
-        report = run_dir.parents[2] / "report.html"
-        if report.is_file():
-            return report
-    return None
-
-
-def load_model(run_dir: str | Path, runtime: str = "onnxruntime") -> LoadedModel:
-    """Load a run and wrap it for serving: `infer` applies the training normalization, the runtime and softmax."""
-    path = Path(run_dir)
-    if not (path / "model.json").is_file():
-        raise LeanvisionError(f"Run directory {path} not found (no model.json). Expected a folder written by "
-                              "`leanvision train` or `leanvision optimize`.")
-    if runtime not in RUNTIMES.names():
-        raise LeanvisionError(f"Unknown runtime={runtime!r}.{did_you_mean(runtime, RUNTIMES.names())} Expected one "
-                              f"of: {', '.join(RUNTIMES.names())}.")
-    engine = get_runtime(runtime)
-    ok, reason = engine.is_available()
-    if not ok:
-        raise LeanvisionError(f"Runtime {runtime!r} is not available here: {reason}")
-    run = load_run(path)
-    shape = run.input_shape
-    onnx_file = run.model.onnx_path if is_onnx(run.model) else None
-    if onnx_file is not None and not engine.onnx_models:
-        raise LeanvisionError(f"{path} holds an int8 ONNX model, which runtime {runtime!r} cannot run. "
-                              "Use runtime='onnxruntime'.")
-    predict = engine.prepare(run.model, torch.zeros((1, *shape)), precision="fp32", device="cpu")
-    normalize = normalizer(run.meta["mean"], run.meta["std"], torch.device("cpu"))
-
-    def infer(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits = predict(normalize(torch.from_numpy(images)))
-            return torch.softmax(logits.float(), dim=1).numpy()
-
-    result = read_json(path / "result.json") if (path / "result.json").is_file() else {}
-    weights = Path(onnx_file) if onnx_file is not None else path / "best.safetensors"
-    macs = run.meta.get("macs")
-    if macs is None and onnx_file is None:
-        macs = count_macs(run.model, shape)
-    report = study_report(path)
-    card = {
-        "name": run.meta.get("model") or "spec", "run": "/".join(path.resolve().parts[-2 if report else -1:]),
-        "dataset": (run.meta.get("dataset") or {}).get("name"), "classes": list(run.meta["classes"]),
-        "input_shape": list(shape), "params": int(run.meta["num_params"]), "macs": macs,
-        "file": weights.name, "file_bytes": file_bytes(weights), "runtime": runtime,
-        "precision": "int8" if onnx_file is not None else "fp32",
-        "providers": list(getattr(predict, "providers", ["torch-cpu"])), "threads": torch.get_num_threads(),
-        "accuracy": result.get("test_accuracy"), "accuracy_images": result.get("test_total"),
-        "techniques": list(run.meta.get("techniques") or []), "study_report": "/report" if report else None,
-    }
-    return LoadedModel(infer, card, list(run.meta["classes"]), shape, report)
-
-
-# ---- request handling ----
-
-def decode_image(data: bytes, name: str, size_hw: tuple[int, int], channels: int, max_pixels: int) -> np.ndarray:
-    """Decode one untrusted image to uint8 (C, H, W) with the training conversion; `ApiError` 4xx when it is not a
-    readable image or has more than `max_pixels` pixels (checked from the header, before decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ApiError(422, f"{name} is empty (0 bytes). Send a PNG, JPEG, BMP, GIF or WebP image.", "empty")
-    try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ApiError(413, f"{name} is {w}x{h} pixels ({w * h:,}); at most {max_pixels:,} pixels are "
-                                    "accepted. Send a smaller image.", "too_many_pixels")
-            return convert_image(img, size_hw, channels)
-    except ApiError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ApiError(413, f"{name} refused as a decompression bomb ({first_line(e, limit=120)}). "
-                            "Send a smaller image.", "too_many_pixels") from None
-    except UnidentifiedImageError:
-        raise ApiError(422, f"{name} is not an image PIL can read ({len(data):,} bytes). Send a PNG, JPEG, BMP, GIF "
-                            "or WebP image.", "not_an_image") from None
-    except Exception as e:  # noqa: BLE001 - corrupt data makes PIL's plugins raise many types (OSError, struct.error,
-        # IndexError, SyntaxError, ...): all of them mean "not a valid image", a 4xx, never a 5xx
-        text = first_line(e, limit=120)
-        raise ApiError(422, f"{name} cannot be decoded ({type(e).__name__}: {text}). Send a valid PNG, JPEG, BMP, "
-                            "GIF or WebP image.", "not_an_image") from None
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes (Content-Length first,
-    then the bytes received, so a lying or absent Content-Length cannot make the server hold more than `limit`)."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ApiError(400, f"Invalid Content-Length {length[:40]!r}: expected a number of bytes.", "bad_request")
-        if int(length) > limit:
-            raise ApiError(413, f"Request body of {int(length):,} bytes is over the limit of {limit:,} bytes "
-                                "(--max-body-kb). Send smaller or fewer images.", "too_large")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, f"Request body is over the limit of {limit:,} bytes (--max-body-kb). Send smaller "
-                                "or fewer images.", "too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def image_parts(request: Request, config: ServeConfig) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every image in the request: multipart files, or the whole body for image/* or
-    application/octet-stream."""
-    from starlette.requests import Request as StarletteRequest
-
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    multipart = ctype == "multipart/form-data"
-    if not (multipart or ctype.startswith("image/") or ctype == "application/octet-stream"):
-        raise ApiError(415, f"Content-Type {ctype or '(none)'!r} is not accepted. Send multipart/form-data files, "
-                            "or one image as image/png, image/jpeg, ... or application/octet-stream.",
-                       "bad_content_type")
-    body = await read_body(request, config.max_body_kb * 1024)
-    if not multipart:
-        return [("body", body)]
-    sent = False
-
-    async def replay() -> dict[str, Any]:  # the body, already bounded, handed to Starlette's multipart parser
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await StarletteRequest(request.scope, replay).form(max_files=config.max_files, max_fields=100)
-    except (StarletteHTTPException, ValueError, KeyError, AssertionError) as e:  # malformed multipart
-        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
-        if "too many files" in str(detail).lower():
-            raise ApiError(413, f"Too many files in one request; at most {config.max_files} are accepted. Split "
-                                "the request.", "too_many_files") from None
-        raise ApiError(400, f"Malformed multipart body ({' '.join(str(detail).split())[:120]}). Send files as "
-                            "multipart/form-data, e.g. curl -F files=@image.png.", "bad_request") from None
-    try:
-        parts = []
-        for _, value in form.multi_items():
-            if not isinstance(value, str):  # the client's file name, echoed in answers: one line, bounded
-                name = " ".join((value.filename or "").split())[:100] or f"file {len(parts) + 1}"
-                parts.append((name, await value.read()))
-    finally:
-        await form.close()
-    if not parts:
-        raise ApiError(422, "The multipart body holds no file. Send one or more image files, e.g. curl -F "
-                            "files=@image.png.", "no_file")
-    return parts
-
-
-class Metrics:
-    """Prometheus metrics of one app, in their own registry (several apps can live in one process)."""
-
-    def __init__(self, max_batch_size: int):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("leanvision_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=r)
-        self.errors = Counter("leanvision_errors", "Refused or failed /predict requests by reason", ["reason"],
-                              registry=r)
-        self.latency = Histogram("leanvision_request_latency_seconds", "Time from request start to response",
-                                 ["endpoint"], registry=r, buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5,
-                                                                    1, 2, 5))
-        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, max_batch_size})
-        self.batch_size = Histogram("leanvision_batch_size", "Images per runtime call", registry=r,
-                                    buckets=[s for s in sizes if s <= max_batch_size])
-        self.queue = Histogram("leanvision_queue_seconds", "Time an image waited for its runtime call", registry=r,
-                               buckets=(.0001, .0005, .001, .002, .005, .01, .02, .05, .1, .5, 1))
-        self.inference = Histogram("leanvision_inference_seconds", "Wall time of one runtime call", registry=r,
-                                   buckets=(.0001, .0005, .001, .002, .005, .01, .02, .05, .1, .5, 1))
-        self.images = Counter("leanvision_images", "Images classified", registry=r)
-        self.in_flight = Gauge("leanvision_in_flight_requests", "/predict requests in progress", registry=r)
-
-    def observe_batch(self, size: int, model_s: float, queue_s: list[float]) -> None:
-        self.batch_size.observe(size)
-        self.inference.observe(model_s)
-        self.images.inc(size)
-        for q in queue_s:
-            self.queue.observe(q)
-
-
-class CountRequests:
-    """Pure ASGI middleware (no per-request task or stream, unlike `@app.middleware`): counts every HTTP request by
-    endpoint and status and observes its latency."""
-
-    def __init__(self, app: Any, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), [500]
-
-        async def send_status(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
