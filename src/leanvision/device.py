@@ -1,5 +1,5 @@
 """Devices, in one place: resolve a name (`auto|cpu|cuda|cuda:N|mps|tpu`), pick this process's GPU under torchrun,
-configure the device for speed, and the per-device primitives (synchronize, XLA step, autocast check, inference mode).
+configure the device for speed, and the per-device primitives (synchronize, XLA step, autocast, inference mode).
 
 `setup_device` resolves a device name and applies the per-device options (CUDA allocator and cuDNN knobs,
 channels_last, Apple MPS, TPUs via XLA), refusing with a one-line error any option that has no effect on that

@@ -5,6 +5,8 @@ quantize (int8 ONNX Runtime model). After every step the model is measured the s
 image, test accuracy, file size; for int8 also ONNX Runtime latency and throughput against the fp32 model), so a
 step that does not pay shows up as such. The new run directory is an ordinary run: `evaluate`, `predict`, `bench`
 and `export` accept it (pruned/folded runs rebuild from model.json; int8 runs load model.onnx into ONNX Runtime).
+(Over 300 lines: the chain, the one measurement after each step and the step table read as one sequence; the
+techniques themselves live in `techniques/`, the run format in `rundir`.)
 """
 
 from __future__ import annotations

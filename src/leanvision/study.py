@@ -4,6 +4,8 @@ A plan is a list of variants (model or spec + training overrides) sharing one tr
 trained into `OUT/variants/<name>/seed<k>/`, measured on every available runtime (same inputs, same repeats), and
 summarised in `OUT/variants/<name>/record.json`. Re-running the same command skips variants whose record matches
 the config; a variant that fails is recorded as failed and the study goes on.
+(Over 300 lines: plan validation, per-variant config and the train-measure loop share the plan's precedence rules;
+measuring is `measure`, diagnosing `diagnose`, reporting `report`.)
 """
 
 from __future__ import annotations

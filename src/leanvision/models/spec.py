@@ -9,6 +9,8 @@ the feature order differs. A softmax on the last layer is dropped, because model
 folded into the cross-entropy loss; a softmax anywhere else is kept.
 
 Example: `build_from_spec(load_spec("examples/specs/seed_baseline.yaml"), num_classes=10, in_chans=1, img_size=28)`.
+(Over 300 lines: the layer table, its argument checks and the shape inference must agree layer by layer, so they
+stay in one file; the layers themselves are in `layers.py`.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The numbers of a study as flat rows: Pareto flags, ranking, CSV columns, and the display cells shared by HTML/MD.
 
 Nothing here computes a measurement: every value comes from the `study` dict; cells print "n/a" where it has none.
+(Over 300 lines on purpose: every table of the report takes its cells from here, so HTML, Markdown and CSV agree.)
 """
 
 from __future__ import annotations
