@@ -57,6 +57,7 @@ __all__ = [
     "ort_gpu_providers",
     "ort_session",
     "predict_batches",
+    "predict_logits",
     "trt_cache_dir",
     "write_metadata",
 ]
