@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
+from .cifar import batches_dir, load_batches
 from .core import DATASETS, Dataset, check_val_fraction, resolve_data_dir
+from .folder import load_folder
 from .images import IMAGE_EXTENSIONS, check_channels
+from .npz import load_npz
 
 _PATH_FORMS = (f"an image folder <dir>/<class>/*.{{{','.join(e[1:] for e in IMAGE_EXTENSIONS)}}} (optionally with "
                "train/ val/ test/ subfolders), a cifar-10-batches-py folder, or a .npz file with x_train, y_train, "
@@ -62,20 +65,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
         return spec.load(resolve_data_dir(data_dir), strict=strict, download=download, **options)
     path = Path(name).expanduser()
     if path.is_dir():
-        from .cifar import batches_dir, load_batches
-
         batches = batches_dir(path)
         if batches is not None:
             source = dict(name=str(path.resolve()), data_dir=None, strict=strict)
             return load_batches(batches, name=name, source=source, **options)
-        from .folder import load_folder
-
         return load_folder(path, name=name, strict=strict, **options)
     if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise DataError(f"Dataset file {path} not found: expected an existing .npz file. Check the path.")
-        from .npz import load_npz
-
         return load_npz(path.resolve(), name=name, strict=strict, **options)
     if os.sep in name or "/" in name or name.startswith("."):
         raise DataError(f"Dataset path {name} not found (resolved: {path.resolve()}): expected {_PATH_FORMS}. "

@@ -53,6 +53,7 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
     and metrics (a scrape of /metrics sees the worker that answers it). Inference threads per process: `threads`,
     else `default_threads(workers)` (the cores less one, shared among the workers)."""
     uvicorn = _uvicorn()
+    # the app imports torch, fastapi and the model's runtime: only when serving (CLI start-up speed)
     from .app import ENV_CONFIG, ServeConfig, config_env, create_app, default_threads
 
     if workers < 1:
