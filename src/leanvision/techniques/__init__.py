@@ -36,7 +36,7 @@ from .quantize import QuantizeConfig
 
 def restore_structure_(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     """Give a freshly built model the structure `leanvision optimize` left it in (pruned shapes, folded BN), so the
-    saved weights load. Called by `runs.load_run`. Example: `restore_structure_(create_model("compact"), meta)`.
+    saved weights load. Called by `rundir.load_run`. Example: `restore_structure_(create_model("compact"), meta)`.
     """
     apply_shape_overrides(model, meta.get("shape_overrides") or {})
     if meta.get("folded"):
