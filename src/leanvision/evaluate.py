@@ -1,4 +1,8 @@
-"""Evaluation and prediction on a trained run: accuracy, per-class precision/recall, confusion matrix, top-k."""
+"""Evaluation and prediction on a trained run: accuracy, per-class precision/recall, confusion matrix, top-k.
+
+Their typed results (`Evaluation`, `ClassMetrics`, `Prediction`, returned by the Python API) live here with the code
+that computes them; that is why the module is a little over 300 lines.
+"""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ and that the tensor shapes in that header are exactly those of the model that mo
 `meta` device, which allocates no memory). A tampered model.json is a one-line `RunDirError` (exit 2), never a
 multi-GB allocation.
 
-(Over 300 lines on purpose: the whole format, reader and writer, in one place.)
+result.json's typed form (`TrainResult`, `OptimizeResult`: the API's `run.result`) is part of the format, so it lives
+here too. (Over 300 lines on purpose: the whole format, reader, writer and typed results, in one place.)
 """
 
 from __future__ import annotations
@@ -431,7 +432,8 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / RESULT)
 
 
-__all__ = ["Run", "TrainResult", "OptimizeResult", "OptimizeStep", "typed_result", "MODEL_FORMAT", "CUSTOM_PREFIX", "is_onnx", "rebuild_model", "read_model_meta",
+__all__ = ["Run", "TrainResult", "OptimizeResult", "OptimizeStep", "typed_result",
+           "MODEL_FORMAT", "CUSTOM_PREFIX", "is_onnx", "rebuild_model", "read_model_meta",
            "safetensors_shapes", "validate_run", "load_run", "state_mismatch", "config_from_run", "write_config",
            "model_description", "write_model_meta", "write_weights", "write_result", "read_result",
            "custom_module_error"]

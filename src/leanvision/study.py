@@ -24,7 +24,6 @@ from .config import DataConfig, RunConfig, TrainConfig
 from .data import load_dataset
 from .errors import LeanvisionError, TrainingInterrupted, first_line
 from .io import read_json, read_json_lines, write_json
-from .results import Result
 from .measure import (
     count_macs,
     count_params,
@@ -36,6 +35,7 @@ from .measure import (
     weight_bytes,
     wilson_interval,
 )
+from .results import Result
 from .rundir import is_onnx, load_run
 from .runs import dataset_summary, train_run
 from .runtimes import RUNTIMES, get_runtime, predict_batches
