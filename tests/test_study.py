@@ -162,3 +162,18 @@ def test_compression_variant_reuses_the_identical_training(tmp_path):
     assert [v["status"] for v in study["variants"]] == ["ok", "ok"]
     a, b = (tmp_path / "variants" / n / "seed0" / "metrics.jsonl" for n in ("base", "folded"))
     assert a.read_text() == b.read_text()  # copied (same measured epoch times), not trained again
+
+
+def test_study_api_returns_a_typed_study(tiny_study):
+    import leanvision as lv
+
+    out, _, plan = tiny_study
+    study = lv.study(dataset="digits", plan=plan, epochs=1, out=out, repeats=5)  # finished variants are skipped
+    assert isinstance(study, lv.Study) and [v.name for v in study.variants] == ["base", "reg", "broken"]
+    assert [v.ok for v in study.variants] == [True, True, False] and "no-such-model" in study.variants[2].error
+    assert all(v.accuracy > 0 and v.params > 0 and v.latency_b1_median_ms > 0 for v in study.variants[:2])
+    assert set(study.report_files) == {"html", "md", "json", "csv"} and all(
+        p.is_file() for p in study.report_files.values())
+    stored = json.loads(study.report_files["json"].read_text())
+    assert [v["name"] for v in stored["variants"]] == [v.name for v in study.variants]
+    assert study.to_dict()["variants"][0]["accuracy"] == stored["variants"][0]["accuracy"]

@@ -53,33 +53,37 @@ def custom_run(tmp_path_factory):
 def test_custom_module_run_exports_optimizes_and_benches(custom_run, tmp_path):
     run = lv.load_run(custom_run, model=MyNet())
     r = lv.export(run, tmp_path / "a.onnx")
-    assert r["parity_ok"] and r["path"] == str(tmp_path / "a.onnx")
+    assert r.parity_ok and r.path == str(tmp_path / "a.onnx") and (tmp_path / "a.onnx").stat().st_size == r.file_bytes
     r = lv.export(custom_run, tmp_path / "b.onnx", model=MyNet())
-    assert r["parity_ok"]
+    assert r.parity_ok and r.to_dict()["parity_ok"] is True
 
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = lv.optimize(run, tmp_path / "pruned", prune=0.5, finetune_epochs=1)
-    assert result["num_params"] < result["steps"][0]["params"]
+        optimized = lv.optimize(run, out=tmp_path / "pruned", prune=0.5, finetune_epochs=1)
+    result = optimized.result
+    assert result.num_params < result.steps[0].params and [s.step for s in result.steps] == ["source", "prune", "fold"]
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())  # the user's module untouched
+    assert isinstance(optimized.model, MyNet) and optimized.model is not run.model  # the returned run holds a copy
+    assert sum(p.numel() for p in optimized.model.parameters()) == result.num_params
     pruned = lv.load_run(tmp_path / "pruned", model=MyNet())
-    assert sum(p.numel() for p in pruned.model.parameters()) == result["num_params"]
-    assert lv.evaluate(pruned)["accuracy"] == pytest.approx(result["test_accuracy"])
+    assert sum(p.numel() for p in pruned.model.parameters()) == result.num_params
+    assert lv.evaluate(pruned).accuracy == pytest.approx(result.test_accuracy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = lv.optimize(custom_run, tmp_path / "pruned2", prune=0.5, finetune_epochs=1, model=MyNet())
-    assert again["num_params"] == result["num_params"]
+        again = lv.optimize(custom_run, out=tmp_path / "pruned2", prune=0.5, finetune_epochs=1, model=MyNet())
+    assert again.result.num_params == result.num_params
 
     for target in (run, custom_run):
         rows = lv.bench(target, runtimes="torch", batch_sizes=1, repeats=2, warmup=1,
                         **({} if target is run else {"model": MyNet()}))
-        assert rows and all(row["status"] == "ok" for row in rows)
+        assert [(r.runtime, r.batch_size, r.status) for r in rows] == [("torch", 1, "ok")]
+        assert rows[0].latency_median_ms > 0 and rows[0].to_dict()["latency_unit"] == "ms/batch"
 
 
 def test_custom_module_refusals_are_one_accurate_line(custom_run, tmp_path, capsys):
     with pytest.raises(LeanvisionError, match=r"distill rebuilds .* your own nn\.Module \(.*MyNet\)"):
-        lv.optimize(custom_run, tmp_path / "d", techniques=[f"distill:teacher={custom_run}"], model=MyNet())
+        lv.optimize(custom_run, [f"distill:teacher={custom_run}"], out=tmp_path / "d", model=MyNet())
     assert main(["export", str(custom_run)]) != 0  # the CLI cannot rebuild the user's class
     err = capsys.readouterr().err
     assert "load_run(RUN_DIR, model=YourNet(...))" in err and "Traceback" not in err
@@ -138,12 +142,13 @@ def test_train_api_accepts_overwrite_and_resume_and_lists_every_argument(tmp_pat
         lv.train(**kw)
         with pytest.raises(LeanvisionError, match="already holds a run"):
             lv.train(**kw)
-        assert lv.train(**kw, overwrite=True)["epochs_run"] == 1
-        assert lv.train(**{**kw, "epochs": 2}, resume=True)["epochs_run"] == 2
+        assert lv.train(**kw, overwrite=True).result.epochs_run == 1
+        resumed = lv.train(**{**kw, "epochs": 2}, resume=True)
+        assert resumed.result.epochs_run == 2 and [h["epoch"] for h in resumed.history] == [1, 2]
     with pytest.raises(LeanvisionError) as e:
         lv.train(model="compact", dataset="digits", colour="red")
     expected = re.search(r"Expected some of: (.*)\.$", str(e.value)).group(1).split(", ")
-    assert {"out", "model", "dataset", "config", "resume", "overwrite", "progress", "epochs"} <= set(expected)
+    assert {"out", "model", "dataset", "config", "resume", "overwrite", "progress", "recipe", "epochs"} <= set(expected)
 
 
 def test_callable_modules_show_the_api_signature_and_doc():
@@ -188,7 +193,8 @@ def test_empty_image_file_is_reported_as_empty(custom_run, tmp_path, capsys):
     empty.write_bytes(b"")
     run = lv.load_run(custom_run, model=MyNet())
     result = lv.predict(run, [str(empty), np.zeros((8, 8), np.uint8)])
-    assert result[0]["error"] == "empty file (0 bytes)" and "predictions" in result[1]
+    assert result[0].error == "empty file (0 bytes)" and result[0].label is None
+    assert result[1].error is None and len(result[1].predictions) == 1
 
 
 def test_empty_image_file_in_predict_cli_and_in_a_folder_dataset(int8_run, tmp_path, capsys):

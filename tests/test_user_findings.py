@@ -194,13 +194,14 @@ def test_public_api_is_listed_and_lazy():
     import leanvision
 
     names = {"create_model", "list_models", "load_dataset", "train", "load_run", "evaluate", "predict", "optimize",
-             "export", "bench", "study"}
+             "export", "bench", "study", "recipe", "list_recipes", "Run", "TrainResult", "Evaluation", "BenchRow",
+             "Study", "QuantizeConfig", "PruneConfig"}
     assert names <= set(dir(leanvision)) and names <= set(leanvision.__all__)
     assert all(callable(getattr(leanvision, n)) for n in names)
     import leanvision.train as train_module  # the submodule of the same name stays a module, and is callable
 
     assert leanvision.train is train_module and callable(train_module.fit)
-    code = "import sys, leanvision; print('torch' in sys.modules)"
+    code = "import sys, leanvision; leanvision.__version__; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
 
@@ -209,16 +210,18 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
     section = text[text.index("### Python API"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert all(f"lv.{name}(" in code for name in ("train", "evaluate", "optimize", "bench"))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
-    out = capsys.readouterr().out
-    assert out.count("'class'") >= 2
-    assert (tmp_path / "runs" / "api-compact" / "result.json").exists()
-    assert json.loads((tmp_path / "runs" / "api-tiny" / "model.json").read_text())["model"].startswith("custom:")
-    # a custom-module run is refused, in one line, where its class would have to be imported
-    assert main(["evaluate", str(tmp_path / "runs" / "api-tiny")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "load_run(RUN_DIR, model=YourNet(...))" in err
+    out = capsys.readouterr().out.splitlines()
+    trained = json.loads((tmp_path / "runs" / "api-compact" / "result.json").read_text())
+    optimized = json.loads((tmp_path / "runs" / "api-compact-int8" / "result.json").read_text())
+    assert out[0] == f"test accuracy {trained['test_accuracy']:.2%} after 1 epoch"  # the typed result is the file's
+    assert out[2] == f"int8: {optimized['test_accuracy']:.2%}, {optimized['file_bytes']:,} bytes"
+    assert optimized["source_run"] == "runs/api-compact" and (tmp_path / "runs" / "api-compact-int8" / "model.onnx"
+                                                              ).is_file()
+    assert re.fullmatch(r"onnxruntime int8 batch 1: \d+\.\d{3} ms median", out[3])
+    assert out[4] in [str(c) for c in range(10)]
 
 
 def test_predict_accepts_in_memory_images_like_files(good_run, digits, tmp_path):
@@ -228,7 +231,8 @@ def test_predict_accepts_in_memory_images_like_files(good_run, digits, tmp_path)
     Image.fromarray(image).save(tmp_path / "a.png")
     results = leanvision.predict(good_run, [str(tmp_path / "a.png"), image, Image.fromarray(image),
                                             torch.from_numpy(image)[None], image.astype(np.float32) / 255])
-    assert len({json.dumps(r["predictions"]) for r in results}) == 1 and "error" not in results[0]
+    assert len({json.dumps(r.predictions) for r in results}) == 1 and results[0].error is None
+    assert results[0].label == results[0].predictions[0]["class"]
 
 
 # ---- point 11: predict pitfalls ----------------------------------------------------------------------------------

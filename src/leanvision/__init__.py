@@ -1,10 +1,15 @@
 """leanvision: image classifiers that are accurate and fast at once, measured on your own hardware.
 
-The public API is loaded lazily (PEP 562), so `leanvision --help` does not import torch:
+The public API is loaded lazily (PEP 562), so `import leanvision` and `leanvision --help` do not import torch:
 
     import leanvision as lv
-    lv.train(model="compact", dataset="digits", epochs=3, out="runs/compact")
-    lv.predict("runs/compact", "digit.png")
+    run = lv.train(model="compact", dataset="digits", epochs=3, out="runs/compact")  # -> Run (run.result)
+    lv.evaluate(run).accuracy, lv.predict(run, "digit.png")[0].label
+    int8 = lv.optimize(run, [lv.QuantizeConfig(mode="int8")])  # -> Run
+    lv.bench(int8, batch_sizes=1)  # -> list[BenchRow]
+
+Results are dataclasses (`TrainResult`, `OptimizeResult`, `Evaluation`, `Prediction`, `ExportResult`, `BenchRow`,
+`Study`) whose `to_dict()` is exactly what the CLI prints with --json.
 """
 
 import importlib as _importlib
@@ -19,6 +24,26 @@ _API = {
     "load_dataset": "leanvision.data",
     "list_datasets": "leanvision.data",
     "load_run": "leanvision.rundir",
+    "Run": "leanvision.rundir",
+    "TrainResult": "leanvision.rundir",
+    "OptimizeResult": "leanvision.rundir",
+    "OptimizeStep": "leanvision.rundir",
+    "Evaluation": "leanvision.evaluate",
+    "ClassMetrics": "leanvision.evaluate",
+    "Prediction": "leanvision.evaluate",
+    "ExportResult": "leanvision.accel.export",
+    "BenchRow": "leanvision.accel.bench",
+    "BenchConfig": "leanvision.accel.bench",
+    "Study": "leanvision.study",
+    "StudyVariant": "leanvision.study",
+    "Recipe": "leanvision.recipes",
+    "recipe": "leanvision.api",
+    "list_recipes": "leanvision.api",
+    "PruneConfig": "leanvision.techniques",
+    "QuantizeConfig": "leanvision.techniques",
+    "DistillConfig": "leanvision.techniques",
+    "FoldConfig": "leanvision.techniques",
+    "list_techniques": "leanvision.techniques",
     "RunConfig": "leanvision.config",
     "DataConfig": "leanvision.config",
     "TrainConfig": "leanvision.config",

@@ -1,30 +1,41 @@
-"""The Python API behind `import leanvision`: one function per CLI command, taking Python objects.
+"""The Python API behind `import leanvision`: one function per CLI command, taking Python objects, returning typed
+results (dataclasses with `to_dict()`, which is exactly what the CLI prints with --json).
 
     import leanvision as lv
-    result = lv.train(model="compact", dataset="digits", epochs=3, out="runs/compact")
-    run = lv.load_run("runs/compact")
-    lv.evaluate(run)["accuracy"], lv.predict(run, ["digit.png", pil_image, numpy_array])
+    run = lv.train(model="compact", dataset="digits", epochs=3, out="runs/compact")   # -> Run
+    run.result.test_accuracy, lv.evaluate(run).accuracy, lv.predict(run, ["digit.png", pil_image])[0].label
+    int8 = lv.optimize(run, [lv.QuantizeConfig(mode="int8")], out="runs/compact-int8")  # -> Run
+    [row.latency_median_ms for row in lv.bench(int8, batch_sizes=1)]
 
 Every function here is a thin layer over the module that does the work (runs, evaluate, optimize, accel.export,
-accel.bench, study), so the CLI and the API behave the same. Things that look wrong (a collapsed validation accuracy,
-a loss spike, a compression step that lost accuracy, inverted images) are also raised as Python warnings.
+accel.bench, study), and each result type lives in that module (`TrainResult`/`OptimizeResult`: rundir,
+`Evaluation`/`Prediction`: evaluate, `ExportResult`: accel.export, `BenchRow`: accel.bench, `Study`: study), so the
+CLI and the API behave the same. Things that look wrong (a collapsed validation accuracy, a loss spike, a
+compression step that lost accuracy, inverted images) are also raised as Python warnings.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .config import DataConfig, RunConfig, TrainConfig
 from .errors import LeanvisionError
-from .rundir import CUSTOM_PREFIX, Run, load_run
+from .rundir import CUSTOM_PREFIX, Run, load_run, typed_result
 
-__all__ = ["train", "evaluate", "predict", "optimize", "export", "bench", "study"]
+if TYPE_CHECKING:  # the result types live in the modules that produce them, imported when a function runs
+    from .accel.bench import BenchRow
+    from .accel.export import ExportResult
+    from .evaluate import Evaluation, Prediction
+    from .study import Study
+
+__all__ = ["train", "evaluate", "predict", "optimize", "export", "bench", "study", "recipe", "list_recipes"]
 
 
 class LeanvisionWarning(UserWarning):
@@ -40,13 +51,30 @@ def _as_run(run: Run | str | Path, model: nn.Module | None = None) -> Run:
     return run if isinstance(run, Run) else load_run(run, model=model)
 
 
-TRAIN_ARGUMENTS = ("config", "model", "dataset", "out", "resume", "overwrite", "progress")  # besides the options
+def recipe(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), device: str = "auto"):
+    """The named training recipe (`Recipe`: model, model_kwargs, train and data settings chosen together) for inputs
+    of `input_shape` (C, H, W). `train(recipe=name, ...)` applies it. Example: `recipe("fast", (3, 32, 32)).model`."""
+    from .recipes import resolve_recipe
+
+    return resolve_recipe(name, tuple(input_shape), device)
+
+
+def list_recipes(pattern: str = "*") -> list[str]:
+    """Names of the registered recipes (`fast`, `accurate`, ...)."""
+    from .recipes import RECIPES
+
+    return RECIPES.names(pattern)
+
+
+TRAIN_ARGUMENTS = ("config", "model", "dataset", "out", "resume", "overwrite", "progress", "recipe")  # + options
 
 
 def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | None = None, dataset: Any = None,
           out: str | Path | None = None, resume: bool = False, overwrite: bool = False, progress: bool = False,
-          **options: Any) -> dict[str, Any]:
-    """Train a model into a run directory; returns result.json's content plus `run_dir`.
+          recipe: str | None = None, **options: Any) -> Run:
+    """Train a model into a run directory; returns the trained `Run` (best-validation weights, on the CPU for a
+    registered model), whose `run.result` is a `TrainResult` (test_accuracy, best_val_accuracy, epochs_run,
+    train_time_s, warnings, ...) and `run.history` the per-epoch metrics.
 
     `config`: a `RunConfig`, or its dict form (`{"model": ..., "data": {...}, "train": {...}}`); `options` are any
     `DataConfig`/`TrainConfig` field (`epochs=3`, `learning_rate=3e-3`, `image_size=32`, ...) or `model_kwargs`,
@@ -54,9 +82,11 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
     trained in place and its weights saved (safetensors); the run records the class name only, since leanvision
     never imports code named in a file: reload it with `load_run(run_dir, model=YourNet(...))`. `dataset`: a
     registered name, folder or .npz path, or an already loaded `leanvision.data.Dataset`. `resume=True` continues
-    the run in `out`, `overwrite=True` replaces it (as the CLI's --resume and --overwrite).
+    the run in `out`, `overwrite=True` replaces it (as the CLI's --resume and --overwrite). `recipe`: a named
+    recipe (`list_recipes()`) fills every setting not given in `options` or `model`, chosen for the dataset's
+    input shape (without `config`: a config already fixes every setting).
 
-    Example: `train(model="compact", dataset="digits", epochs=3, out="runs/compact")["test_accuracy"]`.
+    Example: `train(model="compact", dataset="digits", epochs=3, out="runs/compact").result.test_accuracy`.
     """
     from .runs import _data_kwargs, train_run
 
@@ -72,13 +102,27 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
     if unknown:
         raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: "
                               f"{', '.join(sorted(data_fields | train_fields | {'model_kwargs', *TRAIN_ARGUMENTS}))}.")
+    if recipe is not None and config is not None:
+        raise LeanvisionError(f"Pass either config= or recipe={recipe!r}, not both: a config fixes every setting. "
+                              "Put the settings you want in config, or use recipe= with options (epochs=3, ...).")
     loaded = None
     if dataset is not None and not isinstance(dataset, (str, Path)):
         loaded, dataset = dataset, (dataset.source or {}).get("name", dataset.name)
     data = {**dataclasses.asdict(cfg.data), **{k: v for k, v in options.items() if k in data_fields}}
     if dataset is not None:
         data["dataset"] = str(dataset)
-    train_values = {**dataclasses.asdict(cfg.train), **{k: v for k, v in options.items() if k in train_fields}}
+    chosen = None
+    if recipe is not None:  # fills what `options` and `model` leave open; it needs the data's input shape
+        from .data import load_dataset
+
+        if loaded is None:
+            loaded = load_dataset(**_data_kwargs(RunConfig(data=DataConfig(**data))))
+        chosen = _recipe_for(recipe, loaded.input_shape, options.get("device", cfg.train.device))  # as the CLI's
+    train_values = {**dataclasses.asdict(cfg.train), **(chosen.train if chosen else {}),
+                    **{k: v for k, v in options.items() if k in train_fields}}
+    if chosen is not None and model is None:
+        model = chosen.model
+        options["model_kwargs"] = {**chosen.model_kwargs, **options.get("model_kwargs", {})}
     module = model if isinstance(model, nn.Module) else None
     name = custom_module_name(module) if module is not None else (model or cfg.model)
     cfg = RunConfig(model=str(name), model_kwargs=dict(options.get("model_kwargs", cfg.model_kwargs)),
@@ -91,9 +135,17 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
         loaded = load_dataset(**_data_kwargs(cfg))
     out = Path(out) if out is not None else Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(name)).stem)
     result = train_run(cfg, out, resume=resume, overwrite=overwrite, progress=progress, dataset=loaded,
-                       model=module)
+                       model=module, recipe=recipe)
     _warn(result.get("warnings"))
-    return {**result, "run_dir": str(out)}
+    first = next(module.parameters(), None) if module is not None else None
+    device = first.device if first is not None else "cpu"
+    run = load_run(out, device=device, model=module)  # a module given stays the run's model (best weights)
+    run._result = typed_result(result)
+    return run
+
+
+def _recipe_for(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), device: str = "auto"):
+    return recipe(name, input_shape, device)
 
 
 def custom_module_name(module: nn.Module) -> str:
@@ -103,70 +155,96 @@ def custom_module_name(module: nn.Module) -> str:
 
 
 def evaluate(run: Run | str | Path, *, split: str = "test", data_dir: str | None = None, plot: bool = False,
-             model: nn.Module | None = None) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1 with macro and weighted averages, and the confusion matrix (fractions).
+             model: nn.Module | None = None) -> Evaluation:
+    """An `Evaluation`: accuracy (and its 95% interval), per-class precision/recall/F1 with macro and weighted
+    averages, and the confusion matrix (counts) on `split`; `plot=True` also writes confusion_matrix_<split>.png.
 
     `run`: a `Run` or a run directory (`model`: the module instance for a run trained from your own nn.Module).
     """
-    from .evaluate import evaluate_run
+    from .evaluate import Evaluation, evaluate_run
 
-    return evaluate_run(_as_run(run, model), split=split, data_dir=data_dir, plot=plot)
+    return Evaluation.from_dict(evaluate_run(_as_run(run, model), split=split, data_dir=data_dir, plot=plot))
 
 
 def predict(run: Run | str | Path, images: Any, *, top_k: int = 1, model: nn.Module | None = None
-            ) -> list[dict[str, Any]]:
+            ) -> list[Prediction]:
     """Classify images: a path, a folder (recursively), a PIL image, a numpy array or tensor ((H, W), (H, W, C),
-    (C, H, W), or a 4-D batch), or a list of any of these. One result per image, in order (see
-    `evaluate.predict_images`); an unreadable input gives an `error` entry instead of stopping the others.
+    (C, H, W), or a 4-D batch), or a list of any of these. One `Prediction` per image, in order (`label`,
+    `probability`, the top-k `predictions`); an unreadable input gives one with `error` instead of stopping the others.
 
-    Example: `predict("runs/compact", np.zeros((28, 28), np.uint8), top_k=3)[0]["predictions"]`.
+    Example: `predict("runs/compact", np.zeros((28, 28), np.uint8), top_k=3)[0].label`.
     """
-    from .evaluate import polarity_warning, predict_images
+    from .evaluate import Prediction, polarity_warning, predict_images
 
     r = _as_run(run, model)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     results = predict_images(r, items, top_k=top_k)
     warning = polarity_warning(results, r.meta["mean"])
     _warn([warning] if warning else [])
-    return results
+    return [Prediction.from_dict(result) for result in results]
 
 
-def optimize(run: Run | str | Path, out: str | Path, *, techniques: list[str] | None = None, prune: float | None = None,
-             round_to: int | None = None, quantize: str | None = None, distill_from: str | None = None,
-             finetune_epochs: int = 1, overwrite: bool = False, progress: bool = False,
-             model: nn.Module | None = None, **chain: Any) -> dict[str, Any]:
-    """Compress a trained run (a `Run` or a run directory; `model`: the module instance for a run trained from your
-    own nn.Module, which is left unchanged) into `out`: `techniques` as spec strings (`["prune:ratio=0.5,round_to=8",
-    "quantize:mode=int8"]`), or the CLI's options (`prune=0.5, round_to=8, quantize="int8"`, and any other
-    `optimize.build_chain` argument). Returns result.json's content (per-step measurements and `warnings`)."""
+def optimize(run: Run | str | Path, techniques: Any = None, *, out: str | Path | None = None,
+             prune: float | None = None, round_to: int | None = None, quantize: str | None = None,
+             distill_from: str | None = None, finetune_epochs: int = 1, overwrite: bool = False,
+             progress: bool = False, model: nn.Module | None = None, **chain: Any) -> Run:
+    """Compress a trained run (a `Run` or a run directory) into a new run directory `out` (default: the run's
+    folder + `-optimized`); returns the new `Run`, whose `run.result` is an `OptimizeResult` (test accuracy before
+    and after, one measured `OptimizeStep` per technique, `warnings`).
+
+    `techniques`: technique configs (`[PruneConfig(ratio=0.5, finetune_epochs=1), QuantizeConfig(mode="int8")]`),
+    spec strings (`"prune:ratio=0.5"`, parsed by `techniques.parse_technique`, the one parser), or one of them; or
+    instead the CLI's shortcuts (`prune=0.5, round_to=8, quantize="int8"`, and any other `optimize.build_chain`
+    argument). `model`: the module instance for a run trained from your own nn.Module; it is left unchanged (the
+    returned run holds a copy).
+    """
     from .optimize import build_chain, optimize_run
+    from .techniques import TechniqueConfig
 
     if techniques is None:
         techniques = build_chain(prune=prune, round_to=round_to, quantize=quantize, distill_from=distill_from,
                                  finetune_epochs=finetune_epochs, **chain)
     elif prune is not None or quantize is not None or distill_from is not None or round_to is not None or chain:
         raise LeanvisionError("Pass either techniques=[...] or the options (prune=, quantize=, ...), not both.")
-    result = optimize_run(run, techniques, out, progress=progress, overwrite=overwrite, model=model)
+    elif isinstance(techniques, (str, TechniqueConfig, dict)):
+        techniques = [techniques]
+    elif isinstance(techniques, (Path, bytes)) or not isinstance(techniques, (list, tuple)):
+        raise LeanvisionError(f"Invalid techniques={techniques!r}. Expected a list of technique configs or spec "
+                              "strings, e.g. [QuantizeConfig(mode='int8')] or ['prune:ratio=0.5']; the output "
+                              "folder is out=.")
+    source = run.path if isinstance(run, Run) else Path(run)
+    out = Path(out) if out is not None else source.parent / f"{source.name}-optimized"
+    result = optimize_run(run, list(techniques), out, progress=progress, overwrite=overwrite, model=model)
     _warn(result.get("warnings"))
-    return result
+    own = run.model if isinstance(run, Run) else model
+    custom = isinstance(run, Run) and str(run.meta.get("model") or "").startswith(CUSTOM_PREFIX)
+    new = load_run(out, model=copy.deepcopy(own) if (custom or model is not None) and not _int8(result) else None)
+    new._result = typed_result(result)
+    return new
+
+
+def _int8(result: dict[str, Any]) -> bool:
+    return any(step.get("step") == "quantize" for step in result.get("steps", []))
 
 
 def export(run: Run | str | Path, out: str | Path | None = None, *, model: nn.Module | None = None, **options: Any
-           ) -> dict[str, Any]:
+           ) -> ExportResult:
     """Write the run's model as ONNX (with class names and normalization in its metadata) and check its accuracy
-    through ONNX Runtime; see `accel.export.export_run` for `options` and the returned keys. `run`: a `Run` or a
-    run directory (`model`: the module instance for a run trained from your own nn.Module)."""
-    from .accel.export import export_run
+    through ONNX Runtime; returns an `ExportResult` (`path`, `parity_ok`, both accuracies, ...). `options`: `fmt`,
+    `opset`, `data_dir`, `weights` (see `accel.export.export_run`). `run`: a `Run` or a run directory (`model`: the
+    module instance for a run trained from your own nn.Module)."""
+    from .accel.export import ExportResult, export_run
 
-    return export_run(run, out, model=model, **options)
+    return ExportResult.from_dict(export_run(run, out, model=model, **options))
 
 
 def bench(run: Run | str | Path, *, data_dir: str | None = None, weights: str = "best", model: nn.Module | None = None,
-          **config: Any) -> list[dict[str, Any]]:
-    """Latency, throughput, accuracy and energy per runtime x precision x batch size; `config`: `BenchConfig`
-    fields (`runtimes=("torch", "onnxruntime")`, `batch_sizes=(1, 256)`, `repeats=50`, ...). `run`: a `Run` or a
-    run directory (`model`: the module instance for a run trained from your own nn.Module)."""
-    from .accel.bench import BenchConfig, bench_run
+          **config: Any) -> list[BenchRow]:
+    """Latency, throughput, accuracy and energy per runtime x precision x batch size: one `BenchRow` each (`status`
+    "ok" or why not). `config`: `BenchConfig` fields (`runtimes=("torch", "onnxruntime")`, `batch_sizes=(1, 256)`,
+    `repeats=50`, ...; one value may be given bare). `run`: a `Run` or a run directory (`model`: the module instance
+    for a run trained from your own nn.Module)."""
+    from .accel.bench import BenchConfig, BenchRow, bench_run
 
     for key in ("runtimes", "precisions", "batch_sizes"):
         if isinstance(config.get(key), (str, int)):
@@ -176,11 +254,13 @@ def bench(run: Run | str | Path, *, data_dir: str | None = None, weights: str = 
     if unknown:
         raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: "
                               f"{', '.join(sorted(fields | {'data_dir', 'weights', 'model'}))}.")
-    return bench_run(run, BenchConfig(**config), data_dir=data_dir, weights=weights, model=model)
+    rows = bench_run(run, BenchConfig(**config), data_dir=data_dir, weights=weights, model=model)
+    return [BenchRow.from_dict(row) for row in rows]
 
 
-def study(**options: Any) -> dict[str, Any]:
-    """Train, measure and compare a plan of variants and write the report; see `study.run_study` for `options`."""
-    from .study import run_study
+def study(**options: Any) -> Study:
+    """Train, measure and compare a plan of variants and write the report; returns a `Study` (one `StudyVariant`
+    each, the findings, `report_files`). See `study.run_study` for `options`."""
+    from .study import Study, run_study
 
-    return run_study(**{"progress": False, **options})
+    return Study.from_dict(run_study(**{"progress": False, **options}))

@@ -217,11 +217,12 @@ def _print_warnings(result: dict) -> None:
 
 
 def cmd_evaluate(ns: Any) -> int:
-    from .evaluate import evaluate_run, evaluate_table
+    from .api import evaluate
+    from .evaluate import evaluate_table
     from .rundir import load_run
 
     run = load_run(ns.run_dir, weights=ns.weights, device=_device(ns))
-    m = evaluate_run(run, split=ns.split, data_dir=ns.data_dir, plot=not ns.no_plot)
+    m = evaluate(run, split=ns.split, data_dir=ns.data_dir, plot=not ns.no_plot).to_dict()  # the API's Evaluation
     if ns.json:
         _print_json(m)
         return 0

@@ -1,9 +1,14 @@
-"""Evaluation and prediction on a trained run: accuracy, per-class precision/recall, confusion matrix, top-k."""
+"""Evaluation and prediction on a trained run: accuracy, per-class precision/recall, confusion matrix, top-k.
+
+Their typed results (`Evaluation`, `ClassMetrics`, `Prediction`, returned by the Python API) live here with the code
+that computes them; that is why the module is a little over 300 lines.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -11,8 +16,69 @@ from .data.images import EMPTY_FILE, GRAY_MODES, IMAGE_EXTENSIONS, convert_image
 from .data.normalize import normalizer
 from .errors import LeanvisionError
 from .io import atomic_write_bytes
+from .measure.stats import wilson_interval
+from .results import Result
 from .rundir import Run
 from .runtimes.eager import predict_logits
+
+
+@dataclass(kw_only=True)
+class ClassMetrics(Result):
+    """Precision, recall, F1 (fractions) and support of one class, or an average (`class_name` None). Precision is
+    None for a class never predicted (undefined)."""
+
+    aliases: ClassVar[dict[str, str]] = {"class_name": "class"}
+
+    class_name: str | None = None
+    precision: float | None
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(kw_only=True)
+class Evaluation(Result):
+    """`evaluate`'s result: accuracy (`correct`/`total`) on `split`, per-class and macro/weighted-average
+    precision/recall/F1 (as scikit-learn's classification_report), the confusion matrix (counts, row = true class),
+    and the plot's path when one was written. `accuracy_interval`: its 95% Wilson interval."""
+
+    nested: ClassVar[dict[str, type[Result]]] = {"per_class": ClassMetrics, "macro_avg": ClassMetrics,
+                                                 "weighted_avg": ClassMetrics}
+
+    accuracy: float
+    correct: int
+    total: int
+    per_class: list[ClassMetrics] = field(default_factory=list)
+    macro_avg: ClassMetrics | None = None
+    weighted_avg: ClassMetrics | None = None
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+    split: str | None = None
+    dataset: str | None = None
+    confusion_matrix_png: str | None = None
+
+    @property
+    def accuracy_interval(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.total)
+
+
+@dataclass(kw_only=True)
+class Prediction(Result):
+    """`predict`'s result for one image: `predictions` (top-k `{"class", "probability"}`, best first) and `label`
+    (the best class), or `error` for an input that could not be read. `file` names a file input."""
+
+    file: str | None = None
+    predictions: list[dict[str, Any]] | None = None
+    mean_brightness: float | None = None
+    inverted_polarity: bool | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return self.predictions[0]["class"] if self.predictions else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.predictions[0]["probability"] if self.predictions else None
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -69,6 +69,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json_lines(path: str | os.PathLike) -> list[Any]:
+    """A .jsonl file (metrics.jsonl): one JSON value per non-empty line."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:

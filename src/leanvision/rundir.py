@@ -16,7 +16,8 @@ and that the tensor shapes in that header are exactly those of the model that mo
 `meta` device, which allocates no memory). A tampered model.json is a one-line `RunDirError` (exit 2), never a
 multi-GB allocation.
 
-(Over 300 lines on purpose: the whole format, reader and writer, in one place.)
+result.json's typed form (`TrainResult`, `OptimizeResult`: the API's `run.result`) is part of the format, so it lives
+here too. (Over 300 lines on purpose: the whole format, reader, writer and typed results, in one place.)
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,14 +35,15 @@ from torch import nn
 from .config import RunConfig
 from .data import load_dataset
 from .errors import RunDirError, first_line
-from .io import load_weights, read_json, save_weights, write_json
+from .io import load_weights, read_json, read_json_lines, save_weights, write_json
 from .models import create_model
+from .results import Result
 from .runtimes.onnx_model import OnnxModule, is_onnx  # is_onnx: re-exported, its home is runtimes
 from .techniques import restore_structure_
 
 MODEL_FORMAT = "leanvision-model/1"
 CUSTOM_PREFIX = "custom:"  # model name of a run trained from a user's own nn.Module (class recorded, never imported)
-CONFIG, MODEL, RESULT = "config.json", "model.json", "result.json"
+CONFIG, MODEL, RESULT, METRICS = "config.json", "model.json", "result.json", "metrics.jsonl"
 WEIGHTS = ("best", "last")
 
 # Bounds on what an untrusted run directory may ask for (far above any model leanvision trains).
@@ -54,13 +56,96 @@ MAX_PARAMS = 4_000_000_000
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
+# ---- result.json, typed (the Python API's `run.result`; `to_dict()` is the file's content and the CLI's --json) ----
+
+@dataclass(kw_only=True)
+class TrainResult(Result):
+    """What `train` measured (result.json of a trained run): test accuracy of the best-validation weights (None
+    without a test split), best validation accuracy, epochs and seconds of training, and `warnings` (health.py)."""
+
+    model: str
+    dataset: str
+    epochs_run: int
+    best_val_accuracy: float | None
+    train_time_s: float
+    wall_time_s_this_call: float | None = None
+    num_params: int | None = None
+    test_accuracy: float | None = None
+    test_correct: int | None = None
+    test_total: int | None = None
+    compile_time_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class OptimizeStep(Result):
+    """One step of an `optimize` chain as measured after it (the first is the source run): its `spec`, parameters,
+    MACs, test accuracy, file size and speeds (`speed[runtime]`: latency_b1_median_ms, throughput_images_per_s)."""
+
+    step: str
+    params: int
+    macs: int
+    accuracy: float
+    file_bytes: int | None = None
+    spec: str | None = None
+    speed: dict[str, Any] | None = None
+    summary: str | None = None
+    warning: str | None = None
+
+
+@dataclass(kw_only=True)
+class OptimizeResult(Result):
+    """What `optimize` measured (result.json of an optimized run): test accuracy before and after, size, and one
+    `OptimizeStep` per technique (`steps[0]` is the source run)."""
+
+    nested: ClassVar[dict[str, type[Result]]] = {"steps": OptimizeStep}
+
+    model: str
+    dataset: str
+    source_run: str
+    techniques: list[str]
+    num_params: int
+    macs: int
+    file_bytes: int | None
+    test_accuracy: float
+    test_correct: int | None = None
+    test_total: int | None = None
+    source_test_accuracy: float | None = None
+    steps: list[OptimizeStep] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def typed_result(result: dict[str, Any]) -> TrainResult | OptimizeResult:
+    """result.json's content as its type: `OptimizeResult` for an optimized run, else `TrainResult`."""
+    return (OptimizeResult if "source_run" in result else TrainResult).from_dict(result)
+
+
 @dataclass
 class Run:
-    """A trained model loaded from a run directory, with everything needed to feed it data."""
+    """A trained model loaded from a run directory, with everything needed to feed it data.
+
+    `run.result`: what was measured when it was written (`TrainResult` or `OptimizeResult`, None for an unfinished
+    run); `run.history`: metrics.jsonl, one dict per epoch; `run.to_dict()`: result.json's content."""
 
     path: Path
     model: nn.Module
     meta: dict[str, Any]  # contents of model.json
+    _result: TrainResult | OptimizeResult | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def result(self) -> TrainResult | OptimizeResult | None:
+        if self._result is None and (self.path / RESULT).is_file():
+            self._result = typed_result(read_result(self.path))
+        return self._result
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        file = self.path / METRICS
+        return read_json_lines(file) if file.is_file() else []
+
+    def to_dict(self) -> dict[str, Any]:
+        """result.json's content: what `leanvision train/optimize --json` prints."""
+        return self.result.to_dict() if self.result is not None else {}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -342,7 +427,8 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / RESULT)
 
 
-__all__ = ["Run", "MODEL_FORMAT", "CUSTOM_PREFIX", "is_onnx", "rebuild_model", "read_model_meta",
+__all__ = ["Run", "TrainResult", "OptimizeResult", "OptimizeStep", "typed_result",
+           "MODEL_FORMAT", "CUSTOM_PREFIX", "is_onnx", "rebuild_model", "read_model_meta",
            "safetensors_shapes", "validate_run", "load_run", "state_mismatch", "config_from_run", "write_config",
            "model_description", "write_model_meta", "write_weights", "write_result", "read_result",
            "custom_module_error"]

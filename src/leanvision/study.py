@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -27,7 +28,7 @@ from .data.normalize import normalizer
 from .device import resolve_device
 from .diagnose import diagnose
 from .errors import LeanvisionError, TrainingInterrupted, first_line
-from .io import read_json, write_json
+from .io import read_json, read_json_lines, write_json
 from .measure import (
     count_macs,
     count_params,
@@ -43,6 +44,7 @@ from .optimize import optimize_variant, order_chain
 from .recipes import RECIPES, resolve_recipe
 from .registry import did_you_mean
 from .report import write_report
+from .results import Result
 from .rundir import is_onnx, load_run
 from .runs import dataset_summary, train_run
 from .runtimes import RUNTIMES, get_runtime, predict_batches
@@ -131,6 +133,56 @@ def variant_config(plan_data: dict[str, Any], variant: dict[str, Any], input_sha
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class StudyVariant(Result):
+    """One variant of a study: `status` "ok" (measured) or "failed" (`error`); test `accuracy` (the seeds' mean when
+    several), parameters, MACs, batch-1 latency (ms, median) and batch-256 throughput (images/s) on its headline
+    runtime (torch, or onnxruntime for an int8 model), and the run directory measured."""
+
+    name: str
+    model: str | None = None
+    status: str
+    error: str | None = None
+    accuracy: float | None = None
+    params: int | None = None
+    macs: int | None = None
+    latency_b1_median_ms: float | None = None
+    throughput_images_per_s: float | None = None
+    run_dir: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+REPORT_FILES = {"html": "report.html", "md": "report.md", "json": "results.json", "csv": "results.csv"}
+
+
+@dataclass(kw_only=True)
+class Study(Result):
+    """`study`'s result (results.json's content): the dataset, settings and environment it ran with, one
+    `StudyVariant` each, the `findings`, and where the report is (`report_dir`, `report_files`)."""
+
+    nested: ClassVar[dict[str, type[Result]]] = {"variants": StudyVariant}
+
+    title: str
+    plan: str
+    dataset: dict[str, Any]
+    settings: dict[str, Any]
+    environment: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    variants: list[StudyVariant] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    report_dir: str | None = None
+    report_note: str | None = None
+
+    @property
+    def report_files(self) -> dict[str, Path]:
+        """Paths of report.html, report.md, results.json and results.csv ({} before the report is written)."""
+        return {k: Path(self.report_dir) / name for k, name in REPORT_FILES.items()} if self.report_dir else {}
 
 
 def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str | dict = "reference",
@@ -328,10 +380,6 @@ def _same_run(out: Path, seed_dir: str, cfg: RunConfig) -> Path | None:
         if same and (candidate / "result.json").exists():
             return candidate
     return None
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def measure_variant(run, ds, runtimes: list[str], repeats: int = 50) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ..data.normalize import normalizer
 from ..device import setup_device
 from ..errors import LeanvisionError, first_line
 from ..measure.speed import images_per_s, time_batches
+from ..results import Result
 from ..rundir import Run, load_run
 from ..runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
@@ -35,6 +36,32 @@ ROW_KEYS = (
     "first_call_ms", "compile_time_s", "energy_per_image_j", "energy_unit", "energy_source", "energy_note",
     "cost_per_million_images_usd", "price_per_hour_usd", "repeats", "warmup", "providers", "streams",
 )
+
+
+@dataclass(kw_only=True)
+class BenchRow(Result):
+    """One `bench` row: a runtime x precision x batch size on a device, with `status` "ok" or why it was not
+    measured. Latency in ms per batch (median, p95 of `repeats` calls after `warmup`), throughput in images/s,
+    accuracy through this runtime and precision, energy in J/image (None with `energy_note` when not measurable),
+    cost in USD per million images (with a price)."""
+
+    runtime: str
+    precision: str
+    device: str
+    threads: int | None = None
+    batch_size: int | None = None
+    status: str
+    latency_median_ms: float | None = None
+    latency_p95_ms: float | None = None
+    images_per_s: float | None = None
+    accuracy: float | None = None
+    first_call_ms: float | None = None
+    energy_per_image_j: float | None = None
+    cost_per_million_images_usd: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ by the PyTorch model (eager, fp32) and by ONNX Runtime on the exported file itse
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .. import __version__
 from ..data.normalize import normalizer
 from ..errors import LeanvisionError
 from ..measure.counts import file_bytes
+from ..results import Result
 from ..rundir import Run, load_run
 from ..runtimes import (
     DEFAULT_OPSET,
@@ -31,6 +33,29 @@ from ..runtimes import (
 
 FORMATS = ("onnx",)
 TOLERANCE_PP = 0.1  # allowed |accuracy difference| between PyTorch and ONNX Runtime, in percentage points
+
+
+@dataclass(kw_only=True)
+class ExportResult(Result):
+    """`export`'s result: the file written and the accuracy parity check (`parity_ok`: ONNX Runtime's accuracy on
+    `images` images of `split` is within `tolerance_pp` percentage points of the reference's)."""
+
+    path: str
+    format: str
+    opset: int
+    dynamic_batch: bool
+    file_bytes: int
+    split: str
+    images: int
+    reference: str
+    reference_accuracy: float
+    torch_accuracy: float | None
+    onnxruntime_accuracy: float
+    difference_pp: float
+    tolerance_pp: float
+    parity_ok: bool
+    prediction_agreement: float | None = None
+    max_abs_logit_diff: float | None = None
 
 
 def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt: str = "onnx",
