@@ -19,7 +19,6 @@ from ..errors import LeanvisionError
 from ..registry import Registry
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class Runtime:
