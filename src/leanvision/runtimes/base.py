@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import PRECISIONS  # noqa: F401  (one tuple for training and runtimes; imported from here)
 from ..errors import LeanvisionError
 from ..registry import Registry
 
