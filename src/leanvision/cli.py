@@ -310,12 +310,30 @@ def cmd_study(ns: Any) -> int:
 
 
 def cmd_optimize(ns: Any) -> int:
-    from .optimize import build_chain, optimize_run, step_table
-    from .techniques import parse_technique
+    from .optimize import optimize_run, step_table
 
     config = config_from_flags(ns, OptimizeConfig)
+    chain = optimize_chain(config)
+    result = optimize_run(ns.run_dir, chain, config.out, data_dir=config.data_dir, progress=not ns.no_progress,
+                          overwrite=config.overwrite, log=None if ns.json else print)
+    _print_warnings(result)
+    if ns.json:
+        _print_json(result)
+        return 0
+    print(step_table(result))
+    print(f"test accuracy {result['source_test_accuracy']:.2%} -> {result['test_accuracy']:.2%} "
+          f"({result['test_correct']}/{result['test_total']}) -> {config.out}")
+    return 0
+
+
+def optimize_chain(config: OptimizeConfig) -> list:
+    """The technique chain `optimize` runs: the --technique specs (an error names the spec as typed, since its field
+    names are also shortcut flags) plus the shortcut options, validated before any work."""
+    from .optimize import build_chain
+    from .techniques import parse_technique
+
     techniques = []
-    for spec in config.techniques:  # named as typed, since the same field names are shortcut flags too
+    for spec in config.techniques:
         try:
             techniques.append(parse_technique(spec))
         except LeanvisionError as e:
@@ -327,17 +345,7 @@ def cmd_optimize(ns: Any) -> int:
                                   "--quantize int8).")
         print(f"note: no technique given ({options}): only folding BatchNorm into the convolutions.",
               file=sys.stderr, flush=True)
-    chain = build_chain(**config.shortcuts(), techniques=techniques, fold=config.fold)
-    result = optimize_run(ns.run_dir, chain, config.out, data_dir=config.data_dir, progress=not ns.no_progress,
-                          overwrite=config.overwrite, log=None if ns.json else print)
-    _print_warnings(result)
-    if ns.json:
-        _print_json(result)
-        return 0
-    print(step_table(result))
-    print(f"test accuracy {result['source_test_accuracy']:.2%} -> {result['test_accuracy']:.2%} "
-          f"({result['test_correct']}/{result['test_total']}) -> {config.out}")
-    return 0
+    return build_chain(**config.shortcuts(), techniques=techniques, fold=config.fold)
 
 
 def cmd_serve(ns: Any) -> int:
@@ -372,7 +380,10 @@ def build_parser() -> ArgumentParser:
                         help="print the leanvision version and exit")
     sub = parser.add_subcommands(dest="command", required=True)
 
-    train = ArgumentParser(description="Train a model on a dataset into a run directory.", exit_on_error=False)
+    train = ArgumentParser(description="Train a model on a dataset into a run directory (weights, metrics, config; "
+                                       "resumable). The defaults are Adam with a one-cycle schedule peaking at 3e-3; "
+                                       "--recipe picks tuned settings. Example: leanvision train --dataset mnist "
+                                       "--model compact --epochs 3 --out runs/compact", exit_on_error=False)
     train.add_argument("--config", type=str, default=None, help="YAML/JSON file of these options: flat (epochs: 3), or "
                                                                 "a run's config.json to re-run it")
     train.add_argument("--print-config", action="store_true", help="print the resolved config (recipe and --config "
@@ -394,7 +405,8 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_subcommand("train", train, help="train a model")
 
-    evaluate = ArgumentParser(description="Test accuracy, per-class precision/recall, confusion matrix.",
+    evaluate = ArgumentParser(description="Test accuracy, per-class precision/recall/F1 and the confusion matrix of a "
+                                          "trained run. Example: leanvision evaluate runs/compact",
                               exit_on_error=False)
     evaluate.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     evaluate.add_argument("--split", type=str, default="test", choices=["test", "val", "train"],
@@ -407,7 +419,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     sub.add_subcommand("evaluate", evaluate, help="evaluate a run on its test split")
 
-    predict = ArgumentParser(description="Classify image files with a trained run.", exit_on_error=False)
+    predict = ArgumentParser(description="Classify image files (or folders of them) with a trained run. Example: "
+                                         "leanvision predict runs/compact digit.png --top-k 3", exit_on_error=False)
     predict.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     predict.add_argument("images", nargs="*", type=str, help="image files or folders (recursively)")
     predict.add_argument("--top-k", type=int, default=1, help="classes shown per image, most probable first")
@@ -417,14 +430,17 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     sub.add_subcommand("predict", predict, help="classify image files")
 
-    models = ArgumentParser(description="List registered models with parameters and MACs.", exit_on_error=False)
+    models = ArgumentParser(description="List registered models with their parameters and MACs for an input shape. "
+                                        "Example: leanvision models 'seed*' --input-shape 3,32,32",
+                            exit_on_error=False)
     models.add_argument("pattern", nargs="?", type=str, default="*", help="model names to list (glob, e.g. 'seed*')")
     models.add_argument("--input-shape", type=str, default="1,28,28", help="input C,H,W for the counts")
     models.add_argument("--num-classes", type=int, default=10, help="classes of the output layer")
     models.add_argument("--json", action="store_true", help="print the table as JSON")
     sub.add_subcommand("models", models, help="list models")
 
-    datasets = ArgumentParser(description="List datasets, their sizes and where they are looked for.",
+    datasets = ArgumentParser(description="List datasets, their sizes and where they are looked for. Example: "
+                                          "leanvision datasets --data-dir ../shared/data",
                               exit_on_error=False)
     datasets.add_argument("--data-dir", type=str, default=None, help="where dataset files are looked for "
                                                                       "(default: $LEANVISION_DATA, else "
@@ -453,7 +469,8 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("optimize", optimize, help="prune, distill, fold and quantize a trained run")
 
     serve = ArgumentParser(description="Serve a run over HTTP: POST /predict with dynamic batching, /model, /metrics, "
-                                       "/health, /ready, a page at /.", exit_on_error=False)
+                                       "/health, /ready, a page at /. Example: leanvision serve runs/compact --port "
+                                       "8000", exit_on_error=False)
     serve.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     serve.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (loopback by default)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")

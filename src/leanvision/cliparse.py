@@ -116,7 +116,7 @@ def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: Sequence[str] =
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        shown = default not in (None, False, True, ()) and f.name not in repeat
+        shown = not any(default is v for v in (None, False, True)) and default != () and f.name not in repeat
         text = helps.get(f.name, "").replace("; None = ", "; default: ")
         text += f" (default: {_shown(default).replace('%', '%%')})" if shown else ""
         options = _options_of(hints[f.name])
