@@ -133,7 +133,7 @@ def predict(run: Run | str | Path, images: Any, *, top_k: int = 1, model: nn.Mod
 
 def optimize(run: Run | str | Path, out: str | Path, *, techniques: list[str] | None = None, prune: float | None = None,
              round_to: int | None = None, quantize: str | None = None, distill_from: str | None = None,
-             finetune_epochs: int = 1, overwrite: bool = False, progress: bool = False,
+             finetune_epochs: int | None = None, overwrite: bool = False, progress: bool = False,
              model: nn.Module | None = None, **chain: Any) -> dict[str, Any]:
     """Compress a trained run (a `Run` or a run directory; `model`: the module instance for a run trained from your
     own nn.Module, which is left unchanged) into `out`: `techniques` as spec strings (`["prune:ratio=0.5,round_to=8",
