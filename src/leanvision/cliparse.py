@@ -81,6 +81,8 @@ def comma_list(kind: type, flag: str) -> Callable[[Any], tuple]:
             raise argparse.ArgumentTypeError(f"{flag} expects comma-separated {noun}, received {text!r}") from None
         if not values:
             raise argparse.ArgumentTypeError(f"{flag} expects at least one value, received {text!r}")
+        if kind is int and min(values) < 1:  # counts and sizes
+            raise argparse.ArgumentTypeError(f"{flag} expects positive integers, received {text!r} (e.g. 1,256)")
         return values
 
     parse.__name__ = f"comma-separated {noun}"
@@ -307,7 +309,9 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
                    _unknown_flag(rest, target) if "unrecognized arguments" in text else None):
         if reason:
             return reason
-    return first_line(error, limit=10_000)
+    line = first_line(error, limit=10_000)
+    own = re.match(r"argument [^:]+: (--[\w-]+ expects .*)", line)  # a flag type's own message names the flag
+    return own.group(1) if own else line
 
 
 def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Sequence[str] = ()) -> str:
