@@ -57,7 +57,7 @@ def test_every_config_field_is_a_flag_and_its_default_is_the_dataclass_default(c
                 continue
             flag = "--technique" if f.name == "techniques" else name
             assert flags[flag].dest == f.name, (command, flag)
-            if not any(default is v for v in (None, False)) and default != ():  # the help shows the real default, written once in the dataclass
+            if not any(default is v for v in (None, False)) and default != ():  # help shows the dataclass default
                 shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
                 assert f"(default: {shown})" in flags[flag].help, (command, flag)
         built = config_from_flags(ns, cls)
