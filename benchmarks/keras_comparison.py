@@ -32,6 +32,7 @@ from leanvision.data import load_dataset
 from leanvision.data.normalize import normalizer
 from leanvision.measure import environment, measure_latency
 from leanvision.models import create_model
+from leanvision.recipes import keras as keras_recipe
 from leanvision.runtimes import get_runtime
 from leanvision.runtimes.eager import predict_logits
 from leanvision.train import fit
@@ -115,10 +116,9 @@ def label(row: dict) -> str:
 
 def one_repeat(dataset, arrays, epochs: int, keras_first: bool) -> dict:
     """Keras and leanvision once each, in the given order; ratios against this repeat's Keras run."""
-    reference = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", learning_rate=1e-3, schedule="constant",
-                            device="cpu")  # the reference Keras code's training, written out
-    best = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", learning_rate=3e-3, schedule="onecycle",
-                       device="cpu")
+    # the reference Keras code's training (the `keras` recipe: constant Adam 1e-3, batch 128), and the plain defaults
+    reference = TrainConfig(**{**keras_recipe(dataset.input_shape).train, "epochs": epochs, "device": "cpu"})
+    best = TrainConfig(epochs=epochs, device="cpu")  # Adam, one-cycle, peak 3e-3, batch 128
 
     def ours():
         return (leanvision_run(dataset, "seed-baseline", reference, ("torch", "onnxruntime"))

@@ -39,6 +39,7 @@ from leanvision.config import DataConfig, RunConfig, TrainConfig
 from leanvision.data import load_dataset
 from leanvision.measure import environment
 from leanvision.models import create_model
+from leanvision.recipes import keras as keras_recipe
 from leanvision.recipes import resolve_recipe
 from leanvision.runs import train_run
 from leanvision.runtimes.eager import predict_logits
@@ -80,7 +81,7 @@ def run_reference(dataset, seed: int, epochs: int) -> dict:
         accuracies.append((logits.argmax(1) == labels).float().mean().item())
         times.append(record["epoch_time_s"])
 
-    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", learning_rate=1e-3, seed=seed, device="cpu")
+    cfg = TrainConfig(**{**keras_recipe(dataset.input_shape).train, "epochs": epochs, "seed": seed, "device": "cpu"})
     with tempfile.TemporaryDirectory() as out:
         fit(model, dataset, cfg, out, progress=False, on_epoch_end=score)
     return _time_to("reference", seed, accuracies, times)

@@ -25,6 +25,7 @@ from leanvision.config import TrainConfig
 from leanvision.data import load_dataset
 from leanvision.measure import environment
 from leanvision.models import create_model
+from leanvision.recipes import keras
 from leanvision.train import fit
 
 
@@ -58,8 +59,8 @@ def plain_loop(dataset, precision: str, seed: int) -> tuple[float, float]:
 def leanvision_fit(dataset, precision: str, seed: int) -> tuple[float, float]:
     torch.manual_seed(seed)
     model = create_model("seed-baseline", num_classes=10, in_chans=1, img_size=28)
-    cfg = TrainConfig(epochs=1, batch_size=128, optimizer="adam", learning_rate=1e-3, precision=precision,
-                      seed=seed, device="cpu")
+    cfg = TrainConfig(**{**keras(dataset.input_shape).train, "epochs": 1, "precision": precision, "seed": seed,
+                         "device": "cpu"})  # constant Adam 1e-3, batch 128: what the plain loop does
     with tempfile.TemporaryDirectory() as out:
         history = fit(model, dataset, cfg, out, progress=False)
     model.eval()

@@ -7,6 +7,7 @@ import pytest
 from leanvision.config import DataConfig, RunConfig, TrainConfig
 from leanvision.measure import count_params
 from leanvision.models import create_model
+from leanvision.recipes import keras
 from leanvision.runs import train_run
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ def mnist(mnist_dir):
 def test_seed_baseline_one_epoch_mnist_reference_training(mnist, mnist_dir, tmp_path):
     # the reference training: Adam 1e-3, batch 128, one epoch
     cfg = RunConfig(model="seed-baseline", data=DataConfig("mnist", str(mnist_dir)),
-                    train=TrainConfig(epochs=1, batch_size=128, optimizer="adam", learning_rate=1e-3, device="cpu"))
+                    train=TrainConfig(**{**keras((1, 28, 28)).train, "epochs": 1, "device": "cpu"}))
     result = train_run(cfg, tmp_path, progress=False, dataset=mnist)
     assert result["test_total"] == 10_000
     assert result["test_accuracy"] >= 0.975, result

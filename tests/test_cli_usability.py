@@ -9,6 +9,8 @@ import yaml
 from testkit import one_error_line
 
 from leanvision.cli import build_parser, main
+from leanvision.cliparse import config_from_flags
+from leanvision.config import StudyConfig
 
 CPU = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
 
@@ -183,12 +185,12 @@ def test_runtime_flag_and_device_default_are_the_same_everywhere():
     for argv in (["study", "--runtime", "torch"], ["study", "--runtimes", "torch"],
                  ["bench", "r", "--runtime", "torch"], ["bench", "r", "--runtimes", "torch"]):
         ns = parser.parse_args(argv)
-        assert ns[argv[0]].runtime == "torch", argv
+        assert ns[argv[0]].runtimes == ("torch",), argv
     for name, sub in subcommands(parser).items():
         for action in sub._actions:
             if "--device" in action.option_strings:
-                assert action.default in ("auto", None), name  # train: None = TrainConfig's auto
-    assert parser.parse_args(["study"]).study.device == "auto"
+                assert action.default in ("auto", None), name  # None = the config dataclass's auto
+    assert config_from_flags(parser.parse_args(["study"]).study, StudyConfig).device == "auto"
     for name in ("train", "study", "optimize"):
         assert "--overwrite" in {f for a in subcommands(parser)[name]._actions for f in a.option_strings}, name
 

@@ -186,7 +186,7 @@ def predict(run: Run | str | Path, images: Any, *, top_k: int = 1, model: nn.Mod
 
 def optimize(run: Run | str | Path, techniques: Any = None, *, out: str | Path | None = None,
              prune: float | None = None, round_to: int | None = None, quantize: str | None = None,
-             distill_from: str | None = None, finetune_epochs: int = 1, overwrite: bool = False,
+             distill_from: str | None = None, finetune_epochs: int | None = None, overwrite: bool = False,
              progress: bool = False, model: nn.Module | None = None, **chain: Any) -> Run:
     """Compress a trained run (a `Run` or a run directory) into a new run directory `out` (default: the run's
     folder + `-optimized`); returns the new `Run`, whose `run.result` is an `OptimizeResult` (test accuracy before

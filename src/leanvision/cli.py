@@ -10,20 +10,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import io
 import json
 import os
 import re
 import sys
-import tokenize
-from typing import Any, get_type_hints
+from typing import Any
 
 from jsonargparse import ArgumentParser
 
 from . import __version__
-from .cliparse import as_flags, command_list, explain, polish, unknown_command
-from .config import DataConfig, RunConfig, TrainConfig
+from .accel.commands import cmd_bench, cmd_export
+from .cliparse import (
+    add_dataclass_flags,
+    as_flags,
+    command_list,
+    config_from_flags,
+    explain,
+    flag_values,
+    polish,
+    unknown_command,
+)
+from .config import (
+    BenchConfig,
+    DataConfig,
+    ExportConfig,
+    OptimizeConfig,
+    RunConfig,
+    RunSource,
+    StudyConfig,
+    TrainConfig,
+)
 from .errors import LeanvisionError, exit_code, first_line
 from .registry import did_you_mean
 
@@ -34,44 +50,7 @@ DESCRIPTION = ("Make image classifiers small and fast, and measure it: train a m
                "`leanvision COMMAND --help` shows a command's options.")
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each dataclass field: help text declared once, next to the default."""
-    helps: dict[str, str] = {}
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
-    current = None
-    for tok in tokens:
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and current is None:
-            current = tok.string
-        elif tok.type == tokenize.COMMENT and current:
-            helps[current] = tok.string.lstrip("# ").strip()
-        elif tok.type in (tokenize.NEWLINE, tokenize.NL):
-            current = None
-    return helps
-
-
-def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field (`batch_size` -> `--batch-size`), default None so the dataclass default applies."""
-    helps = field_help(cls)
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        shown = default is not None and default is not False  # None/False: the help text says what unset means
-        text = helps.get(f.name, "").replace("; None = ", "; default: ") + (f" (default: {default})" if shown else "")
-        if hints[f.name] is bool:
-            parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=text)
-            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
-                                default=None, help=f"turn {flags[0]} off (e.g. when --config or a recipe turns it on)")
-        else:
-            base = hints[f.name]
-            kind = next((t for t in (int, float, str) if base is t or t in getattr(base, "__args__", ())), str)
-            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=text)
-
-
-def _values(ns: Any, cls: type) -> dict[str, Any]:
-    return {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if getattr(ns, f.name, None) is not None}
+_values = flag_values  # the fields given as flags
 
 
 def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
@@ -149,17 +128,13 @@ def resolve_train_config(ns: Any) -> tuple[RunConfig, str, Any]:
     dataset = None
     if recipe:  # the recipe fills every setting not given explicitly; it needs the data's shape
         from .data import load_dataset
-        from .recipes import resolve_recipe
+        from .recipes import apply_recipe, resolve_recipe
         from .runs import _data_kwargs
 
         merged = {**stored, **requested}
         dataset = load_dataset(**_data_kwargs(RunConfig(data=DataConfig(
             **{k: merged[k] for k in data_names if k in merged}))))
-        chosen = resolve_recipe(recipe, dataset.input_shape, merged.get("device", "auto"))
-        if "model" not in requested:
-            requested["model"] = chosen.model
-            requested["model_kwargs"] = {**chosen.model_kwargs, **requested.get("model_kwargs", {})}
-        requested = {**chosen.train, **requested}
+        requested = apply_recipe(resolve_recipe(recipe, dataset.input_shape, merged.get("device", "auto")), requested)
     values = {**stored, **requested}  # train_run names any field that differs from the stored run
     cfg = RunConfig(model=values.get("model", RunConfig.model), model_kwargs=dict(values.get("model_kwargs") or {}),
                     data=DataConfig(**{k: values[k] for k in data_names if k in values}),
@@ -305,10 +280,8 @@ def cmd_datasets(ns: Any) -> int:
 def cmd_study(ns: Any) -> int:
     from .study import run_study
 
-    runtimes = tuple(r.strip() for r in ns.runtime.split(",") if r.strip())
-    study = run_study(dataset=ns.dataset, data_dir=ns.data_dir, plan=ns.plan, epochs=ns.epochs, seeds=ns.seeds,
-                      out=ns.out, device=ns.device, precision=ns.precision, runtimes=runtimes, repeats=ns.repeats,
-                      progress=not ns.no_progress, remeasure=ns.remeasure, overwrite=ns.overwrite)
+    config = config_from_flags(ns, StudyConfig)
+    study = run_study(config, progress=not ns.no_progress)
     ok = [v for v in study["variants"] if v.get("status") == "ok"]
     failed = [v for v in study["variants"] if v.get("status") != "ok"]
     if study.get("report_note"):  # the new report has fewer ok variants: written beside the earlier one
@@ -329,7 +302,7 @@ def cmd_study(ns: Any) -> int:
         print("* not runnable by torch (int8 ONNX model): latency and throughput measured on onnxruntime")
     for line in study["findings"]:
         print(f"- {line}")
-    print(f"report: {study.get('report_dir', ns.out)}/report.html")
+    print(f"report: {study.get('report_dir', config.out)}/report.html")
     if failed:  # the report is written; the exit code says not everything worked
         print(f"error: {len(failed)} of {len(study['variants'])} variants failed: "
               + "; ".join(f"{v['name']} ({v.get('error')})" for v in failed), file=sys.stderr)
@@ -338,29 +311,42 @@ def cmd_study(ns: Any) -> int:
 
 
 def cmd_optimize(ns: Any) -> int:
-    from .optimize import build_chain, optimize_run, step_table
+    from .optimize import optimize_run, step_table
 
-    if all(v is None for v in (ns.prune, ns.unstructured, ns.quantize, ns.distill_from)):
-        techniques = "--prune, --unstructured, --distill-from, --quantize"
-        if ns.no_fold:
-            raise LeanvisionError(f"Nothing to do: no technique given. Give some of {techniques} (e.g. --prune 0.5 "
-                                  "--quantize int8).")
-        print(f"note: no technique given ({techniques}): only folding BatchNorm into the convolutions.",
-              file=sys.stderr, flush=True)
-    chain = build_chain(prune=ns.prune, prune_method=ns.prune_method, unstructured=ns.unstructured,
-                        quantize=ns.quantize, distill_from=ns.distill_from, alpha=ns.alpha,
-                        temperature=ns.temperature, finetune_epochs=ns.finetune_epochs,
-                        calibration_size=ns.calibration_size, fold=not ns.no_fold, round_to=ns.round_to)
-    result = optimize_run(ns.run_dir, chain, ns.out, data_dir=ns.data_dir, progress=not ns.no_progress,
-                          overwrite=bool(ns.overwrite), log=None if ns.json else print)
+    config = config_from_flags(ns, OptimizeConfig)
+    chain = optimize_chain(config)
+    result = optimize_run(ns.run_dir, chain, config.out, data_dir=config.data_dir, progress=not ns.no_progress,
+                          overwrite=config.overwrite, log=None if ns.json else print)
     _print_warnings(result)
     if ns.json:
         _print_json(result)
         return 0
     print(step_table(result))
     print(f"test accuracy {result['source_test_accuracy']:.2%} -> {result['test_accuracy']:.2%} "
-          f"({result['test_correct']}/{result['test_total']}) -> {ns.out}")
+          f"({result['test_correct']}/{result['test_total']}) -> {config.out}")
     return 0
+
+
+def optimize_chain(config: OptimizeConfig) -> list:
+    """The technique chain `optimize` runs: the --technique specs (an error names the spec as typed, since its field
+    names are also shortcut flags) plus the shortcut options, validated before any work."""
+    from .optimize import build_chain
+    from .techniques import parse_technique
+
+    techniques = []
+    for spec in config.techniques:
+        try:
+            techniques.append(parse_technique(spec))
+        except LeanvisionError as e:
+            raise type(e)(f"--technique {spec!r}: {first_line(e, limit=ERROR_CHARS)}") from None
+    if not config.shortcuts() and not techniques:
+        options = "--technique, --prune, --unstructured, --distill-from, --quantize"
+        if not config.fold:
+            raise LeanvisionError(f"Nothing to do: no technique given. Give some of {options} (e.g. --prune 0.5 "
+                                  "--quantize int8).")
+        print(f"note: no technique given ({options}): only folding BatchNorm into the convolutions.",
+              file=sys.stderr, flush=True)
+    return build_chain(**config.shortcuts(), techniques=techniques, fold=config.fold)
 
 
 def cmd_serve(ns: Any) -> int:
@@ -395,19 +381,23 @@ def build_parser() -> ArgumentParser:
                         help="print the leanvision version and exit")
     sub = parser.add_subcommands(dest="command", required=True)
 
-    train = ArgumentParser(description="Train a model on a dataset into a run directory.", exit_on_error=False)
+    train = ArgumentParser(description="Train a model on a dataset into a run directory (weights, metrics, config; "
+                                       "resumable). The defaults are Adam with a one-cycle schedule peaking at 3e-3; "
+                                       "--recipe picks tuned settings. Example: leanvision train --dataset mnist "
+                                       "--model compact --epochs 3 --out runs/compact", exit_on_error=False)
     train.add_argument("--config", type=str, default=None, help="YAML/JSON file of these options: flat (epochs: 3), or "
                                                                 "a run's config.json to re-run it")
     train.add_argument("--print-config", action="store_true", help="print the resolved config (recipe and --config "
                                                                    "applied) as YAML and exit")
     train.add_argument("--model", type=str, default=None, help=f"registered name or spec .yaml/.json (default: "
                                                                 f"{RunConfig.model})")
-    train.add_argument("--recipe", type=str, default=None, help="named recipe that picks model, optimizer, schedule, "
-                                                                "batch size, precision and epochs (e.g. fast)")
+    train.add_argument("--recipe", type=str, default=None, help=f"named settings for every option not given: "
+                                                                 f"{', '.join(recipe_names())} (keras: the reference "
+                                                                 "Keras code's constant Adam 1e-3, batch 128)")
     train.add_argument("--model-kwargs", type=str, default=None,
                        help="builder arguments as JSON, e.g. '{\"width\": 8}'")
-    add_dataclass_flags(train, DataConfig)
-    add_dataclass_flags(train, TrainConfig)
+    add_dataclass_flags(train, DataConfig, aliases=ALIASES, negatable=True)
+    add_dataclass_flags(train, TrainConfig, aliases=ALIASES, negatable=True)
     train.add_argument("--out", type=str, default=None, help="run directory (default: runs/<model>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out with its stored config; "
                                                              "a larger --epochs extends a finished run")
@@ -416,7 +406,8 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_subcommand("train", train, help="train a model")
 
-    evaluate = ArgumentParser(description="Test accuracy, per-class precision/recall, confusion matrix.",
+    evaluate = ArgumentParser(description="Test accuracy, per-class precision/recall/F1 and the confusion matrix of a "
+                                          "trained run. Example: leanvision evaluate runs/compact",
                               exit_on_error=False)
     evaluate.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     evaluate.add_argument("--split", type=str, default="test", choices=["test", "val", "train"],
@@ -429,7 +420,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     sub.add_subcommand("evaluate", evaluate, help="evaluate a run on its test split")
 
-    predict = ArgumentParser(description="Classify image files with a trained run.", exit_on_error=False)
+    predict = ArgumentParser(description="Classify image files (or folders of them) with a trained run. Example: "
+                                         "leanvision predict runs/compact digit.png --top-k 3", exit_on_error=False)
     predict.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     predict.add_argument("images", nargs="*", type=str, help="image files or folders (recursively)")
     predict.add_argument("--top-k", type=int, default=1, help="classes shown per image, most probable first")
@@ -439,14 +431,17 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     sub.add_subcommand("predict", predict, help="classify image files")
 
-    models = ArgumentParser(description="List registered models with parameters and MACs.", exit_on_error=False)
+    models = ArgumentParser(description="List registered models with their parameters and MACs for an input shape. "
+                                        "Example: leanvision models 'seed*' --input-shape 3,32,32",
+                            exit_on_error=False)
     models.add_argument("pattern", nargs="?", type=str, default="*", help="model names to list (glob, e.g. 'seed*')")
     models.add_argument("--input-shape", type=str, default="1,28,28", help="input C,H,W for the counts")
     models.add_argument("--num-classes", type=int, default=10, help="classes of the output layer")
     models.add_argument("--json", action="store_true", help="print the table as JSON")
     sub.add_subcommand("models", models, help="list models")
 
-    datasets = ArgumentParser(description="List datasets, their sizes and where they are looked for.",
+    datasets = ArgumentParser(description="List datasets, their sizes and where they are looked for. Example: "
+                                          "leanvision datasets --data-dir ../shared/data",
                               exit_on_error=False)
     datasets.add_argument("--data-dir", type=str, default=None, help="where dataset files are looked for "
                                                                       "(default: $LEANVISION_DATA, else "
@@ -454,60 +449,29 @@ def build_parser() -> ArgumentParser:
     datasets.add_argument("--json", action="store_true", help="print the list as JSON")
     sub.add_subcommand("datasets", datasets, help="list datasets")
 
-    study = ArgumentParser(description="Train, measure and compare a plan of variants; write an HTML/MD report.",
-                           exit_on_error=False)
-    study.add_argument("--dataset", type=str, default="digits", help="registered name, image folder or .npz file")
-    study.add_argument("--data-dir", type=str, default=None, help="where dataset files live (default: "
-                                                                  "$LEANVISION_DATA, else ~/.cache/leanvision)")
-    study.add_argument("--plan", type=str, default="reference", help="reference | quick | colour | plan.yaml")
-    study.add_argument("--epochs", type=int, default=None, help="same for every variant (default: a variant's own "
-                                                                "or its recipe's, else 12 for small datasets, 3 for "
-                                                                "large)")
-    study.add_argument("--seeds", type=int, default=1, help="train each variant with this many seeds")
-    study.add_argument("--out", type=str, default="study", help="study directory (report, results, variants)")
-    study.add_argument("--device", type=str, default="auto", help="training device: auto | cpu | cuda | cuda:N | mps")
-    study.add_argument("--precision", type=str, default=None, choices=["fp32", "bf16", "fp16"],
-                       help="training precision for every variant (default: a variant's own or its recipe's, "
-                            "else fp32)")
-    study.add_argument("--runtime", type=str, default="torch,onnxruntime", help="runtimes to time, comma-separated: "
-                                                                               "torch, torch-compile, onnxruntime, "
-                                                                               "openvino")
-    study.add_argument("--runtimes", dest="runtime", type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    study.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per runtime (after warm-up)")
-    study.add_argument("--no-progress", action="store_true", help="no live progress output")
-    study.add_argument("--remeasure", action="store_true", help="re-time finished variants, keeping their weights")
-    study.add_argument("--overwrite", action="store_true", help="retrain variants in --out trained with another "
-                                                                "config, and replace the report")
-    study.add_argument("--json", action="store_true", help="print the study (results.json's content) as JSON")
+    study = ArgumentParser(description="Train a plan of model variants on a dataset, measure each the same way "
+                                       "(accuracy, size, MACs, latency, throughput per runtime) and write an HTML/MD "
+                                       "report with the Pareto front and a plain diagnosis. Example: leanvision study "
+                                       "--dataset mnist --plan quick --epochs 2", exit_on_error=False)
+    add_dataclass_flags(study, StudyConfig, aliases={"runtimes": ["--runtime"]},
+                        choices={"recipe": recipe_names()})
+    _output_flags(study, "the study (results.json's content)")
     sub.add_subcommand("study", study, help="train and compare a plan of variants (the main job)")
 
-    optimize = ArgumentParser(description="Compress a trained run (distill -> prune -> fold -> int8) into a new "
-                                          "run, measuring every step.", exit_on_error=False)
+    optimize = ArgumentParser(description="Compress a trained run into a new run (distill -> prune -> fold -> int8), "
+                                          "measuring what every step bought. Example: leanvision optimize runs/compact "
+                                          "--prune 0.5 --quantize int8 --out runs/compact-int8, or the same as "
+                                          "--technique prune:ratio=0.5 --technique quantize:mode=int8.",
+                              epilog=technique_help(), exit_on_error=False)
     optimize.add_argument("run_dir", type=str, help="trained run directory to compress")
-    optimize.add_argument("--prune", type=float, default=None, help="fraction of channels removed per layer (0-1)")
-    optimize.add_argument("--prune-method", type=str, default="l1", help="l1 | l2 (weight norm) | bn (BN scale)")
-    optimize.add_argument("--round-to", type=int, default=None,
-                          help="keep pruned channel counts a multiple of this (8 or 16 suit CPU SIMD blocks)")
-    optimize.add_argument("--unstructured", type=float, default=None,
-                          help="fraction of single weights zeroed (masks only: no speed-up on dense runtimes)")
-    optimize.add_argument("--quantize", type=str, default=None,
-                          help="int8 (static, convs included) | int8-dynamic (Dense layers only) | qat")
-    optimize.add_argument("--distill-from", type=str, default=None,
-                          help="teacher run: retrain RUN_DIR's architecture from its initial weights with it")
-    optimize.add_argument("--alpha", type=float, default=0.5, help="distillation: weight of the teacher term")
-    optimize.add_argument("--temperature", type=float, default=4.0, help="distillation: softmax temperature")
-    optimize.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning after pruning / QAT epochs")
-    optimize.add_argument("--calibration-size", type=int, default=512, help="int8: calibration images")
-    optimize.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers (when not quantizing)")
-    optimize.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
-    optimize.add_argument("--out", type=str, required=True, help="new run directory")
-    optimize.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    optimize.add_argument("--no-progress", action="store_true", help="no live progress output")
-    optimize.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_dataclass_flags(optimize, OptimizeConfig, aliases={"techniques": ["--technique"]}, repeat=("techniques",),
+                        required=("out",))
+    _output_flags(optimize, "the result")
     sub.add_subcommand("optimize", optimize, help="prune, distill, fold and quantize a trained run")
 
     serve = ArgumentParser(description="Serve a run over HTTP: POST /predict with dynamic batching, /model, /metrics, "
-                                       "/health, /ready, a page at /.", exit_on_error=False)
+                                       "/health, /ready, a page at /. Example: leanvision serve runs/compact --port "
+                                       "8000", exit_on_error=False)
     serve.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
     serve.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (loopback by default)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
@@ -523,23 +487,67 @@ def build_parser() -> ArgumentParser:
                                                                  "cores - 1, shared among the workers)")
     sub.add_subcommand("serve", serve, help="serve a run over HTTP")
 
-    for name, register in _EXTRA_COMMANDS.items():
-        register(sub)
+    export = ArgumentParser(description="Export a run's model to ONNX (dynamic batch, class names and normalization "
+                                        "in its metadata) and check that ONNX Runtime classifies the test split like "
+                                        "PyTorch (fails beyond 0.1 pp). Example: leanvision export runs/compact",
+                            exit_on_error=False)
+    export.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
+    add_dataclass_flags(export, ExportConfig)
+    add_dataclass_flags(export, RunSource)
+    _output_flags(export, "the export summary", progress=False)
+    sub.add_subcommand("export", export, help="export a run to ONNX")
+
+    bench = ArgumentParser(description="Latency, throughput, accuracy, energy and cost of a run per runtime, "
+                                       "precision and batch size, in one table. Example: leanvision bench runs/compact "
+                                       "--runtimes torch,onnxruntime --batch-sizes 1,64", exit_on_error=False)
+    bench.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
+    add_dataclass_flags(bench, BenchConfig, aliases={"runtimes": ["--runtime"], "precisions": ["--precision"]})
+    add_dataclass_flags(bench, RunSource)
+    _output_flags(bench, "the rows and environment", progress=False)
+    sub.add_subcommand("bench", bench, help="benchmark a run per runtime, precision and batch size")
     return polish(parser)
 
 
+def _output_flags(parser: ArgumentParser, what: str, progress: bool = True) -> None:
+    """How a command shows its result (not part of its config): --json, and --no-progress for long commands."""
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no live progress output")
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def recipe_names() -> list[str]:
+    """The registered recipe names, for --recipe's choices (recipes.py imports torch, so the names are read from its
+    `@RECIPES.register("name")` lines to keep `leanvision --help` fast)."""
+    from importlib import resources
+
+    text = resources.files("leanvision").joinpath("recipes.py").read_text(encoding="utf-8")
+    return re.findall(r'@RECIPES\.register\("([\w-]+)"\)', text)
+
+
+def technique_help() -> str:
+    """--technique's syntax and every technique with its fields' defaults, read from the technique modules' source
+    (their config dataclasses are the one home of the defaults; importing them would load torch for `--help`)."""
+    from importlib import resources
+
+    folder = resources.files("leanvision").joinpath("techniques")
+    text = "\n\n\n".join(p.read_text(encoding="utf-8") for p in sorted(folder.iterdir(), key=lambda p: p.name)
+                          if p.name.endswith(".py"))
+    specs = []
+    for name, cls in re.findall(r'^@register_technique\("([\w-]+)", (\w+)\)', text, flags=re.M):
+        if f"class {cls}(" in text:
+            body = text.split(f"class {cls}(", 1)[1].split("\n\n\n", 1)[0]
+            fields = re.findall(r"^    (\w+): [^=\n]+ = ([^#\n]+?)\s*(?:#.*)?$", body, flags=re.M)
+            args = ", ".join(f"{k}=" + ("(required)" if v in ('""', "''") else v.strip("\"'").replace("True", "true")
+                                         .replace("False", "false")) for k, v in fields)
+            specs.append(f"{name}: {args}" if args else f"{name} (no fields)")
+    return ("--technique NAME:KEY=VALUE,... gives one technique per flag, in any order (they run as distill -> "
+            "prune -> fold -> quantize); a shortcut option is the same technique with its other fields at their "
+            "defaults. Every technique with its fields' defaults: " + "; ".join(specs) + ".")
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "datasets": cmd_datasets, "study": cmd_study, "optimize": cmd_optimize, "serve": cmd_serve}
-_EXTRA_COMMANDS: dict[str, Any] = {}
-
-
-def _install_extra_commands() -> None:
-    from .accel.commands import install  # export, bench
-
-    install(COMMANDS, _EXTRA_COMMANDS)
-
-
-_install_extra_commands()
+            "datasets": cmd_datasets, "study": cmd_study, "optimize": cmd_optimize, "serve": cmd_serve,
+            "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

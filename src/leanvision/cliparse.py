@@ -2,6 +2,8 @@
 
 jsonargparse parses; this module only words things. `polish(parser)` gives every (sub)command help that lists each
 option's description and, once, its real default (never `type: <function ...>` or `default: null`).
+`add_dataclass_flags(parser, Config)` makes one flag per field of a command's config dataclass, its help the field's
+trailing `# comment`, so every command's options and defaults are written once, in its config.
 `explain(parser, argv, error)` turns a parse error into one line that names the flag as it was typed, what it expects,
 what it received and, for an unknown flag or command, the nearest known one (difflib).
 """
@@ -9,9 +11,16 @@ what it received and, for an unknown flag or command, the nearest known one (dif
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import inspect
+import io
 import re
+import tokenize
+import types
 import typing
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
@@ -30,6 +39,131 @@ class HelpFormatter(DefaultHelpFormatter):
         if default is None or default is False or default == argparse.SUPPRESS or not action.option_strings:
             return text
         return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The trailing `# comment` of each dataclass field: help text declared once, next to the default."""
+    helps: dict[str, str] = {}
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    current = None
+    for tok in tokens:
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and current is None:
+            current = tok.string
+        elif tok.type == tokenize.COMMENT and current:
+            helps[current] = tok.string.lstrip("# ").strip()
+        elif tok.type in (tokenize.NEWLINE, tokenize.NL):
+            current = None
+    return helps
+
+
+def _options_of(hint: Any) -> tuple[Any, ...]:
+    """The non-None members of `X | None` / `Optional[X]`, or (hint,)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for t in typing.get_args(hint) if t is not type(None))
+    return (hint,)
+
+
+def _scalar(kind: Any) -> type:
+    return next((t for t in (bool, int, float, str) if kind is t), str)
+
+
+def comma_list(kind: type, flag: str) -> Callable[[Any], tuple]:
+    """An argparse type: `"1,256"` -> (1, 256), each value cast to `kind` (jsonargparse re-checks parsed values, so a
+    tuple passes through)."""
+    noun = {int: "integers", float: "numbers"}.get(kind, "values")
+
+    def parse(text: Any) -> tuple:
+        if isinstance(text, (tuple, list)):
+            return tuple(text)
+        try:
+            values = tuple(kind(v.strip()) for v in str(text).split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated {noun}, received {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{flag} expects at least one value, received {text!r}")
+        if kind is int and min(values) < 1:  # counts and sizes
+            raise argparse.ArgumentTypeError(f"{flag} expects positive integers, received {text!r} (e.g. 1,256)")
+        return values
+
+    parse.__name__ = f"comma-separated {noun}"
+    return parse
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def add_dataclass_flags(parser: ArgumentParser, cls: type, skip: Sequence[str] = (),
+                        aliases: dict[str, list[str]] | None = None, hidden: dict[str, list[str]] | None = None,
+                        repeat: Sequence[str] = (), required: Sequence[str] = (),
+                        choices: dict[str, Sequence[Any]] | None = None, negatable: bool = False) -> None:
+    """One flag per field of the dataclass `cls` (`batch_size` -> `--batch-size`), its help the field's `# comment`.
+
+    Every flag's parsed default is None, so the dataclass default applies (`config_from_flags`) and a config file or
+    recipe can sit between the two; the help shows the dataclass default. Field types: bool -> `--x` / `--no-x`;
+    int/float/str (or `X | None`) -> typed; `Literal[...]` -> choices; `tuple[T, ...]` -> comma-separated
+    (`--batch-sizes 1,256`), or one value per repeated flag for a field named in `repeat`. `aliases` adds shown
+    names (`{"learning_rate": ["--lr"]}`), `hidden` accepted-but-unlisted ones (an old spelling).
+    """
+    helps = field_help(cls)
+    hints = typing.get_type_hints(cls)
+    aliases, hidden, choices = aliases or {}, hidden or {}, choices or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        name = f"--{f.name.replace('_', '-')}"
+        flags = [*aliases.get(f.name, [])] if f.name in repeat else [name, *aliases.get(f.name, [])]
+        default = None
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        shown = not any(default is v for v in (None, False, True)) and default != () and f.name not in repeat
+        text = helps.get(f.name, "").replace("; None = ", "; default: ")
+        text += f" (default: {_shown(default).replace('%', '%%')})" if shown else ""
+        options = _options_of(hints[f.name])
+        kind = options[0]
+        extra: dict[str, Any] = {"required": True} if f.name in required else {"default": None}
+        if kind is bool:  # on by default: --no-x is the one shown; a --no-x for an off flag only where asked
+            off = f"--no-{f.name.replace('_', '-')}"
+            parser.add_argument(*flags, dest=f.name, action="store_const", const=True,
+                                help=argparse.SUPPRESS if default else text, **extra)
+            if default or negatable:
+                parser.add_argument(off, dest=f.name, action="store_const", const=False, default=None,
+                                    help=f"turn this off: {text}" if default else f"turn {flags[0]} off (e.g. when "
+                                                                                   "--config or a recipe turns it on)")
+        elif typing.get_origin(kind) is typing.Literal or f.name in choices:
+            literal = typing.get_origin(kind) is typing.Literal
+            allowed = list(typing.get_args(kind)) if literal else list(choices[f.name])
+            parser.add_argument(*flags, dest=f.name, type=type(allowed[0]), choices=allowed, help=text, **extra)
+        elif typing.get_origin(kind) in (tuple, list):
+            item = _scalar(typing.get_args(kind)[0])
+            if f.name in repeat:
+                parser.add_argument(*flags, dest=f.name, type=item, action="append", metavar="SPEC", help=text, **extra)
+            else:
+                parser.add_argument(*flags, dest=f.name, type=comma_list(item, name), metavar="A,B,...", help=text,
+                                    **extra)
+        else:
+            parser.add_argument(*flags, dest=f.name, type=_scalar(kind), help=text, **extra)
+        for old in hidden.get(f.name, []):
+            parser.add_argument(old, dest=f.name, type=parser._option_string_actions[flags[0]].type,
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def flag_values(ns: Any, cls: type) -> dict[str, Any]:
+    """The fields of `cls` given on the command line (None = not given), as {field: value}; tuples stay tuples."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(ns, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def config_from_flags(ns: Any, cls: type, **values: Any) -> Any:
+    """`cls` built from the flags given (`values` first, for what a command fills in itself); the rest keeps its
+    dataclass default."""
+    return cls(**{**values, **flag_values(ns, cls)})
 
 
 def subcommands(parser: ArgumentParser) -> dict[str, ArgumentParser]:
@@ -175,7 +309,9 @@ def explain(parser: ArgumentParser, argv: list[str], error: BaseException) -> st
                    _unknown_flag(rest, target) if "unrecognized arguments" in text else None):
         if reason:
             return reason
-    return first_line(error, limit=10_000)
+    line = first_line(error, limit=10_000)
+    own = re.match(r"argument [^:]+: (--[\w-]+ expects .*)", line)  # a flag type's own message names the flag
+    return own.group(1) if own else line
 
 
 def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Sequence[str] = ()) -> str:
@@ -183,7 +319,7 @@ def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Se
     (`--batch-size`, `--batch-size 0`, `device='cpu'` -> `--device cpu`; an alias such as `--lr` when that is what argv
     has). Errors about a --config file keep its keys. The one place where field names become flags."""
     sub = subcommands(parser).get(command)
-    if sub is None or "--config" in message:
+    if sub is None or "--config" in message or message.startswith("--technique "):  # already says what was typed
         return message
     typed = {token.partition("=")[0] for token in argv}
     for action in sub._actions:
@@ -198,4 +334,5 @@ def as_flags(message: str, parser: ArgumentParser, command: str, argv: typing.Se
     return message
 
 
-__all__ = ["HelpFormatter", "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags"]
+__all__ = ["HelpFormatter", "add_dataclass_flags", "comma_list", "config_from_flags", "field_help", "flag_values",
+           "polish", "subcommands", "command_list", "unknown_command", "explain", "as_flags"]

@@ -15,6 +15,7 @@ import copy
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .config import OptimizeConfig
 from .diagnose import spread_verdict
 from .errors import LeanvisionError
 from .health import step_warning
@@ -55,28 +57,46 @@ from .techniques import (
     shape_overrides,
 )
 
+STAGES = ("distill", "prune", "fold", "quantize")  # the one order a chain runs in
 
-def build_chain(*, prune: float | None = None, prune_method: str = "l1", unstructured: float | None = None,
-                quantize: str | None = None, distill_from: str | None = None, alpha: float = 0.5,
-                temperature: float = 4.0, finetune_epochs: int = 1, calibration_size: int = 512,
-                fold: bool = True, round_to: int | None = None) -> list[TechniqueConfig]:
-    """The technique chain for the CLI flags, validated (bad values fail here, before any work)."""
+
+def build_chain(*, prune: float | None = None, prune_method: str | None = None, unstructured: float | None = None,
+                quantize: str | None = None, distill_from: str | None = None, alpha: float | None = None,
+                temperature: float | None = None, finetune_epochs: int | None = None,
+                calibration_size: int | None = None, fold: bool = OptimizeConfig.fold, round_to: int | None = None,
+                techniques: Sequence[TechniqueConfig | str | dict] = ()) -> list[TechniqueConfig]:
+    """The technique chain for the shortcut options plus any technique specs, in the one order they can run
+    (distill -> prune -> fold -> quantize), validated. An option left None keeps the technique's own default.
+
+    Example: `build_chain(prune=0.5, quantize="int8") == build_chain(techniques=["prune:ratio=0.5", "quantize"])`.
+    """
+    def given(**values: Any) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if v is not None}
+
     chain: list[TechniqueConfig] = []
     if round_to is not None and prune is None:
         raise LeanvisionError(f"round_to={round_to} applies to structured pruning only. Add `prune` (a ratio), or drop "
                               "`round_to`.")
+    shortcut_only = {"prune_method": (prune_method, prune), "alpha": (alpha, distill_from),
+                     "temperature": (temperature, distill_from), "calibration_size": (calibration_size, quantize)}
+    for name, (value, needs) in shortcut_only.items():
+        if value is not None and needs is None:
+            owner = {"prune_method": "prune", "calibration_size": "quantize"}.get(name, "distill_from")
+            raise LeanvisionError(f"{name}={value!r} applies only with `{owner}`. Add `{owner}`, or drop `{name}`.")
     if distill_from is not None:
-        chain.append(DistillConfig(teacher=distill_from, alpha=alpha, temperature=temperature))
+        chain.append(DistillConfig(teacher=distill_from, **given(alpha=alpha, temperature=temperature)))
     if prune is not None:
-        chain.append(PruneConfig(ratio=prune, method=prune_method, finetune_epochs=finetune_epochs,
-                                 round_to=round_to))
+        chain.append(PruneConfig(ratio=prune, **given(method=prune_method, finetune_epochs=finetune_epochs,
+                                                      round_to=round_to)))
     if unstructured is not None:
-        chain.append(PruneConfig(ratio=unstructured, structured=False, finetune_epochs=finetune_epochs))
-    if fold:
-        chain.append(FoldConfig())
+        chain.append(PruneConfig(ratio=unstructured, structured=False, **given(finetune_epochs=finetune_epochs)))
     if quantize is not None:
-        chain.append(QuantizeConfig(mode=quantize, calibration_size=calibration_size,
-                                    finetune_epochs=finetune_epochs))
+        chain.append(QuantizeConfig(mode=quantize, **given(calibration_size=calibration_size,
+                                                           finetune_epochs=finetune_epochs)))
+    chain += [parse_technique(t) for t in techniques]
+    if fold and not any(c.name == "fold" for c in chain):
+        chain.append(FoldConfig())
+    chain.sort(key=lambda c: STAGES.index(c.name) if c.name in STAGES else len(STAGES))  # stable
     return order_chain(chain)
 
 

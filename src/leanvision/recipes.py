@@ -1,8 +1,11 @@
 """Named training recipes: model, optimizer, schedule, batch size, precision and epochs chosen together.
 
 `leanvision train --dataset mnist --recipe fast --out RUN_DIR` fills every setting the user did not give from the
-recipe; flags given explicitly still win. Recipes pick by input shape (grayscale 28x28-like vs colour 32x32-like)
-and were tuned on validation splits only (benchmarks/time_to_accuracy.py measures them on the test sets).
+recipe (`apply_recipe`); flags given explicitly still win. `leanvision study --recipe keras` gives every variant a
+recipe's training settings. `keras` is the reference Keras code's training (constant Adam 1e-3, batch 128, no
+augmentation), for comparisons with it; TrainConfig's plain defaults are the better one-cycle Adam 3e-3. `fast` and
+`accurate` pick by input shape (grayscale 28x28-like vs colour 32x32-like) and were tuned on validation splits only
+(benchmarks/time_to_accuracy.py measures them on the test sets).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ class Recipe:
     """A complete training setup for one kind of input.
 
     Args:
-        model: registered model name.
+        model: registered model name; None = the recipe sets training only (the model is the user's choice).
         model_kwargs: builder arguments.
         train: TrainConfig fields.
         data: DataConfig fields (e.g. val_fraction).
     """
 
-    model: str
+    model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +110,30 @@ def _colour(device: str, widths: tuple[int, int, int], epochs: int) -> Recipe:
                              weight_decay=1.33e-3, norm_lr_scale=64.0, label_smoothing=0.2, lookahead=True,
                              batch_size=512, epochs=epochs, augment="translate-flip",
                              precision=fast_precision(device), channels_last=fast_channels_last(device)))
+
+
+@RECIPES.register("keras")
+def keras(input_shape: tuple[int, int, int], device: str = "auto") -> Recipe:
+    """The reference Keras code's training, for like-for-like comparisons: `model.compile(optimizer="adam")` (constant
+    learning rate 1e-3), `batch_size=128`, no augmentation, no label smoothing or weight decay, fp32. Any model.
+
+    Example: `keras((1, 28, 28)).train["learning_rate"] == 1e-3`.
+    """
+    return Recipe(train=dict(optimizer="adam", learning_rate=1e-3, schedule="constant", warmup_epochs=0.0,
+                             batch_size=128, augment="none", label_smoothing=0.0, weight_decay=0.0, precision="fp32"))
+
+
+def apply_recipe(recipe: Recipe, values: dict[str, Any]) -> dict[str, Any]:
+    """Flat options (`model`, `model_kwargs`, DataConfig and TrainConfig fields) with every option they lack taken
+    from `recipe`; options already in `values` win. The recipe's model applies only when `values` names none.
+
+    Example: `apply_recipe(keras((1, 28, 28)), {"epochs": 3})["learning_rate"] == 1e-3`.
+    """
+    values = dict(values)
+    if recipe.model is not None and "model" not in values:
+        values["model"] = recipe.model
+        values["model_kwargs"] = {**recipe.model_kwargs, **(values.get("model_kwargs") or {})}
+    return {**recipe.train, **values}
 
 
 def resolve_recipe(name: str, input_shape: tuple[int, int, int], device: str = "auto") -> Recipe:

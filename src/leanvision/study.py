@@ -10,6 +10,7 @@ measuring is `measure`, diagnosing `diagnose`, reporting `report`.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 import yaml
 
-from .config import DataConfig, RunConfig, TrainConfig, config_diff
+from .config import DataConfig, RunConfig, StudyConfig, TrainConfig, config_diff
 from .data import load_dataset
 from .data.normalize import normalizer
 from .device import resolve_device
@@ -110,18 +111,21 @@ def default_epochs(num_train: int) -> int:
 
 
 def variant_config(plan_data: dict[str, Any], variant: dict[str, Any], input_shape: tuple[int, int, int],
-                   epochs: int | None, precision: str | None, device: str) -> dict[str, Any]:
+                   epochs: int | None, precision: str | None, device: str, recipe: str | None = None) -> dict[str, Any]:
     """The model, builder arguments and TrainConfig fields (seed excluded) one variant trains with.
 
-    Precedence: an explicit study-wide `epochs`/`precision` > the variant's `train` > its `recipe` > the plan's
-    `train` > defaults (epochs: `default_epochs`; precision: fp32).
+    Precedence: an explicit study-wide `epochs`/`precision` > the variant's `train` > its `recipe` > the study-wide
+    `recipe` (its training settings only: the variant keeps its model) > the plan's `train` > defaults (epochs:
+    `default_epochs`; precision: fp32).
     """
     model, model_kwargs, recipe_train = variant.get("model"), dict(variant.get("model_kwargs") or {}), {}
     if variant.get("recipe") is not None:
-        recipe = resolve_recipe(str(variant["recipe"]), input_shape, device)
-        model = model or recipe.model
-        model_kwargs = {**recipe.model_kwargs, **model_kwargs}
-        recipe_train = {k: v for k, v in recipe.train.items() if k not in ("device",)}
+        chosen = resolve_recipe(str(variant["recipe"]), input_shape, device)
+        model = model or chosen.model
+        model_kwargs = {**chosen.model_kwargs, **model_kwargs}
+        recipe_train = {k: v for k, v in chosen.train.items() if k not in ("device",)}
+    elif recipe is not None:
+        recipe_train = {k: v for k, v in resolve_recipe(recipe, input_shape, device).train.items() if k != "device"}
     train = {"precision": "fp32", **plan_data["train"], **recipe_train, **(variant.get("train") or {})}
     if epochs is not None:
         train["epochs"] = epochs
@@ -185,14 +189,12 @@ class Study(Result):
         return {k: Path(self.report_dir) / name for k, name in REPORT_FILES.items()} if self.report_dir else {}
 
 
-def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str | dict = "reference",
-              epochs: int | None = None, seeds: int = 1, out: str | Path = "study", device: str = "auto",
-              precision: str | None = None, runtimes: tuple[str, ...] = ("torch", "onnxruntime"), repeats: int = 50,
-              progress: bool = True, remeasure: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run_study(config: StudyConfig | None = None, *, progress: bool = True, **options: Any) -> dict[str, Any]:
     """Train and measure every variant of `plan` on `dataset`, write the report into `out`; returns the study dict.
 
+    `config`: a `StudyConfig`; `options`: any of its fields, applied on top (`run_study(plan="quick", epochs=2)`).
     `epochs` and `precision` given here apply to every variant; otherwise a variant's own (its `train`, its
-    `recipe`), else the plan's, else `default_epochs` and fp32 (see `variant_config`).
+    `recipe`), else the study's `recipe`, else the plan's, else `default_epochs` and fp32 (see `variant_config`).
     `remeasure=True` re-times finished variants (keeping their trained weights), e.g. on a quieter machine.
     A variant in `out` trained with another config is refused before anything runs, unless `overwrite=True`
     (which retrains it). A report with fewer ok variants than the one in `out` is written to `out/report-<time>/`
@@ -200,11 +202,22 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
 
     Example: `run_study(dataset="digits", plan="quick", epochs=2, out="study-quick")`.
     """
+    known = [f.name for f in dataclasses.fields(StudyConfig)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: {', '.join(known)}, "
+                              "progress.")
+    cfg = dataclasses.replace(config or StudyConfig(), **options)
+    if cfg.recipe is not None:
+        from .recipes import RECIPES
+
+        RECIPES.get(cfg.recipe)  # an unknown name fails now, listing the known ones
+    dataset, data_dir, plan, epochs, seeds = cfg.dataset, cfg.data_dir, cfg.plan, cfg.epochs, cfg.seeds
+    out, device, precision, runtimes, repeats = cfg.out, cfg.device, cfg.precision, cfg.runtimes, cfg.repeats
+    remeasure, overwrite = cfg.remeasure, cfg.overwrite
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)
-    if seeds < 1:
-        raise LeanvisionError(f"Invalid seeds={seeds}. Expected an integer >= 1.")
     plan_data = load_plan(plan)
     out = Path(out)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir)
@@ -212,7 +225,7 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
     plan_data = {**plan_data, "default_epochs": plan_data["train"].get("epochs") or default_epochs(len(ds.train))}
     if device == "auto":  # stored concretely, so the variants' configs match across machines' defaults
         device = str(resolve_device(device))
-    configs = {v["name"]: variant_config(plan_data, v, ds.input_shape, epochs, precision, device)
+    configs = {v["name"]: variant_config(plan_data, v, ds.input_shape, epochs, precision, device, cfg.recipe)
                for v in plan_data["variants"]}
     _check_existing(plan_data, data_cfg, configs, seeds, out, overwrite)
     console.print("\n".join(dataset_summary(ds)), highlight=False, markup=False)  # what the variants are trained on
@@ -248,7 +261,8 @@ def run_study(*, dataset: str = "digits", data_dir: str | None = None, plan: str
         "settings": {**{k: v for k, v in plan_data["train"].items()}, "epochs": epochs or plan_data["default_epochs"],
                      "seeds": seeds, "precision": precision or plan_data["train"].get("precision", "fp32"),
                      "device": device, "latency_batch_size": 1, "throughput_batch_size": 256,
-                     "repeats": repeats, "warmup": 10, "runtimes": available, "runtime": "torch"},
+                     "repeats": repeats, "warmup": 10, "runtimes": available, "runtime": "torch",
+                     **({"recipe": cfg.recipe} if cfg.recipe else {})},
         "environment": environment(torch.device(device)),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -22,6 +22,11 @@ from leanvision.techniques import (
 SHAPE = (1, 28, 28)
 
 
+def _bare(**fields) -> PruneConfig:
+    """A prune with no fine-tuning (the default fine-tunes one epoch): the pruning mechanics alone."""
+    return PruneConfig(**{"finetune_epochs": 0, **fields})
+
+
 def _ctx(tmp_path=Path("."), dataset=None):
     return Context(dataset=dataset, train=None, work_dir=tmp_path,
                    meta={"num_classes": 10, "input_shape": list(SHAPE)})
@@ -32,7 +37,7 @@ def test_structured_prune_gives_smaller_dense_model_that_reloads(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
     params, macs = count_params(model), count_macs(model, SHAPE)
-    pruned = apply_(model, PruneConfig(ratio=0.5), _ctx())
+    pruned = apply_(model, _bare(ratio=0.5), _ctx())
     assert count_params(pruned) < 0.6 * params and count_macs(pruned, SHAPE) < 0.6 * macs
     x = torch.randn(3, *SHAPE)
     assert pruned(x).shape == (3, 10)
@@ -47,12 +52,13 @@ def test_structured_prune_gives_smaller_dense_model_that_reloads(name):
 
 
 def test_pruned_run_saved_and_reloaded_gives_identical_outputs(base_run, tmp_path, digits):
-    result = optimize_run(base_run, ["prune:ratio=0.5", "fold"], tmp_path / "pruned", dataset=digits, progress=False)
+    result = optimize_run(base_run, ["prune:ratio=0.5,finetune_epochs=0", "fold"], tmp_path / "pruned", dataset=digits,
+                          progress=False)
     meta = read_json(tmp_path / "pruned" / "model.json")
     assert meta["folded"] and meta["shape_overrides"]["features.conv1.conv"] == {"out_channels": 8}
     assert meta["shape_overrides"]["head.fc"] == {"in_features": 32} and meta["num_classes"] == 10
     reloaded = load_run(tmp_path / "pruned").model
-    reference = apply_(load_run(base_run).model, PruneConfig(ratio=0.5), _ctx(dataset=digits))  # deterministic
+    reference = apply_(load_run(base_run).model, _bare(ratio=0.5), _ctx(dataset=digits))  # deterministic
     fold_conv_bn_(reference, SHAPE)
     x = torch.randn(16, *SHAPE)
     with torch.no_grad():
@@ -73,7 +79,7 @@ def test_unstructured_prune_reports_sparsity_and_no_speed_change():
     model = create_model("compact").eval()
     params, macs = count_params(model), count_macs(model, SHAPE)
     ctx = _ctx()
-    pruned = apply_(model, PruneConfig(ratio=0.6, structured=False), ctx)
+    pruned = apply_(model, _bare(ratio=0.6, structured=False), ctx)
     assert ctx.info["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert count_params(pruned) == params and count_macs(pruned, SHAPE) == macs  # same dense tensors
     assert not any(name.endswith("_mask") for name, _ in pruned.named_buffers())  # made permanent
@@ -83,24 +89,24 @@ def test_unstructured_prune_reports_sparsity_and_no_speed_change():
 
 def test_global_and_per_layer_ratios():
     torch.manual_seed(0)
-    model = apply_(create_model("compact").eval(), PruneConfig(ratio=0.0, layer_ratios={"features.conv4.conv": 0.75}),
+    model = apply_(create_model("compact").eval(), _bare(ratio=0.0, layer_ratios={"features.conv4.conv": 0.75}),
                    _ctx())
     assert model.features.conv4.conv.out_channels == 16 and model.features.conv1.conv.out_channels == 16
-    glob = apply_(create_model("compact").eval(), PruneConfig(ratio=0.5, global_pruning=True), _ctx())
+    glob = apply_(create_model("compact").eval(), _bare(ratio=0.5, global_pruning=True), _ctx())
     assert count_params(glob) < count_params(create_model("compact"))
 
 
 def test_prune_errors_are_one_line():
     with pytest.raises(LeanvisionError, match="no BatchNorm layer"):
-        apply_(create_model("lenet5").eval(), PruneConfig(method="bn"), _ctx())
+        apply_(create_model("lenet5").eval(), _bare(method="bn"), _ctx())
     with pytest.raises(LeanvisionError, match="Unknown module"):
-        apply_(create_model("compact").eval(), PruneConfig(layer_ratios={"features.nope": 0.5}), _ctx())
+        apply_(create_model("compact").eval(), _bare(layer_ratios={"features.nope": 0.5}), _ctx())
 
 
 def test_batchnorm_statistics_are_recalibrated_after_pruning(base_run, digits):
     from leanvision.optimize import _accuracy
 
-    stale = apply_(load_run(base_run).model, PruneConfig(ratio=0.5), _ctx())
-    recalibrated = apply_(load_run(base_run).model, PruneConfig(ratio=0.5), _ctx(dataset=digits))
+    stale = apply_(load_run(base_run).model, _bare(ratio=0.5), _ctx())
+    recalibrated = apply_(load_run(base_run).model, _bare(ratio=0.5), _ctx(dataset=digits))
     assert not torch.equal(stale.features.conv2.bn.running_mean, recalibrated.features.conv2.bn.running_mean)
     assert _accuracy(recalibrated, digits)[0] >= _accuracy(stale, digits)[0]

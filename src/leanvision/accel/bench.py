@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import BenchConfig
 from ..data.normalize import normalizer
 from ..device import setup_device
 from ..errors import LeanvisionError, first_line
 from ..measure.speed import images_per_s, time_batches
 from ..results import Result
 from ..rundir import Run, load_run
-from ..runtimes import PRECISIONS, RUNTIMES, Runtime, get_runtime, predict_batches
+from ..runtimes import RUNTIMES, Runtime, get_runtime, predict_batches
 from .energy import MIN_WINDOW_S, NOT_MEASURABLE, EnergyMeter, energy_meter
 
 ROW_KEYS = (
@@ -64,42 +65,6 @@ class BenchRow(Result):
         return self.status == "ok"
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to measure. Example: `BenchConfig(runtimes=("all",), precisions=("fp32", "bf16"), batch_sizes=(1, 64))`."""
-
-    runtimes: tuple[str, ...] = ("all",)  # registered runtime names, or ("all",)
-    precisions: tuple[str, ...] = ("fp32",)  # fp32 | bf16 | fp16 (fp16: CUDA only)
-    batch_sizes: tuple[int, ...] = (1, 256)  # images per call
-    repeats: int = 50  # timed calls per batch size (more when an energy counter needs a longer window)
-    warmup: int = 10  # untimed calls per batch size, after the separately timed first call
-    device: str = "cpu"  # cpu | cuda | cuda:N | mps | tpu
-    price_per_hour: float | None = None  # USD per hour of the machine, for the cost per million images
-    threads: int | None = None  # torch (and ONNX Runtime/OpenVINO) CPU threads; None = torch's current setting
-    accuracy_batch_size: int = 256  # images per call for the accuracy pass (one of batch_sizes avoids recompiles)
-
-    def __post_init__(self) -> None:
-        if not self.runtimes or ("all" in self.runtimes and len(self.runtimes) > 1):
-            raise LeanvisionError(f"Invalid runtimes {','.join(self.runtimes)!r}. Expected 'all' or runtime names "
-                                  f"from: {', '.join(RUNTIMES.names())}.")
-        for name in self.runtimes:
-            if name != "all":
-                RUNTIMES.get(name)  # unknown name: one-line error with a close match
-        bad = [p for p in self.precisions if p not in PRECISIONS]
-        if bad or not self.precisions:
-            raise LeanvisionError(f"Invalid precision {','.join(bad)!r}. Expected some of: {', '.join(PRECISIONS)}.")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise LeanvisionError(f"Invalid batch sizes {self.batch_sizes}. Expected integers >= 1, e.g. 1,256.")
-        if self.repeats < 1 or self.warmup < 0:
-            raise LeanvisionError(f"Invalid repeats={self.repeats}, warmup={self.warmup}. Expected >= 1 and >= 0.")
-        if self.price_per_hour is not None and self.price_per_hour < 0:
-            raise LeanvisionError(f"Invalid price_per_hour={self.price_per_hour}. Expected a price in USD >= 0.")
-        if self.accuracy_batch_size < 1:
-            raise LeanvisionError(f"Invalid accuracy_batch_size={self.accuracy_batch_size}. Expected >= 1.")
-        if self.threads is not None and self.threads < 1:
-            raise LeanvisionError(f"Invalid threads={self.threads}. Expected an integer >= 1.")
-
-
 def bench_run(run_dir: str | Path | Run, config: BenchConfig = BenchConfig(), data_dir: str | None = None,
               weights: str = "best", model: nn.Module | None = None) -> list[dict[str, Any]]:
     """Measure a trained run on every requested runtime, precision and batch size; returns the rows.
@@ -110,6 +75,9 @@ def bench_run(run_dir: str | Path | Run, config: BenchConfig = BenchConfig(), da
     Every row has all of `ROW_KEYS` (None where not applicable). Example:
     `rows = bench_run("runs/compact", BenchConfig(runtimes=("torch", "onnxruntime"), batch_sizes=(1,)))`.
     """
+    for name in config.runtimes:
+        if name != "all":
+            RUNTIMES.get(name)  # an unknown name: one line with a close match, before any work
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = setup_device(config.device)  # the same cuDNN autotune setting whatever ran before in this process

@@ -1,37 +1,26 @@
-"""The `export` and `bench` subcommands: parse flags, call `accel.export.export_run` / `accel.bench.bench_run`, format.
+"""The `export` and `bench` subcommands' handlers: call `accel.export.export_run` / `accel.bench.bench_run`, format.
 
-`install(commands, extra)` adds them to the CLI's command table (`leanvision.cli`), so the CLI module only holds a
-two-line hook. Heavy imports (torch) happen when a command runs, not when the CLI starts.
+Their flags are generated in `cli.build_parser` from `config.ExportConfig` / `config.BenchConfig` (+ `RunSource`).
+Heavy imports (torch) happen when a command runs, not when the CLI starts.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
 
-from jsonargparse import ArgumentParser
-
-from ..errors import LeanvisionError
-
-
-def _csv(text: str, cast: type = str, flag: str = "") -> tuple:
-    try:
-        values = tuple(cast(v.strip()) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise LeanvisionError(f"Invalid {flag} {text!r}. Expected comma-separated values, e.g. 1,256.") from None
-    if not values:
-        raise LeanvisionError(f"Invalid {flag} {text!r}. Expected at least one value.")
-    if cast is int and min(values) < 1:
-        raise LeanvisionError(f"{flag} expects positive integers, received {text!r} (e.g. 1,256).")
-    return values
+from ..cliparse import config_from_flags
+from ..config import BenchConfig, ExportConfig, RunSource
 
 
 def cmd_export(ns: Any) -> int:
     from .export import export_run
 
-    r = export_run(ns.run_dir, ns.out, fmt=ns.format, opset=ns.opset, data_dir=ns.data_dir, weights=ns.weights)
+    config, source = config_from_flags(ns, ExportConfig), config_from_flags(ns, RunSource)
+    r = export_run(ns.run_dir, config.out, fmt=config.format, opset=config.opset, data_dir=source.data_dir,
+                   weights=source.weights)
     if ns.json:
         print(json.dumps(r, indent=2))
     else:
@@ -53,13 +42,12 @@ def cmd_export(ns: Any) -> int:
 def cmd_bench(ns: Any) -> int:
     from ..device import resolve_device
     from ..measure.env import environment
-    from .bench import BenchConfig, bench_run
+    from .bench import bench_run
 
-    device = str(resolve_device(ns.device)) if ns.device == "auto" else ns.device
-    config = BenchConfig(runtimes=_csv(ns.runtime, str, "--runtime"), precisions=_csv(ns.precision, str, "--precision"),
-                         batch_sizes=_csv(ns.batch_sizes, int, "--batch-sizes"), repeats=ns.repeats, warmup=ns.warmup,
-                         device=device, price_per_hour=ns.price_per_hour, threads=ns.threads)
-    rows = bench_run(ns.run_dir, config, data_dir=ns.data_dir, weights=ns.weights)
+    config, source = config_from_flags(ns, BenchConfig), config_from_flags(ns, RunSource)
+    if config.device == "auto":  # named concretely in the JSON environment
+        config = dataclasses.replace(config, device=str(resolve_device(config.device)))
+    rows = bench_run(ns.run_dir, config, data_dir=source.data_dir, weights=source.weights)
     if ns.json:
         print(json.dumps({"run_dir": ns.run_dir, "environment": environment(config.device), "rows": rows}, indent=2,
                          default=str))
@@ -106,46 +94,3 @@ def format_table(rows: list[dict], run_dir: str, price: float | None) -> str:
     if price is not None:
         text.append(f"cost per 1M images = {price} USD/hour / 3600 / images_per_s * 1e6 (machine fully busy)")
     return "\n".join(text)
-
-
-def _export_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Export a run's model (ONNX, dynamic batch) and check ONNX Runtime's accuracy "
-                                   "against PyTorch's (fails beyond 0.1 pp).", exit_on_error=False)
-    p.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
-    p.add_argument("--format", type=str, default="onnx", choices=["onnx"], help="export format")
-    p.add_argument("--out", type=str, default=None, help="output file (default: RUN_DIR/model.onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 runs in ONNX Runtime, TensorRT, OpenVINO)")
-    p.add_argument("--weights", type=str, default="best", choices=["best", "last"],
-                   help="best (validation) or last epoch's weights")
-    p.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
-    p.add_argument("--json", action="store_true", help="print the export summary as JSON")
-    return p
-
-
-def _bench_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Latency, throughput, accuracy, energy and cost of a run per runtime, precision "
-                                   "and batch size, in one table.", exit_on_error=False)
-    p.add_argument("run_dir", type=str, help="run directory written by `leanvision train` or `optimize`")
-    p.add_argument("--runtime", type=str, default="all", help="all, or runtime names comma-separated: torch, "
-                                                              "torch-compile, onnxruntime, openvino")
-    p.add_argument("--runtimes", dest="runtime", type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--precision", type=str, default="fp32", help="comma-separated: fp32,bf16,fp16 (fp16: CUDA)")
-    p.add_argument("--batch-sizes", type=str, default="1,256", help="comma-separated images per call")
-    p.add_argument("--repeats", type=int, default=50, help="timed calls per batch size")
-    p.add_argument("--warmup", type=int, default=10, help="untimed calls per batch size after the first call")
-    p.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N | mps | tpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
-    p.add_argument("--price-per-hour", type=float, default=None, help="machine price in USD/hour: adds the cost "
-                                                                      "per million images")
-    p.add_argument("--weights", type=str, default="best", choices=["best", "last"],
-                   help="best (validation) or last epoch's weights")
-    p.add_argument("--data-dir", type=str, default=None, help="where the run's dataset lives, if moved")
-    p.add_argument("--json", action="store_true", help="print the rows and environment as JSON")
-    return p
-
-
-def install(commands: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Add `export` and `bench` to the CLI: `commands` maps name -> handler, `extra` name -> parser registration."""
-    commands.update(export=cmd_export, bench=cmd_bench)
-    extra["export"] = lambda sub: sub.add_subcommand("export", _export_parser(), help="export a run to ONNX")
-    extra["bench"] = lambda sub: sub.add_subcommand("bench", _bench_parser(), help="benchmark a run per runtime")

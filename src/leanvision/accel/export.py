@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..config import ExportConfig
 from ..data.normalize import normalizer
 from ..errors import LeanvisionError
 from ..measure.counts import file_bytes
@@ -58,8 +59,8 @@ class ExportResult(Result):
     max_abs_logit_diff: float | None = None
 
 
-def export_run(run_dir: str | Path | Run, out: str | Path | None = None, *, fmt: str = "onnx",
-               opset: int = DEFAULT_OPSET, data_dir: str | None = None, weights: str = "best",
+def export_run(run_dir: str | Path | Run, out: str | Path | None = ExportConfig.out, *, fmt: str = ExportConfig.format,
+               opset: int = ExportConfig.opset, data_dir: str | None = None, weights: str = "best",
                model: nn.Module | None = None) -> dict[str, Any]:
     """Export a run's model and compare ONNX Runtime's test accuracy with PyTorch's.
 

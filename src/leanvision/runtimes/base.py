@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import PRECISIONS  # noqa: F401  (one tuple for training and runtimes; imported from here)
 from ..errors import LeanvisionError
 from ..registry import Registry
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class Runtime:

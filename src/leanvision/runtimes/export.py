@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import DEFAULT_OPSET
 from ..errors import LeanvisionError, first_line
 from ..io import atomic_write_bytes
 from .onnx_model import is_onnx
 
 ONNX_INPUT_NAME, ONNX_OUTPUT_NAME = "input", "logits"
-DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO >= 2023 all run opset 17
 MIN_OPSET = 13  # the lowest opset the legacy exporter handles well for these models
 
 

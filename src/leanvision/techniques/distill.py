@@ -52,8 +52,8 @@ class DistillConfig(TechniqueConfig):
                                   "(written by `leanvision train`); check `teacher`.")
 
 
-def distillation_loss(teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0,
-                      label_smoothing: float = 0.0) -> LossFn:
+def distillation_loss(teacher: nn.Module, alpha: float = DistillConfig.alpha,
+                      temperature: float = DistillConfig.temperature, label_smoothing: float = 0.0) -> LossFn:
     """A `fit(..., loss_fn=...)` loss mixing the teacher's soft targets with the labels.
 
     Example: `fit(student, ds, cfg, "runs/s", loss_fn=distillation_loss(load_run("runs/t").model, alpha=0.7))`.

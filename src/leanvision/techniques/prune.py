@@ -42,7 +42,7 @@ class PruneConfig(TechniqueConfig):
     global_pruning: bool = False  # rank channels across layers (uneven per-layer ratios) instead of per layer
     layer_ratios: dict[str, float] | None = None  # per-module ratios overriding `ratio`, e.g. {"features.conv4": 0.3}
     steps: int = 1  # prune in this many equal rounds, fine-tuning after each (iterative pruning)
-    finetune_epochs: int = 0  # epochs of fine-tuning after each round; 0 = none
+    finetune_epochs: int = 1  # epochs of fine-tuning after each round (pruning alone loses accuracy); 0 = none
     learning_rate: float | None = None  # fine-tuning peak learning rate (cosine decay); None = the source run's
     round_to: int | None = None  # keep channel counts a multiple of this (8/16 suits CPU SIMD blocks)
 
