@@ -16,7 +16,7 @@ from ..config import BenchConfig, ExportConfig, RunSource
 
 
 def cmd_export(ns: Any) -> int:
-    from .export import export_run
+    from ..accel.export import export_run
 
     config, source = config_from_flags(ns, ExportConfig), config_from_flags(ns, RunSource)
     r = export_run(ns.run_dir, config.out, fmt=config.format, opset=config.opset, data_dir=source.data_dir,
@@ -40,9 +40,9 @@ def cmd_export(ns: Any) -> int:
 
 
 def cmd_bench(ns: Any) -> int:
+    from ..accel.bench import bench_run
     from ..device import resolve_device
     from ..measure.env import environment
-    from .bench import bench_run
 
     config, source = config_from_flags(ns, BenchConfig), config_from_flags(ns, RunSource)
     if config.device == "auto":  # named concretely in the JSON environment
