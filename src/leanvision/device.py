@@ -129,6 +129,22 @@ LEGACY_ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where PyTorch has channels_last convolution kernels (cuDNN, oneDNN)
 
 
+def check_device_options(name: str = "auto", *, channels_last: bool = False, memory_fraction: float | None = None,
+                         expandable_segments: bool = False) -> torch.device:
+    """Resolve `name` and refuse, in one line, an option that has no effect there; configures nothing (see
+    `setup_device`, which calls it)."""
+    device = resolve_device(name)
+    if channels_last and device.type not in CHANNELS_LAST_DEVICES:
+        raise LeanvisionError(f"channels_last is supported on cuda and cpu devices. Received: device='{device}'. "
+                              "Drop `channels_last` on this device.")
+    cuda_only = {"memory_fraction": memory_fraction is not None, "expandable_segments": expandable_segments}
+    wrong = [k for k, used in cuda_only.items() if used]
+    if wrong and device.type != "cuda":
+        raise LeanvisionError(f"{' and '.join(wrong)} configure the CUDA allocator, but device='{device}'. "
+                              "Use device='cuda', or drop these options.")
+    return device
+
+
 def setup_device(name: str = "auto", *, channels_last: bool = False, memory_fraction: float | None = None,
                  expandable_segments: bool = False, cudnn_benchmark: bool = True) -> torch.device:
     """Resolve `name` to a device and configure it for speed; returns the device.
@@ -149,15 +165,8 @@ def setup_device(name: str = "auto", *, channels_last: bool = False, memory_frac
 
     Example: `setup_device("cuda", channels_last=True, memory_fraction=0.5, expandable_segments=True)`.
     """
-    device = resolve_device(name)
-    if channels_last and device.type not in CHANNELS_LAST_DEVICES:
-        raise LeanvisionError(f"channels_last is supported on cuda and cpu devices. Received: device='{device}'. "
-                              "Drop `channels_last` on this device.")
-    cuda_only = {"memory_fraction": memory_fraction is not None, "expandable_segments": expandable_segments}
-    wrong = [k for k, used in cuda_only.items() if used]
-    if wrong and device.type != "cuda":
-        raise LeanvisionError(f"{' and '.join(wrong)} configure the CUDA allocator, but device='{device}'. "
-                              "Use device='cuda', or drop these options.")
+    device = check_device_options(name, channels_last=channels_last, memory_fraction=memory_fraction,
+                                  expandable_segments=expandable_segments)
     if device.type != "cuda":
         return device
     if expandable_segments:
@@ -292,6 +301,12 @@ def synchronize(device: torch.device) -> None:
 
         xm.mark_step()
         xm.wait_device_ops()
+
+
+def check_train_device(cfg: Any) -> torch.device:
+    """`check_device_options` for a `TrainConfig`: fail fast before a run directory is written (`fit` configures)."""
+    return check_device_options(local_device_name(cfg.device), channels_last=cfg.channels_last,
+                                memory_fraction=cfg.memory_fraction, expandable_segments=cfg.expandable_segments)
 
 
 def setup_train_device(cfg: Any) -> torch.device:

@@ -16,7 +16,7 @@ from torch import nn
 from . import __version__, distributed
 from .config import RunConfig, config_diff
 from .data import load_dataset
-from .device import setup_train_device
+from .device import check_train_device
 from .errors import LeanvisionError
 from .health import training_warnings
 from .io import load_weights, read_json
@@ -78,7 +78,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, prog
     Example: `train_run(RunConfig(model="compact", data=DataConfig("digits")), "runs/compact")`.
     """
     out = Path(out_dir)
-    device = setup_train_device(cfg.train)  # fail fast on a missing device or bad device option, before any write
+    device = check_train_device(cfg.train)  # fail fast on a missing device or bad device option, before any write
     owns_group = distributed.init_from_env(cfg.train.device)  # launched by torchrun: join the group (DDP)
     try:
         return _train_run(cfg, out, device, resume=resume, progress=progress,
