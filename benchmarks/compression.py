@@ -44,7 +44,7 @@ from leanvision.measure import environment, measure_latency
 from leanvision.optimize import optimize_run
 from leanvision.runs import load_run, train_run
 from leanvision.runtimes import get_runtime
-from leanvision.techniques import fold_conv_bn_
+from leanvision.techniques import DistillConfig, fold_conv_bn_
 
 SHAPE = (1, 28, 28)
 
@@ -87,8 +87,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="distillation seeds")
     parser.add_argument("--student", default="seed-shallow", help="distillation student model")
     parser.add_argument("--student-epochs", type=int, default=6, help="distillation student training epochs")
-    parser.add_argument("--alpha", type=float, default=0.5, help="distillation soft-target weight")
-    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    parser.add_argument("--alpha", type=float, default=DistillConfig.alpha, help="distillation soft-target weight")
+    parser.add_argument("--temperature", type=float, default=DistillConfig.temperature,
+                        help="distillation temperature")
     parser.add_argument("--dataset", default="mnist", help="mnist (the benchmark) or digits (a quick smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "compression.json"))
     args = parser.parse_args()
