@@ -12,6 +12,9 @@ accel.bench, study), and each result type lives in that module (`TrainResult`/`O
 `Evaluation`/`Prediction`: evaluate, `ExportResult`: accel.export, `BenchRow`: accel.bench, `Study`: study), so the
 CLI and the API behave the same. Things that look wrong (a collapsed validation accuracy, a loss spike, a
 compression step that lost accuracy, inverted images) are also raised as Python warnings.
+
+Each function imports the module that does its work when called, not at import time: `import leanvision` and
+`leanvision --help` stay free of torch (start-up speed, the one reason; the layers contract keeps them acyclic).
 """
 
 from __future__ import annotations

@@ -209,8 +209,6 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
                               "progress.")
     cfg = dataclasses.replace(config or StudyConfig(), **options)
     if cfg.recipe is not None:
-        from .recipes import RECIPES
-
         RECIPES.get(cfg.recipe)  # an unknown name fails now, listing the known ones
     dataset, data_dir, plan, epochs, seeds = cfg.dataset, cfg.data_dir, cfg.plan, cfg.epochs, cfg.seeds
     out, device, precision, runtimes, repeats = cfg.out, cfg.device, cfg.precision, cfg.runtimes, cfg.repeats
