@@ -13,8 +13,8 @@ accel.bench, study), and each result type lives in that module (`TrainResult`/`O
 CLI and the API behave the same. Things that look wrong (a collapsed validation accuracy, a loss spike, a
 compression step that lost accuracy, inverted images) are also raised as Python warnings.
 
-Each function imports the module that does its work when called, not at import time: `import leanvision` and
-`leanvision --help` stay free of torch (start-up speed, the one reason; the layers contract keeps them acyclic).
+`import leanvision` does not import this module until an API name is used (PEP 562 in `__init__.py`), so
+`leanvision --help` stays free of torch.
 """
 
 from __future__ import annotations
@@ -24,19 +24,22 @@ import dataclasses
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
+from .accel.bench import BenchConfig, BenchRow, bench_run
+from .accel.export import ExportResult, export_run
 from .config import DataConfig, RunConfig, TrainConfig
+from .data import load_dataset
 from .errors import LeanvisionError
+from .evaluate import Evaluation, Prediction, evaluate_run, polarity_warning, predict_images
+from .optimize import build_chain, optimize_run
+from .recipes import RECIPES, resolve_recipe
 from .rundir import CUSTOM_PREFIX, Run, load_run, typed_result
-
-if TYPE_CHECKING:  # the result types live in the modules that produce them, imported when a function runs
-    from .accel.bench import BenchRow
-    from .accel.export import ExportResult
-    from .evaluate import Evaluation, Prediction
-    from .study import Study
+from .runs import _data_kwargs, train_run
+from .study import Study, run_study
+from .techniques import TechniqueConfig
 
 __all__ = ["train", "evaluate", "predict", "optimize", "export", "bench", "study", "recipe", "list_recipes"]
 
@@ -57,14 +60,12 @@ def _as_run(run: Run | str | Path, model: nn.Module | None = None) -> Run:
 def recipe(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), device: str = "auto"):
     """The named training recipe (`Recipe`: model, model_kwargs, train and data settings chosen together) for inputs
     of `input_shape` (C, H, W). `train(recipe=name, ...)` applies it. Example: `recipe("fast", (3, 32, 32)).model`."""
-    from .recipes import resolve_recipe
 
     return resolve_recipe(name, tuple(input_shape), device)
 
 
 def list_recipes(pattern: str = "*") -> list[str]:
     """Names of the registered recipes (`fast`, `accurate`, ...)."""
-    from .recipes import RECIPES
 
     return RECIPES.names(pattern)
 
@@ -91,7 +92,6 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
 
     Example: `train(model="compact", dataset="digits", epochs=3, out="runs/compact").result.test_accuracy`.
     """
-    from .runs import _data_kwargs, train_run
 
     if isinstance(config, dict):
         cfg = RunConfig.from_dict(config)
@@ -116,7 +116,6 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
         data["dataset"] = str(dataset)
     chosen = None
     if recipe is not None:  # fills what `options` and `model` leave open; it needs the data's input shape
-        from .data import load_dataset
 
         if loaded is None:
             loaded = load_dataset(**_data_kwargs(RunConfig(data=DataConfig(**data))))
@@ -133,7 +132,6 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
     if module is not None and cfg.model_kwargs:
         raise LeanvisionError("model_kwargs apply to registered models only; configure your nn.Module yourself.")
     if loaded is None:
-        from .data import load_dataset
 
         loaded = load_dataset(**_data_kwargs(cfg))
     out = Path(out) if out is not None else Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(name)).stem)
@@ -164,7 +162,6 @@ def evaluate(run: Run | str | Path, *, split: str = "test", data_dir: str | None
 
     `run`: a `Run` or a run directory (`model`: the module instance for a run trained from your own nn.Module).
     """
-    from .evaluate import Evaluation, evaluate_run
 
     return Evaluation.from_dict(evaluate_run(_as_run(run, model), split=split, data_dir=data_dir, plot=plot))
 
@@ -177,7 +174,6 @@ def predict(run: Run | str | Path, images: Any, *, top_k: int = 1, model: nn.Mod
 
     Example: `predict("runs/compact", np.zeros((28, 28), np.uint8), top_k=3)[0].label`.
     """
-    from .evaluate import Prediction, polarity_warning, predict_images
 
     r = _as_run(run, model)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -201,8 +197,6 @@ def optimize(run: Run | str | Path, techniques: Any = None, *, out: str | Path |
     argument). `model`: the module instance for a run trained from your own nn.Module; it is left unchanged (the
     returned run holds a copy).
     """
-    from .optimize import build_chain, optimize_run
-    from .techniques import TechniqueConfig
 
     if techniques is None:
         techniques = build_chain(prune=prune, round_to=round_to, quantize=quantize, distill_from=distill_from,
@@ -236,7 +230,6 @@ def export(run: Run | str | Path, out: str | Path | None = None, *, model: nn.Mo
     through ONNX Runtime; returns an `ExportResult` (`path`, `parity_ok`, both accuracies, ...). `options`: `fmt`,
     `opset`, `data_dir`, `weights` (see `accel.export.export_run`). `run`: a `Run` or a run directory (`model`: the
     module instance for a run trained from your own nn.Module)."""
-    from .accel.export import ExportResult, export_run
 
     return ExportResult.from_dict(export_run(run, out, model=model, **options))
 
@@ -247,7 +240,6 @@ def bench(run: Run | str | Path, *, data_dir: str | None = None, weights: str = 
     "ok" or why not). `config`: `BenchConfig` fields (`runtimes=("torch", "onnxruntime")`, `batch_sizes=(1, 256)`,
     `repeats=50`, ...; one value may be given bare). `run`: a `Run` or a run directory (`model`: the module instance
     for a run trained from your own nn.Module)."""
-    from .accel.bench import BenchConfig, BenchRow, bench_run
 
     for key in ("runtimes", "precisions", "batch_sizes"):
         if isinstance(config.get(key), (str, int)):
@@ -264,6 +256,5 @@ def bench(run: Run | str | Path, *, data_dir: str | None = None, weights: str = 
 def study(**options: Any) -> Study:
     """Train, measure and compare a plan of variants and write the report; returns a `Study` (one `StudyVariant`
     each, the findings, `report_files`). See `study.run_study` for `options`."""
-    from .study import Study, run_study
 
     return Study.from_dict(run_study(**{"progress": False, **options}))
