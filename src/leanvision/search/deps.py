@@ -1,0 +1,20 @@
+"""Every lower-level leanvision function the search uses, imported here only (one place to re-point when the
+package's layers move): data loading, model building, the trainer, compression, run directories and measurement."""
+
+from __future__ import annotations
+
+from ..config import DataConfig, RunConfig, TrainConfig
+from ..data import load_dataset
+from ..errors import LeanvisionError, first_line
+from ..io import read_json, write_json
+from ..measure import count_macs, environment, measure_latency, wilson_interval
+from ..models import create_model
+from ..optimize import build_chain, optimize_run
+from ..rundir import is_onnx, load_run
+from ..runs import train_run
+from ..runtimes import get_runtime
+from ..train import predict_logits
+
+__all__ = ["DataConfig", "build_chain", "LeanvisionError", "RunConfig", "TrainConfig", "count_macs", "create_model", "environment",
+           "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "optimize_run", "predict_logits",
+           "read_json", "get_runtime", "train_run", "wilson_interval", "write_json"]

@@ -1,0 +1,373 @@
+"""`leanvision search`: an Optuna study over the space in `space.py`, trials run by `objective.run_trial`.
+
+Storage: by default a JournalStorage file `<out>/study.journal` (no server; several local processes share it);
+`storage="postgresql://..."` (or any SQLAlchemy URL) uses Optuna's RDB storage so several machines cooperate on one
+study (`--study-name`). The study is resumable: `trials` is the study's total, so re-running the same command
+continues it; a trial that raised is recorded as FAIL (with its error) and the search goes on; a trial left
+RUNNING by a killed process on this host is marked FAIL when the next worker starts. Each worker checks the total
+before asking for a trial, so with W workers the study ends with between `trials` and `trials + W - 1` trials.
+
+At the end (in this process, after the workers): the feasible Pareto set is re-measured together, interleaved
+round by round on this machine, scored once on the test split (95% Wilson intervals), copied to `<out>/pareto/` as
+ordinary run directories, and results.json, results.csv and report.md are written (`report.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import deps
+from .lock import MachineLock
+from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, run_trial
+from .report import write_outputs
+from .space import load_space
+
+
+class SearchError(deps.LeanvisionError):
+    """Bad search options (objectives, budget, storage)."""
+
+
+@dataclasses.dataclass
+class SearchSettings:
+    dataset: str = "digits"
+    out: str = "search"
+    data_dir: str | None = None
+    space: Any = "default"  # "default", a YAML path, or a mapping
+    objectives: tuple[str, ...] = ("accuracy", "latency")
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    min_accuracy: float | None = None
+    runtime: str = "onnxruntime"
+    trials: int | None = 20
+    minutes: float | None = None
+    storage: str | None = None
+    study_name: str = "leanvision-search"
+    workers: int = 1
+    sampler: str = "tpe"  # tpe | random
+    stop_after: int = 3  # multi-fidelity: stop a trial dominated at a rung by this many others (0: never)
+    seed: int | None = 0
+    threads: int | None = None  # measurement threads (default: all cores)
+    repeats: int = 50  # timed batch-1 calls per measurement
+    final_rounds: int = 5  # interleaved rounds of the final re-measurement
+    val_fraction: float = 0.1
+    progress: bool = True
+
+    def check(self) -> None:
+        objectives = tuple(o.strip() for o in (self.objectives.split(",") if isinstance(self.objectives, str)
+                                                else self.objectives) if o.strip())
+        unknown = [o for o in objectives if o not in OBJECTIVES]
+        if unknown or not objectives:
+            raise SearchError(f"Unknown objective(s) {', '.join(map(repr, unknown)) or '(none)'}. Expected a "
+                              f"comma-separated list of {', '.join(OBJECTIVES)}, e.g. accuracy,latency.")
+        if len(set(objectives)) != len(objectives):
+            raise SearchError(f"Repeated objective in {','.join(objectives)}. Name each objective once.")
+        if "accuracy" not in objectives:
+            raise SearchError("The objectives must include accuracy (what the search maximizes). "
+                              f"Received: {','.join(objectives)}.")
+        self.objectives = objectives
+        if self.trials is None and self.minutes is None:
+            raise SearchError("No budget: give trials=N and/or minutes=M (both > 0).")
+        if self.trials is not None and (not isinstance(self.trials, int) or self.trials < 1):
+            raise SearchError(f"Invalid budget trials={self.trials}. Expected an integer >= 1.")
+        if self.minutes is not None and not self.minutes > 0:
+            raise SearchError(f"Invalid budget minutes={self.minutes}. Expected a number > 0.")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise SearchError(f"Invalid workers={self.workers}. Expected an integer >= 1 (local processes).")
+        for name in ("max_latency_ms", "max_size_kb"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise SearchError(f"Invalid {name}={getattr(self, name)}. Expected a number > 0.")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise SearchError(f"Invalid min_accuracy={self.min_accuracy}. Expected a fraction in [0, 1] "
+                              "(0.99 for 99%).")
+        if self.sampler not in ("tpe", "random"):
+            raise SearchError(f"Invalid sampler={self.sampler!r}. Expected tpe or random.")
+        deps.get_runtime(self.runtime)  # an unknown runtime fails with the registry's one line
+
+
+def search(**options: Any) -> dict[str, Any]:
+    """Run (or continue) a search; returns results.json's content. Options: `SearchSettings` fields.
+
+    Example: `search(dataset="digits", objectives="accuracy,latency", trials=20, out="search/digits")`.
+    """
+    names = {f.name for f in dataclasses.fields(SearchSettings)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise SearchError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: {', '.join(sorted(names))}.")
+    settings = SearchSettings(**options)
+    settings.check()
+    load_space(settings.space)  # a bad space fails before any data is loaded or storage touched
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    open_study(settings)  # creates the study (or checks an existing one) and fails early on a bad storage
+    start = time.time()
+    if settings.workers == 1:
+        work(settings, 0)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker_main, args=(dataclasses.asdict(settings), i), daemon=False)
+                 for i in range(settings.workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if bad and settings.progress:
+            print(f"search: {len(bad)} worker(s) exited with codes {bad}; their running trials are marked failed",
+                  file=sys.stderr)
+        _fail_stale(open_study(settings))
+    return finish(settings, wall_s=time.time() - start)
+
+
+def _worker_main(settings: dict[str, Any], index: int) -> None:
+    s = SearchSettings(**settings)
+    s.objectives = tuple(s.objectives)
+    try:
+        work(s, index)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _storage(settings: SearchSettings) -> Any:
+    import optuna
+
+    url = settings.storage
+    if url is None or url.startswith("journal:") or url.endswith(".journal"):
+        path = Path(url[len("journal:"):] if url and url.startswith("journal:") else url or
+                    Path(settings.out) / "study.journal")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise SearchError(f"Invalid storage {url!r}. Expected a database URL (postgresql://user@host:port/db) or a "
+                          "journal file (path.journal).")
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except ImportError as e:
+        raise SearchError(f"Storage {url.split('://')[0]} needs a database driver: {deps.first_line(e)}. Install "
+                          "it with pip install 'leanvision[postgres]'.") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's errors: unreachable server, bad credentials
+        raise SearchError(f"Cannot open storage {_redact(url)}: {deps.first_line(e)}. Check that the server "
+                          "runs and the URL (host, port, database, user) is right.") from None
+
+
+def _redact(url: str) -> str:
+    head, _, tail = url.partition("://")
+    if "@" in tail and ":" in tail.split("@")[0]:
+        user = tail.split("@")[0].split(":")[0]
+        tail = f"{user}:***@{tail.split('@', 1)[1]}"
+    return f"{head}://{tail}"
+
+
+def _new_constraints() -> bool:
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+NEW_CONSTRAINTS = None  # set on first use (Optuna is imported lazily)
+
+
+def _constraints(settings: SearchSettings):
+    def constraints(trial: Any) -> list[float]:
+        return list(trial.user_attrs.get("constraints", [0.0]))
+    return constraints
+
+
+def constraint_values(settings: SearchSettings, attrs: dict[str, Any]) -> list[float]:
+    """Optuna's convention: each value <= 0 means satisfied."""
+    values = [0.0]
+    if settings.max_latency_ms is not None:
+        values.append(attrs["latency_ms"] - settings.max_latency_ms)
+    if settings.max_size_kb is not None:
+        values.append(attrs["size_kb"] - settings.max_size_kb)
+    if settings.min_accuracy is not None:
+        values.append(settings.min_accuracy - attrs["val_accuracy"])
+    return values
+
+
+def open_study(settings: SearchSettings, index: int = 0) -> Any:
+    import optuna
+
+    global NEW_CONSTRAINTS
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    NEW_CONSTRAINTS = _new_constraints()
+    seed = None if settings.seed is None else settings.seed + 1000 * index
+    if settings.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        legacy = {} if NEW_CONSTRAINTS else {"constraints_func": _constraints(settings)}
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8, **legacy)
+    directions = [OBJECTIVES[o] for o in settings.objectives]
+    storage = _storage(settings)
+    try:
+        study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler,
+                                    directions=directions, load_if_exists=True)
+    except ValueError as e:
+        raise SearchError(f"Study {settings.study_name!r} exists with other objectives: {deps.first_line(e)}. "
+                          "Use the same --objectives, or another --study-name.") from None
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", list(settings.objectives))
+    elif list(stored) != list(settings.objectives):
+        raise SearchError(f"Study {settings.study_name!r} searches {','.join(stored)}; received "
+                          f"{','.join(settings.objectives)}. Use the same objectives, or another study name.")
+    return study
+
+
+def _fail_stale(study: Any) -> None:
+    """Trials this host left RUNNING in a process that no longer exists become FAIL."""
+    import optuna
+
+    host = os.uname().nodename
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker") or {}
+        if owner.get("host") != host or _alive(owner.get("pid")):
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "error", "worker process died (killed or crashed)")
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - another worker failed it first
+            pass
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def work(settings: SearchSettings, index: int) -> None:
+    """One worker: ask, run and tell trials until the study holds `trials` trials or `minutes` have passed."""
+    import optuna
+    import torch
+
+    settings.check()
+    threads = settings.threads or os.cpu_count() or 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))  # training threads per worker
+    study = open_study(settings, index)
+    _fail_stale(study)
+    full = deps.load_dataset(name=settings.dataset, data_dir=settings.data_dir, val_fraction=settings.val_fraction)
+    dataset = dataclasses.replace(full, test=None)  # selection never sees the test split
+    del full
+    lock = MachineLock(settings.out)
+    ctx = TrialContext(dataset=dataset, space=load_space(settings.space), objectives=settings.objectives,
+                       out=Path(settings.out), measurer=Measurer(settings.runtime, threads, lock, settings.repeats),
+                       lock=lock, max_size_kb=settings.max_size_kb, stop_after=settings.stop_after,
+                       fingerprint=fingerprint())
+    deadline = time.time() + 60 * settings.minutes if settings.minutes else None
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            break
+        if settings.trials is not None and len(study.get_trials(deepcopy=False)) >= settings.trials:
+            break
+        trial = study.ask()
+        trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid(), "index": index})
+        trial.set_user_attr("machine", ctx.fingerprint)
+        started = time.time()
+        try:
+            values = run_trial(trial, ctx)
+        except TrialStopped as e:
+            trial.set_user_attr("stopped", str(e))
+            trial.set_user_attr("wall_s", time.time() - started)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            _say(settings, f"trial {trial.number}: stopped early ({e})")
+            continue
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        except Exception as e:  # noqa: BLE001 - a crashed trial is recorded and the search goes on
+            trial.set_user_attr("error", deps.first_line(e, with_type=True))
+            trial.set_user_attr("wall_s", time.time() - started)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _say(settings, f"trial {trial.number}: failed ({deps.first_line(e, with_type=True)})")
+            continue
+        constraints = constraint_values(settings, trial.user_attrs)
+        trial.set_user_attr("constraints", constraints)
+        if NEW_CONSTRAINTS:  # Optuna >= 5: samplers read constraints stored on the trial
+            for i, value in enumerate(constraints):
+                trial.set_constraint(f"c{i}", value)
+        trial.set_user_attr("wall_s", time.time() - started)
+        study.tell(trial, values)
+        _say(settings, f"trial {trial.number}: " + ", ".join(f"{o}={v:.4g}" for o, v in
+                                                              zip(settings.objectives, values)))
+
+
+def _say(settings: SearchSettings, text: str) -> None:
+    if settings.progress:
+        print(f"search: {text}", file=sys.stderr, flush=True)
+
+
+def pareto(points: list[tuple[Any, list[float]]], directions: list[str]) -> list[Any]:
+    """The items whose values no other item dominates (`directions`: maximize/minimize per value)."""
+    signs = [1 if d == "maximize" else -1 for d in directions]
+    keyed = [(item, [s * v for s, v in zip(signs, values)]) for item, values in points]
+    front = []
+    for item, v in keyed:
+        if not any(all(a >= b for a, b in zip(w, v)) and any(a > b for a, b in zip(w, v)) for _, w in keyed):
+            front.append(item)
+    return front
+
+
+def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
+    """Re-measure the feasible Pareto set interleaved, score it on the test split once, write the outputs."""
+    import optuna
+    import torch
+
+    study = open_study(settings)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    feasible = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraints", [0.0]))]
+    front = pareto([(t, list(t.values)) for t in feasible], [OBJECTIVES[o] for o in settings.objectives])
+    front.sort(key=lambda t: -t.values[0])
+    out = Path(settings.out)
+    threads = settings.threads or os.cpu_count() or 1
+    lock = MachineLock(out)
+    measurer = Measurer(settings.runtime, threads, lock, settings.repeats)
+    final: list[dict[str, Any]] = []
+    if front:
+        full = deps.load_dataset(name=settings.dataset, data_dir=settings.data_dir,
+                                 val_fraction=settings.val_fraction)  # the test split is read here, once
+        shape = tuple(full.input_shape)
+        runs = [deps.load_run(t.user_attrs["run_dir"]) for t in front]
+        predictors = [measurer.predictor(r.model, shape) for r in runs]
+        rounds: list[list[float]] = [[] for _ in runs]
+        with lock.measuring():
+            for r in range(max(1, settings.final_rounds)):
+                order = list(range(len(runs)))
+                order = order[r % len(order):] + order[:r % len(order)]  # rotate who goes first
+                for i in order:
+                    rounds[i].append(measurer.time(predictors[i], shape, repeats=max(5, settings.repeats // 2),
+                                                   warmup=5))
+        pareto_dir = out / "pareto"
+        for t, run, times in zip(front, runs, rounds):
+            logits, labels = deps.predict_logits(run.model, full.test, full.mean, full.std, torch.device("cpu"))
+            correct, total = int((logits.argmax(1) == labels).sum()), len(labels)
+            low, high = deps.wilson_interval(correct, total)
+            dest = pareto_dir / f"trial-{t.number:04d}"
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(t.user_attrs["run_dir"], dest, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
+            final.append({"trial": t.number, "run_dir": str(dest), "val_accuracy": t.user_attrs.get("val_accuracy"),
+                          "test_accuracy": correct / total, "test_correct": correct, "test_total": total,
+                          "test_accuracy_95ci": [low, high], "latency_ms_rounds": times,
+                          "latency_ms": sorted(times)[len(times) // 2], "size_kb": t.user_attrs.get("size_kb"),
+                          "macs": t.user_attrs.get("macs"), "params": t.user_attrs.get("params"),
+                          "arch": t.user_attrs.get("arch"), "compress": t.user_attrs.get("compress"),
+                          "params_sampled": t.params})
+    return write_outputs(settings, study, trials, final, fingerprint(), threads, wall_s)

@@ -1,0 +1,204 @@
+"""One search trial: build the sampled net, train it epoch by epoch with early stopping across trials, compress it,
+and measure it; selection sees validation accuracy only (the trial's dataset has no test split at all).
+
+Multi-fidelity (Optuna does not prune multi-objective trials itself): a trial trains one epoch at a time (each
+epoch resumes the trial's run directory, under the machine lock's shared side). At every rung (epochs 1, 2, 4, ...
+below its full schedule) it records (validation accuracy, cost) as the user attribute `rung_<epoch>`, where the
+cost is what the other objective is known to grow with before any timing: MACs for latency/throughput/macs, the
+parameter count for size. If at least `stop_after` other trials that reached the same rung dominate it there
+(accuracy >= and cost <= , one of them strictly), it stops: its state is PRUNED, so samplers ignore it and the
+budget goes to the next trial. A trial whose uncompressed fp32 model is already over `max_size_kb` and has no
+compression to shrink it stops before training. This is successive halving on epochs with a Pareto rule instead of
+a quantile; `benchmarks/search.py` compares it with random sampling without stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import deps
+from .lock import MachineLock
+from .space import conv_spec, sample
+
+OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "throughput": "maximize", "size": "minimize",
+              "macs": "minimize"}
+
+
+class TrialStopped(Exception):
+    """Raised inside a trial to stop it early (recorded as PRUNED with the reason)."""
+
+
+def fingerprint() -> dict[str, Any]:
+    """The machine a number was measured on: host, CPU model, core count, versions; `id` hashes them."""
+    env = deps.environment("cpu")
+    facts = {"host": platform.node(), "cpu": env.get("cpu") or env.get("cpu_model") or platform.processor(),
+             "cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+             "onnxruntime": env.get("onnxruntime")}
+    facts["id"] = hashlib.sha256(repr(sorted(facts.items())).encode()).hexdigest()[:12]
+    return facts
+
+
+def rungs(epochs: int) -> list[int]:
+    out, e = [], 1
+    while e < epochs:
+        out.append(e)
+        e *= 2
+    return out
+
+
+def dominators(trials: list[Any], number: int, key: str, accuracy: float, cost: float) -> int:
+    count = 0
+    for t in trials:
+        point = t.user_attrs.get(key)
+        if t.number == number or point is None:
+            continue
+        a, c = point
+        if a >= accuracy and c <= cost and (a > accuracy or c < cost):
+            count += 1
+    return count
+
+
+class Measurer:
+    """Times a model on one runtime at batch 1 (and 256 for throughput) with `threads` threads, under the lock."""
+
+    def __init__(self, runtime: str, threads: int, lock: MachineLock, repeats: int = 50):
+        self.runtime, self.threads, self.lock, self.repeats = runtime, threads, lock, repeats
+
+    def predictor(self, model: Any, input_shape: tuple[int, int, int]) -> Any:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # the ORT session takes its thread count from torch's
+        try:
+            return deps.get_runtime(self.runtime).prepare(model, torch.zeros((2, *input_shape)))
+        finally:
+            torch.set_num_threads(previous)
+
+    def time(self, predict: Any, input_shape: tuple[int, int, int], *, batch: int = 1, repeats: int | None = None,
+             warmup: int = 10) -> float:
+        """Median milliseconds per call of `predict` on a seeded random batch (call under `lock.measuring()`)."""
+        x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return deps.measure_latency(lambda: predict(x), warmup=warmup, repeats=repeats or self.repeats).median_ms
+        finally:
+            torch.set_num_threads(previous)
+
+
+@dataclasses.dataclass
+class TrialContext:
+    """What every trial of one worker shares: the search dataset (no test split), space, settings."""
+
+    dataset: Any  # leanvision Dataset with test=None
+    space: dict[str, Any]
+    objectives: tuple[str, ...]
+    out: Path
+    measurer: Measurer
+    lock: MachineLock
+    max_size_kb: float | None = None
+    stop_after: int = 3
+    fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run_trial(trial: Any, ctx: TrialContext) -> list[float]:
+    """Train, compress and measure one sampled model; returns the objective values. Sets user attributes:
+    `run_dir` (the final run), `val_accuracy`, `latency_ms`, `size_kb`, `macs`, `params`, `measured` (runtime,
+    threads, machine fingerprint) and `rung_<e>` points; raises TrialStopped to stop early."""
+    ds = ctx.dataset
+    shape = tuple(ds.input_shape)
+    arch, train, compress = sample(ctx.space, trial)
+    spec = conv_spec(arch, num_classes=ds.num_classes, input_shape=shape)
+    model = deps.create_model(spec, num_classes=ds.num_classes, in_chans=shape[0], img_size=shape[1:])
+    params = sum(p.numel() for p in model.parameters())
+    macs = deps.count_macs(model, shape)
+    cost = params if "size" in ctx.objectives and not {"latency", "throughput", "macs"} & set(ctx.objectives) \
+        else macs
+    trial.set_user_attr("arch", arch)
+    trial.set_user_attr("compress", compress)
+    trial.set_user_attr("fp32_params", params)
+    compressed = compress["prune_ratio"] > 0 or compress["int8"]
+    if ctx.max_size_kb is not None and not compressed and params * 4 / 1024 > ctx.max_size_kb:
+        raise TrialStopped(f"fp32 model is {params * 4 / 1024:.1f} kB > max_size_kb={ctx.max_size_kb} and has no "
+                           "compression step")
+    run_dir = ctx.out / "trials" / f"trial-{trial.number:04d}"
+    if run_dir.exists():  # a trial number is never reused; leftovers are from a killed process
+        shutil.rmtree(run_dir)
+    epochs = int(train.pop("epochs"))
+    cfg = deps.RunConfig(model="search-convnet", data=deps.DataConfig(dataset=ds.name),
+                         train=deps.TrainConfig(**{**train, "epochs": 1, "device": "cpu"}))
+    check = set(rungs(epochs))
+    result: dict[str, Any] = {}
+    for epoch in range(1, epochs + 1):
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epoch))
+        with ctx.lock.training():
+            result = deps.train_run(cfg, run_dir, resume=epoch > 1, progress=False, dataset=ds,
+                                    model=model if epoch == 1 else _fresh(spec, ds))
+        if epoch in check:
+            val = _last_val(run_dir)
+            key = f"rung_{epoch}"
+            trial.set_user_attr(key, [val, cost])
+            others = trial.study.get_trials(deepcopy=False)
+            beaten_by = dominators(others, trial.number, key, val, cost)
+            if beaten_by >= ctx.stop_after:
+                trial.set_user_attr("run_dir", str(run_dir))
+                raise TrialStopped(f"dominated at epoch {epoch} (val {val:.4f}, cost {cost:,}) by {beaten_by} trials")
+    final_dir = run_dir
+    if compressed:
+        final_dir = run_dir.parent / f"{run_dir.name}-compressed"
+        chain = deps.build_chain(prune=compress["prune_ratio"] or None, quantize="int8" if compress["int8"] else None,
+                                 finetune_epochs=1)
+        with ctx.lock.training():  # fine-tuning trains
+            optimized = deps.optimize_run(run_dir, chain, final_dir, dataset=ds, progress=False, overwrite=True,
+                                          repeats=1)
+        val_accuracy = optimized["test_accuracy"]  # the evaluation split of a dataset without test: validation
+        macs = optimized["macs"]
+    else:
+        val_accuracy = result["best_val_accuracy"]
+    run = deps.load_run(final_dir)
+    size_kb = _model_bytes(final_dir) / 1024
+    predict = ctx.measurer.predictor(run.model, shape)
+    with ctx.lock.measuring():
+        latency_ms = ctx.measurer.time(predict, shape)
+        throughput = (256 / (ctx.measurer.time(predict, shape, batch=256, repeats=5, warmup=2) / 1e3)
+                      if "throughput" in ctx.objectives else None)
+    trial.set_user_attr("run_dir", str(final_dir))
+    trial.set_user_attr("measured", {"runtime": ctx.measurer.runtime, "batch_size": 1, "dtype": "int8" if
+                                     compress["int8"] else "fp32", "threads": ctx.measurer.threads,
+                                     "machine": ctx.fingerprint.get("id"), "repeats": ctx.measurer.repeats})
+    values = {"accuracy": val_accuracy, "latency": latency_ms, "throughput": throughput, "size": size_kb,
+              "macs": float(macs)}
+    trial.set_user_attr("val_accuracy", val_accuracy)
+    trial.set_user_attr("latency_ms", latency_ms)
+    trial.set_user_attr("size_kb", size_kb)
+    trial.set_user_attr("macs", int(macs))
+    trial.set_user_attr("params", int(run.meta.get("num_params") or params))
+    if throughput is not None:
+        trial.set_user_attr("throughput_images_per_s", throughput)
+    return [float(values[o]) for o in ctx.objectives]
+
+
+def _fresh(spec: dict[str, Any], ds: Any) -> Any:
+    c, h, w = ds.input_shape
+    return deps.create_model(spec, num_classes=ds.num_classes, in_chans=c, img_size=(h, w))
+
+
+def _last_val(run_dir: Path) -> float:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    return float(last.get("val_accuracy") or 0.0)
+
+
+def _model_bytes(run_dir: Path) -> int:
+    for name in ("model.onnx", "best.safetensors", "weights.safetensors"):
+        if (run_dir / name).exists():
+            return (run_dir / name).stat().st_size
+    return sum(p.stat().st_size for p in run_dir.glob("*.safetensors"))

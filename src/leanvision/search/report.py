@@ -1,0 +1,174 @@
+"""The search's outputs: results.json (settings, machine, every trial, the re-measured Pareto set, hypervolume over
+time), results.csv (one row per trial) and report.md (the answer first, then the front and every trial)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+from pathlib import Path
+from typing import Any
+
+from . import deps
+
+UNITS = {"accuracy": "val accuracy", "latency": "ms (batch 1)", "throughput": "img/s (batch 256)", "size": "kB",
+         "macs": "MACs"}
+
+
+def hypervolume_2d(points: list[tuple[float, float]], reference_cost: float) -> float:
+    """Area dominated by (accuracy to maximize, cost to minimize) points above accuracy 0 and below
+    `reference_cost`."""
+    pts = sorted((c, a) for a, c in points if c < reference_cost)
+    area, best = 0.0, 0.0
+    for i, (cost, acc) in enumerate(pts):
+        best = max(best, acc)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else reference_cost
+        area += best * (nxt - cost)
+    return area
+
+
+def hypervolume_history(trials: list[dict[str, Any]], reference_cost: float | None = None) -> list[dict[str, float]]:
+    """Hypervolume of the feasible completed trials (first two objectives) after each completion, by elapsed time."""
+    done = sorted((t for t in trials if t["state"] == "COMPLETE" and t.get("feasible") and len(t["values"]) >= 2),
+                  key=lambda t: t["completed_at"])
+    if not done:
+        return []
+    ref = reference_cost if reference_cost is not None else 1.1 * max(t["values"][1] for t in done)
+    start = min(t["started_at"] for t in trials if t.get("started_at") is not None)
+    history, points = [], []
+    for t in done:
+        points.append((t["values"][0], t["values"][1]))
+        history.append({"elapsed_s": t["completed_at"] - start, "trials": len(points),
+                        "hypervolume": hypervolume_2d(points, ref), "reference_cost": ref})
+    return history
+
+
+def trial_records(trials: list[Any], objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    records = []
+    for t in trials:
+        a = t.user_attrs
+        records.append({
+            "number": t.number, "state": t.state.name, "values": list(t.values) if t.values else None,
+            "feasible": all(c <= 0 for c in a.get("constraints", [0.0])) if t.values else None,
+            "params": t.params, "val_accuracy": a.get("val_accuracy"), "latency_ms": a.get("latency_ms"),
+            "size_kb": a.get("size_kb"), "macs": a.get("macs"), "num_params": a.get("params"),
+            "throughput_images_per_s": a.get("throughput_images_per_s"), "run_dir": a.get("run_dir"),
+            "stopped": a.get("stopped"), "error": a.get("error"), "measured": a.get("measured"),
+            "worker": a.get("worker"), "wall_s": a.get("wall_s"),
+            "started_at": t.datetime_start.timestamp() if t.datetime_start else None,
+            "completed_at": t.datetime_complete.timestamp() if t.datetime_complete else None,
+            "rungs": {k: v for k, v in a.items() if k.startswith("rung_")},
+        })
+    return records
+
+
+def answer(settings: Any, final: list[dict[str, Any]], counts: dict[str, int], threads: int, machine: dict) -> str:
+    limits = [f"latency <= {settings.max_latency_ms} ms" if settings.max_latency_ms is not None else None,
+              f"size <= {settings.max_size_kb} kB" if settings.max_size_kb is not None else None,
+              f"validation accuracy >= {100 * settings.min_accuracy:.2f}%" if settings.min_accuracy is not None
+              else None]
+    limits = [x for x in limits if x]
+    budget = (f"{sum(counts.values())} trials ({counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} "
+              f"stopped early, {counts.get('FAIL', 0)} failed)")
+    where = (f"{settings.runtime}, batch 1, fp32 input, CPU, {threads} threads, machine {machine.get('id')} "
+             f"({machine.get('cpu')})")
+    if not final:
+        return (f"No trial met {' and '.join(limits) or 'the objectives'} on {settings.dataset} after {budget}. "
+                "Relax the constraints or give a larger budget.")
+    best = final[0]
+    lo, hi = best["test_accuracy_95ci"]
+    return (f"{'Under ' + ' and '.join(limits) + ', t' if limits else 'T'}he most accurate model found for "
+            f"{settings.dataset} is trial {best['trial']} ({_describe(best)}): {100 * best['test_accuracy']:.2f}% "
+            f"test accuracy [{100 * lo:.2f}, {100 * hi:.2f}] (95% Wilson, {best['test_total']} images), "
+            f"{best['latency_ms']:.4f} ms median latency re-measured on {where}, {best['size_kb']:.1f} kB. "
+            f"The Pareto set has {len(final)} model(s) ({', '.join(settings.objectives)}), saved as run directories "
+            f"in {Path(settings.out) / 'pareto'}; search budget: {budget}. Comparison with the registry models is not "
+            "part of this report yet.")
+
+
+def _describe(row: dict[str, Any]) -> str:
+    a, c = row.get("arch") or {}, row.get("compress") or {}
+    text = (f"{a.get('stages')} stage(s) {a.get('widths')}, {a.get('block')} {a.get('kernel_size')}x"
+            f"{a.get('kernel_size')}, {a.get('downsample')}, {'BN' if a.get('batchnorm') else 'no BN'}, "
+            f"{a.get('head')}")
+    if c.get("prune_ratio"):
+        text += f", pruned {c['prune_ratio']:.2f}"
+    if c.get("int8"):
+        text += ", int8"
+    return text
+
+
+def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict[str, Any]], machine: dict,
+                  threads: int, wall_s: float) -> dict[str, Any]:
+    out = Path(settings.out)
+    records = trial_records(trials, settings.objectives)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    result = {
+        "answer": answer(settings, final, counts, threads, machine),
+        "study_name": settings.study_name, "storage": _storage_label(settings),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
+        "objectives": list(settings.objectives), "directions": [d.name.lower() for d in study.directions],
+        "machine": machine, "measurement": {"runtime": settings.runtime, "batch_size": 1, "threads": threads,
+                                            "device": "cpu", "input_dtype": "float32", "unit": "ms",
+                                            "statistic": "median after warm-up"},
+        "counts": counts, "wall_time_s_this_call": wall_s,
+        "pareto": final, "trials": records, "hypervolume": hypervolume_history(records),
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    deps.write_json(out / "results.json", result)
+    _write_csv(out / "results.csv", records)
+    (out / "report.md").write_text(_markdown(result))
+    return result
+
+
+def _storage_label(settings: Any) -> str:
+    from .engine import _redact
+
+    return _redact(settings.storage) if settings.storage else str(Path(settings.out) / "study.journal")
+
+
+CSV_FIELDS = ("number", "state", "val_accuracy", "latency_ms", "size_kb", "macs", "num_params",
+              "throughput_images_per_s", "feasible", "wall_s", "run_dir", "stopped", "error", "params")
+
+
+def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({**r, "params": ";".join(f"{k}={v}" for k, v in r["params"].items())})
+    path.write_text(buf.getvalue())
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    m = result["measurement"]
+    lines = [f"# Search: {result['study_name']}", "", result["answer"], "",
+             f"Latency: {m['statistic']}, {m['runtime']}, batch {m['batch_size']}, {m['threads']} threads, "
+             f"machine {result['machine'].get('id')}. Selection used validation accuracy only; test accuracy was "
+             "computed once, for the Pareto set below.", "",
+             "## Pareto set (re-measured together, interleaved)", "",
+             "| trial | test acc (%) | 95% CI | val acc (%) | latency (ms) | size (kB) | MACs | model |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in result["pareto"]:
+        lo, hi = p["test_accuracy_95ci"]
+        lines.append(f"| {p['trial']} | {100 * p['test_accuracy']:.2f} | [{100 * lo:.2f}, {100 * hi:.2f}] | "
+                     f"{_fmt(p['val_accuracy'] and 100 * p['val_accuracy'], '.2f')} | {p['latency_ms']:.4f} | "
+                     f"{_fmt(p['size_kb'], '.1f')} | {_fmt(p['macs'], ',')} | {_describe(p)} |")
+    lines += ["", "## Every trial", "", "| # | state | val acc (%) | latency (ms) | size (kB) | MACs | note |",
+              "|---|---|---|---|---|---|---|"]
+    for r in result["trials"]:
+        note = r.get("stopped") or r.get("error") or ("infeasible" if r.get("feasible") is False else "")
+        lines.append(f"| {r['number']} | {r['state']} | {_fmt(r['val_accuracy'] and 100 * r['val_accuracy'], '.2f')}"
+                     f" | {_fmt(r['latency_ms'], '.4f')} | {_fmt(r['size_kb'], '.1f')} | {_fmt(r['macs'], ',')} | "
+                     f"{str(note).replace('|', '/')} |")
+    if result["hypervolume"]:
+        h = result["hypervolume"][-1]
+        lines += ["", f"Hypervolume (accuracy x {result['objectives'][1]}, reference {h['reference_cost']:.4g}): "
+                      f"{h['hypervolume']:.4g} after {h['trials']} complete trials, {h['elapsed_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
