@@ -18,6 +18,7 @@ import sys
 from .. import __version__
 from ..cliparse import as_flags, command_list, explain, unknown_command
 from ..errors import LeanvisionError, exit_code, first_line
+from ..search.cli import cmd_search
 from .commands import (
     ERROR_CHARS,
     cmd_datasets,
@@ -42,7 +43,7 @@ __all__ = ["main", "build_parser", "optimize_chain", "resolve_train_config", "CO
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
             "datasets": cmd_datasets, "study": cmd_study, "optimize": cmd_optimize, "serve": cmd_serve,
-            "export": cmd_export, "bench": cmd_bench}
+            "export": cmd_export, "bench": cmd_bench, "search": cmd_search}
 
 
 def main(argv: list[str] | None = None) -> int:

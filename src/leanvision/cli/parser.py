@@ -18,6 +18,7 @@ from ..config import (
     StudyConfig,
     TrainConfig,
 )
+from ..search.cli import search_parser  # light: Optuna loads only when `search` runs
 
 ALIASES = {"learning_rate": ["--lr"]}
 
@@ -158,6 +159,8 @@ def build_parser() -> ArgumentParser:
     add_dataclass_flags(bench, RunSource)
     _output_flags(bench, "the rows and environment", progress=False)
     sub.add_subcommand("bench", bench, help="benchmark a run per runtime, precision and batch size")
+    sub.add_subcommand("search", search_parser(), help="search for the most accurate model within a latency/size "
+                                                       "budget (Optuna)")
     return polish(parser)
 
 

@@ -146,17 +146,29 @@ def _storage(settings: SearchSettings) -> Any:
     if "://" not in url:
         raise SearchError(f"Invalid storage {url!r}. Expected a database URL (postgresql://user@host:port/db) or a "
                           "journal file (path.journal).")
+    url = _postgres_driver(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except ImportError as e:
-        raise SearchError(f"Storage {url.split('://')[0]} needs a database driver: {deps.first_line(e)}. Install "
-                          "it with pip install 'leanvision[postgres]'.") from None
+        raise SearchError(f"Storage {url.split('://')[0]} needs a database driver: {deps.first_line(e).rstrip('.')}. "
+                          "Install it: pip install 'leanvision[postgres]'.") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's errors: unreachable server, bad credentials
-        raise SearchError(f"Cannot open storage {_redact(url)}: {deps.first_line(e)}. Check that the server "
+        raise SearchError(f"Cannot open storage {_redact(url)}: {deps.first_line(e).rstrip('.')}. Check that the server "
                           "runs and the URL (host, port, database, user) is right.") from None
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2-binary, so a plain
+    URL uses psycopg2 when psycopg 3 is absent."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def _redact(url: str) -> str:
