@@ -1,0 +1,267 @@
+"""`leanvision search` on a tiny space over digits: end to end, resume, failures, constraints, workers, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from testkit import REPO, one_error_line  # noqa: E402
+
+from leanvision.cli import main  # noqa: E402
+from leanvision.search import deps  # noqa: E402
+from leanvision.search.engine import SearchError, pareto, search  # noqa: E402
+from leanvision.search.lock import MachineLock  # noqa: E402
+from leanvision.search.objective import dominators, rungs  # noqa: E402
+from leanvision.search.space import SpaceError, conv_spec, load_space  # noqa: E402
+
+TINY = {"architecture": {"stages": {"choices": [1, 2]}, "width": [4, 12], "kernel_size": 3},
+        "training": {"epochs": 2, "learning_rate": [2e-3, 1e-2]},
+        "compression": {"prune": False, "int8": False}}
+FAST = dict(dataset="digits", space=TINY, repeats=5, final_rounds=2, progress=False)
+
+
+def _study(out: Path, storage: str | None = None, name: str = "leanvision-search"):
+    storage = storage or optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+class _GuardedSplit:
+    """The test split, logging when anything reads it."""
+
+    def __init__(self, split, log):
+        self._split, self._log = split, log
+
+    def __getattr__(self, name):
+        self._log.append(time.time())
+        return getattr(self._split, name)
+
+    def __len__(self):
+        self._log.append(time.time())
+        return len(self._split)
+
+
+def test_end_to_end_resume_and_test_split_untouched(tmp_path, monkeypatch):
+    reads: list[float] = []
+    real = deps.load_dataset
+
+    def guarded(**kwargs):
+        ds = real(**kwargs)
+        ds.test = _GuardedSplit(ds.test, reads)
+        return ds
+
+    monkeypatch.setattr(deps, "load_dataset", guarded)
+    out = tmp_path / "s"
+    first = search(**FAST, out=str(out), trials=3)
+    trials = _study(out).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    last_done = max(t.datetime_complete.timestamp() for t in trials)
+    assert reads and min(reads) > last_done  # the test split is read only after every trial finished
+    assert first["pareto"] and all(0 <= p["test_accuracy"] <= 1 for p in first["pareto"])
+    best = first["pareto"][0]
+    lo, hi = best["test_accuracy_95ci"]
+    assert lo <= best["test_accuracy"] <= hi
+    for t in trials:  # selection values are validation accuracy, as recorded by the trial
+        assert t.values[0] == pytest.approx(t.user_attrs["val_accuracy"])
+        assert t.user_attrs["measured"]["runtime"] == "onnxruntime" and t.user_attrs["measured"]["threads"] >= 1
+        assert t.user_attrs["machine"]["id"]
+    # the chosen models are ordinary run directories
+    run = deps.load_run(best["run_dir"])
+    assert run.meta["spec"]["name"] == "search-convnet"
+    assert main(["evaluate", best["run_dir"], "--json"]) == 0
+    for name in ("results.json", "results.csv", "report.md"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "report.md").read_text().splitlines()[2].startswith("The most accurate model")
+    assert len((out / "results.csv").read_text().splitlines()) == 4
+    # re-running with a larger total continues the same study; finished trials are kept as they were
+    before = {t.number: t.values for t in trials}
+    second = search(**FAST, out=str(out), trials=5)
+    again = _study(out).get_trials()
+    assert [t.number for t in again] == [0, 1, 2, 3, 4]
+    assert {t.number: t.values for t in again[:3]} == before
+    assert second["counts"] == {"COMPLETE": 5}
+
+
+def test_failed_trial_is_recorded_and_search_goes_on(tmp_path, monkeypatch):
+    from leanvision.search import objective
+
+    real = deps.train_run
+    calls = {"n": 0}
+
+    def flaky(cfg, out, **kwargs):
+        if Path(out).name == "trial-0001":
+            raise RuntimeError("simulated crash in training")
+        return real(cfg, out, **kwargs)
+
+    monkeypatch.setattr(objective.deps, "train_run", flaky)
+    result = search(**FAST, out=str(tmp_path / "s"), trials=3)
+    states = {t.number: t.state for t in _study(tmp_path / "s").get_trials()}
+    assert states == {0: optuna.trial.TrialState.COMPLETE, 1: optuna.trial.TrialState.FAIL,
+                      2: optuna.trial.TrialState.COMPLETE}
+    failed = next(r for r in result["trials"] if r["number"] == 1)
+    assert "simulated crash" in failed["error"]
+    assert result["counts"] == {"COMPLETE": 2, "FAIL": 1}
+    assert calls["n"] == 0
+
+
+def test_constraints_are_respected(tmp_path):
+    space = {**TINY, "architecture": {**TINY["architecture"], "head": "flatten", "width": [4, 16]}}
+    out = tmp_path / "s"
+    result = search(**{**FAST, "space": space}, out=str(out), trials=4, max_size_kb=12.0, min_accuracy=0.05,
+                    stop_after=0)
+    records = [r for r in result["trials"] if r["state"] == "COMPLETE"]
+    sizes = {r["number"]: r["size_kb"] for r in records}
+    assert any(s > 12.0 for s in sizes.values()) or all(r["feasible"] for r in records)
+    for r in records:
+        assert r["feasible"] == (r["size_kb"] <= 12.0 and r["val_accuracy"] >= 0.05)
+    assert all(p["size_kb"] <= 12.0 for p in result["pareto"])
+    pruned = [r for r in result["trials"] if r["state"] == "PRUNED"]  # over the size limit with nothing to shrink it
+    assert all("max_size_kb" in r["stopped"] for r in pruned)
+
+
+def test_two_local_workers_share_one_journal(tmp_path):
+    out = tmp_path / "s"
+    search(**FAST, out=str(out), trials=4, workers=2)
+    trials = _study(out).get_trials()
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(numbers))) and 4 <= len(numbers) <= 5  # none lost or duplicated
+    assert all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2
+
+
+def _search_cmd(out: Path, *extra: str) -> list[str]:
+    space = out.parent / "tiny.yaml"
+    space.write_text(json.dumps(TINY))
+    return [sys.executable, "-m", "leanvision", "search", "--out", str(out), "--space", str(space), "--repeats", "5",
+            "--no-progress", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def test_killed_worker_trial_is_failed_and_rerun_continues(tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    proc = subprocess.Popen(_search_cmd(out, "--trials", "6"), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # kill it while a second trial runs
+            if (out / "study.journal").exists():
+                trials = _study(out).get_trials()
+                if any(t.state.is_finished() for t in trials) and any(
+                        t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = [t.number for t in _study(out).get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert killed
+    done = subprocess.run(_search_cmd(out, "--trials", str(max(killed) + 2)), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = _study(out).get_trials()
+    for number in killed:
+        assert trials[number].state == optuna.trial.TrialState.FAIL
+        assert "died" in trials[number].user_attrs["error"]
+    assert trials[-1].state.is_finished() and len(trials) == max(killed) + 2
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--objectives", "accuracy,speed"], ["unknown objective", "'speed'"]),
+    (["--objectives", "accuracy,latency,latency"], ["repeated objective"]),
+    (["--trials", "0"], ["budget", "--trials 0"]),
+    (["--minutes", "0"], ["budget", "--minutes 0"]),
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], ["cannot open storage", "127.0.0.1:1"]),
+    (["--storage", "not-a-url"], ["invalid storage"]),
+    (["--space", "missing.yaml"], ["not found"]),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragments):
+    assert main(["search", "--out", str(tmp_path / "s"), *args]) == 2
+    one_error_line(capsys.readouterr().err, *fragments)
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ({}, "empty or invalid search space"),
+    ({"arch": {}}, "unknown search space section"),
+    ({"architecture": {"depth": 3}}, "unknown key"),
+    ({"architecture": {"width": [64, 8]}}, "low > high"),
+    ({"architecture": {"block": {"choices": []}}}, "empty choices"),
+    ({"architecture": {"block": ["plain", "fancy"]}}, "fancy"),
+    ({"training": {"learning_rate": [0, 1e-2]}}, "log-scale"),
+    ({"compression": {"prune": True, "prune_ratio": 0}}, "contradictory"),
+])
+def test_bad_space_is_refused_with_one_line(space, fragment):
+    with pytest.raises(SpaceError) as info:
+        load_space(space)
+    assert fragment in str(info.value).lower() and "\n" not in str(info.value)
+
+
+def test_empty_space_file_exits_2(tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["search", "--out", str(tmp_path / "s"), "--space", str(tmp_path / "empty.yaml")]) == 2
+    one_error_line(capsys.readouterr().err, "empty or invalid search space")
+
+
+def test_api_rejects_unknown_option():
+    with pytest.raises(SearchError, match="Unknown option"):
+        search(epochz=3)
+
+
+def test_space_builds_the_family():
+    arch = {"stages": 3, "widths": [8, 16, 32], "kernel_size": 5, "block": "separable", "downsample": "stride",
+            "batchnorm": True, "head": "global_pool"}
+    layers = conv_spec(arch, num_classes=10, input_shape=(1, 28, 28))["layers"]
+    kinds = [next(iter(x)) if isinstance(x, dict) else x for x in layers]
+    assert kinds == ["conv2d", "batchnorm", "relu", "separable_conv2d", "batchnorm", "relu", "separable_conv2d",
+                     "batchnorm", "relu", "global_avg_pool", "dense"]
+    assert [x[k]["strides"] for x, k in zip(layers, kinds) if k.endswith("conv2d")] == [2, 2, 1]
+    model = deps.create_model(conv_spec({**arch, "downsample": "pool", "batchnorm": False, "head": "flatten"},
+                                        num_classes=10, input_shape=(1, 28, 28)), num_classes=10, in_chans=1,
+                              img_size=(28, 28))
+    assert not any("BatchNorm" in type(m).__name__ for m in model.modules())
+
+
+def test_multi_fidelity_rules():
+    assert rungs(8) == [1, 2, 4] and rungs(1) == [] and rungs(5) == [1, 2, 4]
+
+    class T:
+        def __init__(self, number, point):
+            self.number, self.user_attrs = number, {"rung_1": point}
+
+    others = [T(0, [0.9, 100]), T(1, [0.8, 50]), T(2, [0.7, 300]), T(3, [0.5, 200])]
+    assert dominators(others, 9, "rung_1", 0.6, 200) == 2  # 0 and 1 dominate it; 2 is slower; 3 is worse
+    assert dominators(others, 3, "rung_1", 0.5, 200) == 2  # itself excluded
+    assert pareto([("a", [0.9, 2.0]), ("b", [0.8, 1.0]), ("c", [0.7, 3.0])], ["maximize", "minimize"]) == ["a", "b"]
+
+
+def test_measuring_waits_for_training(tmp_path):
+    lock, events = MachineLock(tmp_path), []
+    entered = threading.Event()
+
+    def train():
+        with lock.training():
+            entered.set()
+            time.sleep(0.3)
+            events.append("epoch done")
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    entered.wait(5)
+    with lock.measuring():
+        events.append("measuring")
+    worker.join()
+    assert events == ["epoch done", "measuring"]
