@@ -15,6 +15,7 @@ from ..runs import train_run
 from ..runtimes import get_runtime
 from ..train import predict_logits
 
-__all__ = ["DataConfig", "build_chain", "LeanvisionError", "RunConfig", "TrainConfig", "count_macs", "create_model", "environment",
-           "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "optimize_run", "predict_logits",
+__all__ = ["DataConfig", "build_chain", "LeanvisionError", "RunConfig", "TrainConfig", "count_macs", "create_model",
+           "environment", "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "optimize_run",
+           "predict_logits",
            "read_json", "get_runtime", "train_run", "wilson_interval", "write_json"]

@@ -156,8 +156,8 @@ def _storage(settings: SearchSettings) -> Any:
         raise SearchError(f"Storage {url.split('://')[0]} needs a database driver: {deps.first_line(e).rstrip('.')}. "
                           "Install it: pip install 'leanvision[postgres]'.") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's errors: unreachable server, bad credentials
-        raise SearchError(f"Cannot open storage {_redact(url)}: {deps.first_line(e).rstrip('.')}. Check that the server "
-                          "runs and the URL (host, port, database, user) is right.") from None
+        raise SearchError(f"Cannot open storage {_redact(url)}: {deps.first_line(e).rstrip('.')}. Check that the "
+                          "server runs and the URL (host, port, database, user) is right.") from None
 
 
 def _postgres_driver(url: str) -> str:

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
