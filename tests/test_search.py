@@ -1,5 +1,6 @@
 """`leanvision search` on a tiny space over digits: end to end, resume, failures, constraints, workers, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -263,3 +264,27 @@ def test_measuring_waits_for_training(tmp_path):
         events.append("measuring")
     worker.join()
     assert events == ["epoch done", "measuring"]
+
+
+def test_a_dominated_trial_stops_at_its_first_rung(tmp_path, digits):
+    from leanvision.search.objective import Measurer, TrialContext, TrialStopped, run_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(2):  # two earlier trials that were perfect and free after one epoch
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"rung_1": [1, 0]}))
+    space = load_space({**TINY, "training": {**TINY["training"], "epochs": 4}})
+    lock = MachineLock(tmp_path)
+    ctx = TrialContext(dataset=dataclasses.replace(digits, test=None), space=space,
+                       objectives=("accuracy", "latency"), out=tmp_path, measurer=Measurer("onnxruntime", 1, lock, 5),
+                       lock=lock, stop_after=2)
+    trial = study.ask()
+    with pytest.raises(TrialStopped, match="dominated at epoch 1"):
+        run_trial(trial, ctx)
+    run_dir = Path(trial.user_attrs["run_dir"])
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # one epoch of four was spent
+    assert trial.user_attrs["rung_1"][0] <= 1
+    ctx.stop_after = 3  # three dominators needed now: the next trial trains its full schedule
+    trial = study.ask()
+    values = run_trial(trial, ctx)
+    assert len(values) == 2
+    assert len((Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()) == 4

@@ -10,6 +10,7 @@ from ..io import read_json, write_json
 from ..measure import count_macs, environment, measure_latency, wilson_interval
 from ..models import create_model
 from ..optimize import build_chain, optimize_run
+from ..pareto import pareto_front
 from ..rundir import is_onnx, load_run
 from ..runs import train_run
 from ..runtimes import get_runtime
@@ -17,5 +18,5 @@ from ..train import predict_logits
 
 __all__ = ["DataConfig", "build_chain", "LeanvisionError", "RunConfig", "TrainConfig", "count_macs", "create_model",
            "environment", "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "optimize_run",
-           "predict_logits",
+           "pareto_front", "predict_logits",
            "read_json", "get_runtime", "train_run", "wilson_interval", "write_json"]

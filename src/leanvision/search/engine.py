@@ -27,7 +27,7 @@ from . import deps
 from .lock import MachineLock
 from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, run_trial
 from .report import write_outputs
-from .space import load_space
+from .space import Param, load_space
 
 
 class SearchError(deps.LeanvisionError):
@@ -277,7 +277,10 @@ def work(settings: SearchSettings, index: int) -> None:
     dataset = dataclasses.replace(full, test=None)  # selection never sees the test split
     del full
     lock = MachineLock(settings.out)
-    ctx = TrialContext(dataset=dataset, space=load_space(settings.space), objectives=settings.objectives,
+    space = load_space(settings.space)
+    if not deps.get_runtime(settings.runtime).onnx_models:  # int8 runs are ONNX models: only ONNX runtimes time them
+        space["compression"]["int8"] = Param("int8", False, "space compression.int8")
+    ctx = TrialContext(dataset=dataset, space=space, objectives=settings.objectives,
                        out=Path(settings.out), measurer=Measurer(settings.runtime, threads, lock, settings.repeats),
                        lock=lock, max_size_kb=settings.max_size_kb, stop_after=settings.stop_after,
                        fingerprint=fingerprint())
@@ -327,13 +330,9 @@ def _say(settings: SearchSettings, text: str) -> None:
 
 def pareto(points: list[tuple[Any, list[float]]], directions: list[str]) -> list[Any]:
     """The items whose values no other item dominates (`directions`: maximize/minimize per value)."""
-    signs = [1 if d == "maximize" else -1 for d in directions]
-    keyed = [(item, [s * v for s, v in zip(signs, values)]) for item, values in points]
-    front = []
-    for item, v in keyed:
-        if not any(all(a >= b for a, b in zip(w, v)) and any(a > b for a, b in zip(w, v)) for _, w in keyed):
-            front.append(item)
-    return front
+    objectives = {str(k): "max" if d == "maximize" else "min" for k, d in enumerate(directions)}
+    front = deps.pareto_front([{str(k): v for k, v in enumerate(values)} for _, values in points], objectives)
+    return [points[i][0] for i in front]
 
 
 def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
@@ -347,6 +346,8 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
     feasible = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraints", [0.0]))]
     front = pareto([(t, list(t.values)) for t in feasible], [OBJECTIVES[o] for o in settings.objectives])
     front.sort(key=lambda t: -t.values[0])
+    elsewhere = [t.number for t in front if not Path(t.user_attrs.get("run_dir", "")).is_dir()]
+    front = [t for t in front if t.number not in elsewhere]  # trained on another machine: its run directory is there
     out = Path(settings.out)
     threads = settings.threads or os.cpu_count() or 1
     lock = MachineLock(out)
@@ -382,4 +383,5 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
                           "macs": t.user_attrs.get("macs"), "params": t.user_attrs.get("params"),
                           "arch": t.user_attrs.get("arch"), "compress": t.user_attrs.get("compress"),
                           "params_sampled": t.params})
-    return write_outputs(settings, study, trials, final, fingerprint(), threads, wall_s)
+    result = write_outputs(settings, study, trials, final, fingerprint(), threads, wall_s, elsewhere)
+    return result

@@ -99,7 +99,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict[str, Any]], machine: dict,
-                  threads: int, wall_s: float) -> dict[str, Any]:
+                  threads: int, wall_s: float, elsewhere: list[int] | None = None) -> dict[str, Any]:
     out = Path(settings.out)
     records = trial_records(trials, settings.objectives)
     counts: dict[str, int] = {}
@@ -114,7 +114,8 @@ def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict
                                             "device": "cpu", "input_dtype": "float32", "unit": "ms",
                                             "statistic": "median after warm-up"},
         "counts": counts, "wall_time_s_this_call": wall_s,
-        "pareto": final, "trials": records, "hypervolume": hypervolume_history(records),
+        "pareto": final, "pareto_elsewhere": list(elsewhere or []), "trials": records,
+        "hypervolume": hypervolume_history(records),
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     deps.write_json(out / "results.json", result)
@@ -160,6 +161,10 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {p['trial']} | {100 * p['test_accuracy']:.2f} | [{100 * lo:.2f}, {100 * hi:.2f}] | "
                      f"{_fmt(p['val_accuracy'] and 100 * p['val_accuracy'], '.2f')} | {p['latency_ms']:.4f} | "
                      f"{_fmt(p['size_kb'], '.1f')} | {_fmt(p['macs'], ',')} | {_describe(p)} |")
+    if result["pareto_elsewhere"]:
+        lines += ["", f"Pareto trials {', '.join(map(str, result['pareto_elsewhere']))} ran on another machine: "
+                      "their run directories are there, so they were not re-measured here (run the search command "
+                      "with the same storage there, or copy their directories)."]
     lines += ["", "## Every trial", "", "| # | state | val acc (%) | latency (ms) | size (kB) | MACs | note |",
               "|---|---|---|---|---|---|---|"]
     for r in result["trials"]:
