@@ -120,8 +120,48 @@ def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict
     }
     deps.write_json(out / "results.json", result)
     _write_csv(out / "results.csv", records)
+    result["plot"] = _plot(result, out / "search.png")
     (out / "report.md").write_text(_markdown(result))
     return result
+
+
+def _plot(result: dict[str, Any], path: Path) -> str | None:
+    """search.png: every complete trial (validation accuracy vs the second objective; infeasible ones grey), the
+    Pareto trials circled, and the hypervolume over wall time. None for a single-objective search."""
+    objectives = result["objectives"]
+    done = [t for t in result["trials"] if t["state"] == "COMPLETE" and t["values"]]
+    if len(objectives) < 2 or not done:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hv) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for feasible, colour, label in ((True, "tab:blue", "feasible trial"), (False, "0.7", "infeasible trial")):
+        pts = [t for t in done if bool(t["feasible"]) == feasible]
+        if pts:
+            ax.scatter([t["values"][1] for t in pts], [100 * t["values"][0] for t in pts], c=colour, s=22,
+                       label=label)
+    front = {p["trial"] for p in result["pareto"]}
+    chosen = [t for t in done if t["number"] in front]
+    if chosen:
+        ax.scatter([t["values"][1] for t in chosen], [100 * t["values"][0] for t in chosen], facecolors="none",
+                   edgecolors="tab:red", s=90, linewidths=1.5, label="Pareto set")
+    ax.set_xlabel(f"{objectives[1]} ({UNITS[objectives[1]]}, {result['measurement']['runtime']})")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{len(done)} complete trials")
+    ax.legend()
+    history = result["hypervolume"]
+    if history:
+        hv.step([h["elapsed_s"] for h in history], [h["hypervolume"] for h in history], where="post")
+    hv.set_xlabel("wall time since the first trial (s)")
+    hv.set_ylabel(f"hypervolume (accuracy x {objectives[1]})")
+    hv.set_title("hypervolume over time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def _storage_label(settings: Any) -> str:
@@ -161,6 +201,8 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {p['trial']} | {100 * p['test_accuracy']:.2f} | [{100 * lo:.2f}, {100 * hi:.2f}] | "
                      f"{_fmt(p['val_accuracy'] and 100 * p['val_accuracy'], '.2f')} | {p['latency_ms']:.4f} | "
                      f"{_fmt(p['size_kb'], '.1f')} | {_fmt(p['macs'], ',')} | {_describe(p)} |")
+    if result.get("plot"):
+        lines += ["", f"![trials, Pareto set and hypervolume over time]({result['plot']})"]
     if result["pareto_elsewhere"]:
         lines += ["", f"Pareto trials {', '.join(map(str, result['pareto_elsewhere']))} ran on another machine: "
                       "their run directories are there, so they were not re-measured here (run the search command "
