@@ -288,3 +288,27 @@ def test_a_dominated_trial_stops_at_its_first_rung(tmp_path, digits):
     values = run_trial(trial, ctx)
     assert len(values) == 2
     assert len((Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_waiting_measurement_runs_when_training_pauses_between_epochs(tmp_path):
+    lock, events = MachineLock(tmp_path), []
+    holding, waiting = threading.Event(), threading.Event()
+
+    def train():
+        with lock.training() as hold:
+            holding.set()
+            waiting.wait(5)
+            time.sleep(0.5)  # the measurer is now blocked on the exclusive lock
+            events.append("epoch 1 done")
+            hold.pause()
+            events.append("epoch 2 started")
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    holding.wait(5)
+    waiting.set()
+    with lock.measuring():
+        events.append("measuring")
+        time.sleep(0.1)
+    worker.join()
+    assert events == ["epoch 1 done", "measuring", "epoch 2 started"]

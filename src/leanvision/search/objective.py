@@ -1,10 +1,10 @@
 """One search trial: build the sampled net, train it epoch by epoch with early stopping across trials, compress it,
 and measure it; selection sees validation accuracy only (the trial's dataset has no test split at all).
 
-Multi-fidelity (Optuna does not prune multi-objective trials itself): a trial trains one epoch at a time (each
-epoch resumes the trial's run directory, under the machine lock's shared side). At every rung (epochs 1, 2, 4, ...
-below its full schedule) it records (validation accuracy, cost) as the user attribute `rung_<epoch>`, where the
-cost is what the other objective is known to grow with before any timing: MACs for latency/throughput/macs, the
+Multi-fidelity (Optuna does not prune multi-objective trials itself): a trial trains its whole schedule in one
+`train_run` call under the machine lock's shared side, which it yields between epochs. At every rung (epochs 1, 2,
+4, ... below its full schedule) it records (validation accuracy, cost) as the user attribute `rung_<epoch>`, where
+the cost is what the other objective is known to grow with before any timing: MACs for latency/throughput/macs, the
 parameter count for size. If at least `stop_after` other trials that reached the same rung dominate it there
 (accuracy >= and cost <= , one of them strictly), it stops: its state is PRUNED, so samplers ignore it and the
 budget goes to the next trial. A trial whose uncompressed fp32 model is already over `max_size_kb` and has no
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from . import deps
 from .lock import MachineLock
@@ -131,25 +132,26 @@ def run_trial(trial: Any, ctx: TrialContext) -> list[float]:
     run_dir = ctx.out / "trials" / f"trial-{trial.number:04d}"
     if run_dir.exists():  # a trial number is never reused; leftovers are from a killed process
         shutil.rmtree(run_dir)
-    epochs = int(train.pop("epochs"))
+    epochs = int(train["epochs"])
     cfg = deps.RunConfig(model="search-convnet", data=deps.DataConfig(dataset=ds.name),
-                         train=deps.TrainConfig(**{**train, "epochs": 1, "device": "cpu"}))
+                         train=deps.TrainConfig(**{**train, "device": "cpu"}))
     check = set(rungs(epochs))
-    result: dict[str, Any] = {}
-    for epoch in range(1, epochs + 1):
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epoch))
-        with ctx.lock.training():
-            result = deps.train_run(cfg, run_dir, resume=epoch > 1, progress=False, dataset=ds,
-                                    model=model if epoch == 1 else _fresh(spec, ds))
-        if epoch in check:
-            val = _last_val(run_dir)
-            key = f"rung_{epoch}"
-            trial.set_user_attr(key, [val, cost])
-            others = trial.study.get_trials(deepcopy=False)
-            beaten_by = dominators(others, trial.number, key, val, cost)
-            if beaten_by >= ctx.stop_after:
-                trial.set_user_attr("run_dir", str(run_dir))
-                raise TrialStopped(f"dominated at epoch {epoch} (val {val:.4f}, cost {cost:,}) by {beaten_by} trials")
+
+    def on_epoch(epoch: int, record: dict[str, Any], hold: Any) -> None:
+        hold.pause()  # a measurement waiting on this machine runs between two epochs
+        if epoch not in check:
+            return
+        val = float(record.get("val_accuracy") or 0.0)
+        key = f"rung_{epoch}"
+        trial.set_user_attr(key, [val, cost])
+        beaten_by = dominators(trial.study.get_trials(deepcopy=False), trial.number, key, val, cost)
+        if ctx.stop_after and beaten_by >= ctx.stop_after:
+            trial.set_user_attr("run_dir", str(run_dir))
+            raise TrialStopped(f"dominated at epoch {epoch} (val {val:.4f}, cost {cost:,}) by {beaten_by} trials")
+
+    with ctx.lock.training() as hold:
+        watch = EpochWatch(run_dir / "metrics.jsonl", cfg.train.label_smoothing, lambda e, r: on_epoch(e, r, hold))
+        result = deps.train_run(cfg, run_dir, progress=False, dataset=ds, model=model, loss_fn=watch)
     final_dir = run_dir
     if compressed:
         final_dir = run_dir.parent / f"{run_dir.name}-compressed"
@@ -185,15 +187,27 @@ def run_trial(trial: Any, ctx: TrialContext) -> list[float]:
     return [float(values[o]) for o in ctx.objectives]
 
 
-def _fresh(spec: dict[str, Any], ds: Any) -> Any:
-    c, h, w = ds.input_shape
-    return deps.create_model(spec, num_classes=ds.num_classes, in_chans=c, img_size=(h, w))
+class EpochWatch:
+    """The trainer's loss function for a trial: cross-entropy with label smoothing, as the trainer's own, which also
+    notices when an epoch's line lands in metrics.jsonl (one `stat` per step) and calls `on_epoch(epoch, record)`
+    at the first step after it; an exception raised there stops the training (the run keeps its best weights)."""
 
+    def __init__(self, path: Path, label_smoothing: float, on_epoch: Any):
+        self.path, self.label_smoothing, self.on_epoch = path, label_smoothing, on_epoch
+        self.size, self.seen = -1, 0
 
-def _last_val(run_dir: Path) -> float:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1]) if lines else {}
-    return float(last.get("val_accuracy") or 0.0)
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size != self.size:
+            self.size = size
+            lines = self.path.read_text().splitlines() if size else []
+            if len(lines) > self.seen:
+                self.seen = len(lines)
+                self.on_epoch(self.seen, json.loads(lines[-1]))
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
 
 def _model_bytes(run_dir: Path) -> int:

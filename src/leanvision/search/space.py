@@ -23,12 +23,13 @@ from ..errors import LeanvisionError
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "architecture": ("stages", "width", "kernel_size", "block", "downsample", "batchnorm", "head"),
-    "training": ("learning_rate", "epochs", "label_smoothing", "weight_decay", "augment", "batch_size"),
+    "training": ("learning_rate", "epochs", "label_smoothing", "weight_decay", "augment", "batch_size", "schedule"),
     "compression": ("prune", "prune_ratio", "int8"),
 }
 LOG_SCALE = {"learning_rate", "weight_decay", "width"}
 CHOICES = {"block": ("plain", "separable"), "downsample": ("pool", "stride"), "head": ("global_pool", "flatten"),
-           "augment": ("none", "flip", "crop", "crop-flip", "translate-flip")}
+           "augment": ("none", "flip", "crop", "crop-flip", "translate-flip"),
+           "schedule": ("constant", "warmup", "onecycle", "cosine", "triangle")}
 BOOLS = {"batchnorm", "prune", "int8"}
 INTS = {"stages", "width", "kernel_size", "epochs", "batch_size"}
 POSITIVE = {"stages", "width", "kernel_size", "epochs", "batch_size", "learning_rate"}
@@ -40,7 +41,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
                      "block": ["plain", "separable"], "downsample": ["pool", "stride"], "batchnorm": [True, False],
                      "head": ["global_pool", "flatten"]},
     "training": {"learning_rate": [3e-4, 1e-2], "epochs": {"choices": [2, 4, 8]}, "label_smoothing": [0.0, 0.15],
-                 "weight_decay": [1e-6, 1e-3], "augment": ["none", "translate-flip"], "batch_size": 128},
+                 "weight_decay": [1e-6, 1e-3], "augment": ["none", "crop"], "batch_size": 128,
+                 "schedule": "onecycle"},
     "compression": {"prune": [True, False], "prune_ratio": [0.1, 0.6], "int8": [True, False]},
 }
 
