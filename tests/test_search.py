@@ -85,7 +85,13 @@ def test_end_to_end_resume_and_test_split_untouched(tmp_path, monkeypatch):
     assert len((out / "results.csv").read_text().splitlines()) == 4
     # re-running with a larger total continues the same study; finished trials are kept as they were
     before = {t.number: t.values for t in trials}
-    second = search(**FAST, out=str(out), trials=5)
+    registry = deps.train_run(deps.RunConfig(model="lenet5", data=deps.DataConfig("digits"),
+                                             train=deps.TrainConfig(epochs=1, device="cpu")),
+                              tmp_path / "lenet5", progress=False)
+    second = search(**FAST, out=str(out), trials=5, compare=[str(tmp_path / "lenet5")])
+    (compared,) = second["compared"]  # measured and scored with the front, in the same process
+    assert compared["model"] == "lenet5" and compared["test_accuracy"] == pytest.approx(registry["test_accuracy"])
+    assert "compared model within the limits, lenet5" in second["answer"]
     again = _study(out).get_trials()
     assert [t.number for t in again] == [0, 1, 2, 3, 4]
     assert {t.number: t.values for t in again[:3]} == before
@@ -187,6 +193,7 @@ def test_killed_worker_trial_is_failed_and_rerun_continues(tmp_path):
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], ["cannot open storage", "127.0.0.1:1"]),
     (["--storage", "not-a-url"], ["invalid storage"]),
     (["--space", "missing.yaml"], ["not found"]),
+    (["--compare", "no/such/run"], ["not a run directory"]),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragments):
     assert main(["search", "--out", str(tmp_path / "s"), *args]) == 2

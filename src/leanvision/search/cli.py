@@ -36,6 +36,9 @@ def search_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + 1000 i)")
     p.add_argument("--threads", type=int, default=None, help="threads for timing (default: all cores)")
     p.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per measurement, after warm-up")
+    p.add_argument("--compare", type=str, default=None, help="run directories (e.g. registry models trained with "
+                                                             "`leanvision train`), comma-separated, measured and "
+                                                             "scored with the Pareto set")
     p.add_argument("--out", type=str, required=True, help="output directory (journal, trials, pareto/, report)")
     p.add_argument("--no-progress", action="store_true", help="no per-trial lines on stderr")
     p.add_argument("--json", action="store_true", help="print results.json's content")
@@ -50,7 +53,8 @@ def cmd_search(ns: Any) -> int:
                     max_latency_ms=ns.max_latency_ms, max_size_kb=ns.max_size_kb, min_accuracy=ns.min_accuracy,
                     runtime=ns.runtime, trials=trials, minutes=ns.minutes, storage=ns.storage,
                     study_name=ns.study_name, workers=ns.workers, sampler=ns.sampler, stop_after=ns.stop_after,
-                    seed=ns.seed, threads=ns.threads, repeats=ns.repeats, out=ns.out, progress=not ns.no_progress)
+                    seed=ns.seed, threads=ns.threads, repeats=ns.repeats, out=ns.out, progress=not ns.no_progress,
+                    compare=tuple(p.strip() for p in (ns.compare or "").split(",") if p.strip()))
     if ns.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

@@ -18,6 +18,7 @@ import dataclasses
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from . import deps
 from .lock import MachineLock
-from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, run_trial
+from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, model_bytes, run_trial
 from .report import write_outputs
 from .space import Param, load_space
 
@@ -55,6 +56,7 @@ class SearchSettings:
     seed: int | None = 0
     threads: int | None = None  # measurement threads (default: all cores)
     repeats: int = 50  # timed batch-1 calls per measurement
+    compare: tuple[str, ...] = ()  # run directories (e.g. registry models) re-measured and scored with the front
     final_rounds: int = 5  # interleaved rounds of the final re-measurement
     val_fraction: float = 0.1
     progress: bool = True
@@ -103,6 +105,9 @@ def search(**options: Any) -> dict[str, Any]:
     settings = SearchSettings(**options)
     settings.check()
     load_space(settings.space)  # a bad space fails before any data is loaded or storage touched
+    settings.compare = tuple(str(p) for p in ([settings.compare] if isinstance(settings.compare, str)
+                                              else settings.compare))
+    _check_compare(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     open_study(settings)  # creates the study (or checks an existing one) and fails early on a bad storage
@@ -335,8 +340,16 @@ def pareto(points: list[tuple[Any, list[float]]], directions: list[str]) -> list
     return [points[i][0] for i in front]
 
 
+def _check_compare(settings: SearchSettings) -> None:
+    for path in settings.compare:
+        if not (Path(path) / "model.json").is_file():
+            raise SearchError(f"compare: {path} is not a run directory (no model.json). Pass run directories written "
+                              "by `leanvision train` or `optimize`, comma-separated.")
+
+
 def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
-    """Re-measure the feasible Pareto set interleaved, score it on the test split once, write the outputs."""
+    """Re-measure the feasible Pareto set and the `compare` runs together, interleaved; score them on the test
+    split once; write the outputs."""
     import optuna
     import torch
 
@@ -353,11 +366,18 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
     lock = MachineLock(out)
     measurer = Measurer(settings.runtime, threads, lock, settings.repeats)
     final: list[dict[str, Any]] = []
-    if front:
+    compared: list[dict[str, Any]] = []
+    if front or settings.compare:
         full = deps.load_dataset(name=settings.dataset, data_dir=settings.data_dir,
                                  val_fraction=settings.val_fraction)  # the test split is read here, once
         shape = tuple(full.input_shape)
-        runs = [deps.load_run(t.user_attrs["run_dir"]) for t in front]
+        paths = [Path(t.user_attrs["run_dir"]) for t in front] + [Path(p) for p in settings.compare]
+        runs = [deps.load_run(p) for p in paths]
+        for path, run in zip(paths[len(front):], runs[len(front):]):
+            if list(run.meta["input_shape"]) != list(shape) or run.meta["num_classes"] != full.num_classes:
+                raise SearchError(f"compare: {path} was trained on input {run.meta['input_shape']} with "
+                                  f"{run.meta['num_classes']} classes; this search's dataset has {list(shape)} and "
+                                  f"{full.num_classes}. Compare runs trained on {settings.dataset}.")
         predictors = [measurer.predictor(r.model, shape) for r in runs]
         rounds: list[list[float]] = [[] for _ in runs]
         with lock.measuring():
@@ -367,21 +387,27 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
                 for i in order:
                     rounds[i].append(measurer.time(predictors[i], shape, repeats=max(5, settings.repeats // 2),
                                                    warmup=5))
-        pareto_dir = out / "pareto"
-        for t, run, times in zip(front, runs, rounds):
+        scores = []
+        for run in runs:
             logits, labels = deps.predict_logits(run.model, full.test, full.mean, full.std, torch.device("cpu"))
             correct, total = int((logits.argmax(1) == labels).sum()), len(labels)
-            low, high = deps.wilson_interval(correct, total)
+            scores.append({"test_accuracy": correct / total, "test_correct": correct, "test_total": total,
+                           "test_accuracy_95ci": list(deps.wilson_interval(correct, total))})
+        pareto_dir = out / "pareto"
+        for t, times, score in zip(front, rounds, scores):
             dest = pareto_dir / f"trial-{t.number:04d}"
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(t.user_attrs["run_dir"], dest, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
             final.append({"trial": t.number, "run_dir": str(dest), "val_accuracy": t.user_attrs.get("val_accuracy"),
-                          "test_accuracy": correct / total, "test_correct": correct, "test_total": total,
-                          "test_accuracy_95ci": [low, high], "latency_ms_rounds": times,
-                          "latency_ms": sorted(times)[len(times) // 2], "size_kb": t.user_attrs.get("size_kb"),
-                          "macs": t.user_attrs.get("macs"), "params": t.user_attrs.get("params"),
-                          "arch": t.user_attrs.get("arch"), "compress": t.user_attrs.get("compress"),
-                          "params_sampled": t.params})
-    result = write_outputs(settings, study, trials, final, fingerprint(), threads, wall_s, elsewhere)
-    return result
+                          **score, "latency_ms_rounds": times, "latency_ms": statistics.median(times),
+                          "size_kb": t.user_attrs.get("size_kb"), "macs": t.user_attrs.get("macs"),
+                          "params": t.user_attrs.get("params"), "arch": t.user_attrs.get("arch"),
+                          "compress": t.user_attrs.get("compress"), "params_sampled": t.params})
+        for path, run, times, score in zip(paths[len(front):], runs[len(front):], rounds[len(front):],
+                                           scores[len(front):]):
+            compared.append({"run_dir": str(path), "model": run.meta.get("model") or "spec", **score,
+                             "latency_ms_rounds": times, "latency_ms": statistics.median(times),
+                             "size_kb": model_bytes(path) / 1024, "params": run.meta.get("num_params"),
+                             "int8": deps.is_onnx(run.model)})
+    return write_outputs(settings, study, trials, final, fingerprint(), threads, wall_s, elsewhere, compared)

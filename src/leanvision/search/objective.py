@@ -165,7 +165,7 @@ def run_trial(trial: Any, ctx: TrialContext) -> list[float]:
     else:
         val_accuracy = result["best_val_accuracy"]
     run = deps.load_run(final_dir)
-    size_kb = _model_bytes(final_dir) / 1024
+    size_kb = model_bytes(final_dir) / 1024
     predict = ctx.measurer.predictor(run.model, shape)
     with ctx.lock.measuring():
         latency_ms = ctx.measurer.time(predict, shape)
@@ -210,7 +210,7 @@ class EpochWatch:
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
 
-def _model_bytes(run_dir: Path) -> int:
+def model_bytes(run_dir: Path) -> int:
     for name in ("model.onnx", "best.safetensors", "weights.safetensors"):
         if (run_dir / name).exists():
             return (run_dir / name).stat().st_size

@@ -62,7 +62,8 @@ def trial_records(trials: list[Any], objectives: tuple[str, ...]) -> list[dict[s
     return records
 
 
-def answer(settings: Any, final: list[dict[str, Any]], counts: dict[str, int], threads: int, machine: dict) -> str:
+def answer(settings: Any, final: list[dict[str, Any]], counts: dict[str, int], threads: int, machine: dict,
+           compared: list[dict[str, Any]] | None = None) -> str:
     limits = [f"latency <= {settings.max_latency_ms} ms" if settings.max_latency_ms is not None else None,
               f"size <= {settings.max_size_kb} kB" if settings.max_size_kb is not None else None,
               f"validation accuracy >= {100 * settings.min_accuracy:.2f}%" if settings.min_accuracy is not None
@@ -82,8 +83,24 @@ def answer(settings: Any, final: list[dict[str, Any]], counts: dict[str, int], t
             f"test accuracy [{100 * lo:.2f}, {100 * hi:.2f}] (95% Wilson, {best['test_total']} images), "
             f"{best['latency_ms']:.4f} ms median latency re-measured on {where}, {best['size_kb']:.1f} kB. "
             f"The Pareto set has {len(final)} model(s) ({', '.join(settings.objectives)}), saved as run directories "
-            f"in {Path(settings.out) / 'pareto'}; search budget: {budget}. Comparison with the registry models is not "
-            "part of this report yet.")
+            f"in {Path(settings.out) / 'pareto'}; search budget: {budget}. {_versus(settings, best, compared or [])}")
+
+
+def _versus(settings: Any, best: dict[str, Any], compared: list[dict[str, Any]]) -> str:
+    """How the answer compares with the `compare` runs measured with it (within the same limits)."""
+    if not compared:
+        return "No other models were compared (pass compare=run directories, e.g. registry models)."
+    within = [c for c in compared if (settings.max_latency_ms is None or c["latency_ms"] <= settings.max_latency_ms)
+              and (settings.max_size_kb is None or c["size_kb"] <= settings.max_size_kb)]
+    if not within:
+        return f"None of the {len(compared)} compared model(s) meets the same limits."
+    rival = max(within, key=lambda c: c["test_accuracy"])
+    delta = 100 * (best["test_accuracy"] - rival["test_accuracy"])
+    speed = rival["latency_ms"] / best["latency_ms"]
+    verdict = "beats" if delta > 0 and speed >= 1 else "does not dominate"
+    return (f"It {verdict} the most accurate compared model within the limits, {rival['model']} "
+            f"({100 * rival['test_accuracy']:.2f}%, {rival['latency_ms']:.4f} ms, same measurement): "
+            f"{delta:+.2f} pp test accuracy at {speed:.2f}x its speed.")
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -99,14 +116,15 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict[str, Any]], machine: dict,
-                  threads: int, wall_s: float, elsewhere: list[int] | None = None) -> dict[str, Any]:
+                  threads: int, wall_s: float, elsewhere: list[int] | None = None,
+                  compared: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out = Path(settings.out)
     records = trial_records(trials, settings.objectives)
     counts: dict[str, int] = {}
     for r in records:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     result = {
-        "answer": answer(settings, final, counts, threads, machine),
+        "answer": answer(settings, final, counts, threads, machine, compared or []),
         "study_name": settings.study_name, "storage": _storage_label(settings),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
         "objectives": list(settings.objectives), "directions": [d.name.lower() for d in study.directions],
@@ -114,7 +132,7 @@ def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict
                                             "device": "cpu", "input_dtype": "float32", "unit": "ms",
                                             "statistic": "median after warm-up"},
         "counts": counts, "wall_time_s_this_call": wall_s,
-        "pareto": final, "pareto_elsewhere": list(elsewhere or []), "trials": records,
+        "pareto": final, "compared": compared or [], "pareto_elsewhere": list(elsewhere or []), "trials": records,
         "hypervolume": hypervolume_history(records),
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -207,6 +225,13 @@ def _markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Pareto trials {', '.join(map(str, result['pareto_elsewhere']))} ran on another machine: "
                       "their run directories are there, so they were not re-measured here (run the search command "
                       "with the same storage there, or copy their directories)."]
+    if result["compared"]:
+        lines += ["", "## Compared models (measured with the Pareto set)", "",
+                  "| model | run | test acc (%) | 95% CI | latency (ms) | size (kB) |", "|---|---|---|---|---|---|"]
+        for c in result["compared"]:
+            lo, hi = c["test_accuracy_95ci"]
+            lines.append(f"| {c['model']} | {c['run_dir']} | {100 * c['test_accuracy']:.2f} | [{100 * lo:.2f}, "
+                         f"{100 * hi:.2f}] | {c['latency_ms']:.4f} | {c['size_kb']:.1f} |")
     lines += ["", "## Every trial", "", "| # | state | val acc (%) | latency (ms) | size (kB) | MACs | note |",
               "|---|---|---|---|---|---|---|"]
     for r in result["trials"]:
