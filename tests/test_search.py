@@ -319,3 +319,20 @@ def test_a_waiting_measurement_runs_when_training_pauses_between_epochs(tmp_path
         time.sleep(0.1)
     worker.join()
     assert events == ["epoch 1 done", "measuring", "epoch 2 started"]
+
+
+def test_hypervolume_and_objective_order():
+    from leanvision.search.engine import SearchSettings
+    from leanvision.search.report import hypervolume_2d, hypervolume_history
+
+    # points (accuracy, cost): 0.5 from cost 1 to 2, then 0.9 from 2 to the reference 4
+    assert hypervolume_2d([(0.5, 1.0), (0.9, 2.0), (0.4, 3.0)], 4.0) == pytest.approx(0.5 * 1 + 0.9 * 2)
+    assert hypervolume_2d([(0.9, 5.0)], 4.0) == 0.0  # beyond the reference: no area
+    trials = [{"state": "COMPLETE", "feasible": True, "values": [0.5, 100.0], "started_at": 0.0, "completed_at": 1.0},
+              {"state": "COMPLETE", "feasible": True, "values": [0.9, 50.0], "started_at": 1.0, "completed_at": 3.0}]
+    history = hypervolume_history(trials, reference_cost=0.04, second="throughput")  # 1/throughput: 0.01, 0.02
+    assert [h["elapsed_s"] for h in history] == [1.0, 3.0]
+    assert history[-1]["hypervolume"] == pytest.approx(0.5 * 0.01 + 0.9 * 0.02)
+    settings = SearchSettings(objectives="latency,accuracy")
+    settings.check()
+    assert settings.objectives == ("accuracy", "latency")

@@ -73,7 +73,7 @@ class SearchSettings:
         if "accuracy" not in objectives:
             raise SearchError("The objectives must include accuracy (what the search maximizes). "
                               f"Received: {','.join(objectives)}.")
-        self.objectives = objectives
+        self.objectives = ("accuracy", *[o for o in objectives if o != "accuracy"])  # accuracy first, always
         if self.trials is None and self.minutes is None:
             raise SearchError("No budget: give trials=N and/or minutes=M (both > 0).")
         if self.trials is not None and (not isinstance(self.trials, int) or self.trials < 1):

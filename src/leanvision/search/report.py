@@ -27,12 +27,16 @@ def hypervolume_2d(points: list[tuple[float, float]], reference_cost: float) -> 
     return area
 
 
-def hypervolume_history(trials: list[dict[str, Any]], reference_cost: float | None = None) -> list[dict[str, float]]:
-    """Hypervolume of the feasible completed trials (first two objectives) after each completion, by elapsed time."""
+def hypervolume_history(trials: list[dict[str, Any]], reference_cost: float | None = None,
+                        second: str = "latency") -> list[dict[str, float]]:
+    """Hypervolume of the feasible completed trials (accuracy x the second objective) after each completion, by
+    elapsed time. A second objective to maximize (throughput) counts as its inverse (time per image)."""
     done = sorted((t for t in trials if t["state"] == "COMPLETE" and t.get("feasible") and len(t["values"]) >= 2),
                   key=lambda t: t["completed_at"])
     if not done:
         return []
+    invert = second == "throughput"
+    done = [{**t, "values": [t["values"][0], 1.0 / t["values"][1] if invert else t["values"][1]]} for t in done]
     ref = reference_cost if reference_cost is not None else 1.1 * max(t["values"][1] for t in done)
     start = min(t["started_at"] for t in trials if t.get("started_at") is not None)
     history, points = [], []
@@ -133,7 +137,7 @@ def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict
                                             "statistic": "median after warm-up"},
         "counts": counts, "wall_time_s_this_call": wall_s,
         "pareto": final, "compared": compared or [], "pareto_elsewhere": list(elsewhere or []), "trials": records,
-        "hypervolume": hypervolume_history(records),
+        "hypervolume": hypervolume_history(records, second=(list(settings.objectives) + ["latency"])[1]),
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     deps.write_json(out / "results.json", result)
