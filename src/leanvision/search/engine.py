@@ -270,12 +270,21 @@ def _alive(pid: Any) -> bool:
 
 def work(settings: SearchSettings, index: int) -> None:
     """One worker: ask, run and tell trials until the study holds `trials` trials or `minutes` have passed."""
-    import optuna
     import torch
 
     settings.check()
-    threads = settings.threads or os.cpu_count() or 1
+    previous = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))  # training threads per worker
+    try:
+        _work(settings, index)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _work(settings: SearchSettings, index: int) -> None:
+    import optuna
+
+    threads = settings.threads or os.cpu_count() or 1
     study = open_study(settings, index)
     _fail_stale(study)
     full = deps.load_dataset(name=settings.dataset, data_dir=settings.data_dir, val_fraction=settings.val_fraction)
