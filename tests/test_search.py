@@ -79,9 +79,10 @@ def test_end_to_end_resume_and_test_split_untouched(tmp_path, monkeypatch):
     run = deps.load_run(best["run_dir"])
     assert run.meta["spec"]["name"] == "search-convnet"
     assert main(["evaluate", best["run_dir"], "--json"]) == 0
-    for name in ("results.json", "results.csv", "report.md"):
+    for name in ("results.json", "results.csv", "report.md", "report.html", "search.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "report.md").read_text().splitlines()[2].startswith("The most accurate model")
+    assert "data:image/png;base64," in (out / "report.html").read_text()
     assert len((out / "results.csv").read_text().splitlines()) == 4
     # re-running with a larger total continues the same study; finished trials are kept as they were
     before = {t.number: t.values for t in trials}

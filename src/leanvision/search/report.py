@@ -144,6 +144,7 @@ def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict
     _write_csv(out / "results.csv", records)
     result["plot"] = _plot(result, out / "search.png")
     (out / "report.md").write_text(_markdown(result))
+    (out / "report.html").write_text(_html(result, out / result["plot"] if result["plot"] else None))
     return result
 
 
@@ -170,7 +171,9 @@ def _plot(result: dict[str, Any], path: Path) -> str | None:
     if chosen:
         ax.scatter([t["values"][1] for t in chosen], [100 * t["values"][0] for t in chosen], facecolors="none",
                    edgecolors="tab:red", s=90, linewidths=1.5, label="Pareto set")
-    ax.set_xlabel(f"{objectives[1]} ({UNITS[objectives[1]]}, {result['measurement']['runtime']})")
+    timed = objectives[1] in ("latency", "throughput")
+    ax.set_xlabel(f"{objectives[1]} ({UNITS[objectives[1]]}" + (f", {result['measurement']['runtime']})" if timed
+                                                                 else ")"))
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{len(done)} complete trials")
     ax.legend()
@@ -209,42 +212,80 @@ def _fmt(v: Any, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
-def _markdown(result: dict[str, Any]) -> str:
+def _sections(result: dict[str, Any]) -> list[tuple[str, list[str], list[str], list[list[str]]]]:
+    """(title, paragraphs, headers, rows) of the report after the answer: the one content of report.md and .html."""
     m = result["measurement"]
-    lines = [f"# Search: {result['study_name']}", "", result["answer"], "",
-             f"Latency: {m['statistic']}, {m['runtime']}, batch {m['batch_size']}, {m['threads']} threads, "
-             f"machine {result['machine'].get('id')}. Selection used validation accuracy only; test accuracy was "
-             "computed once, for the Pareto set below.", "",
-             "## Pareto set (re-measured together, interleaved)", "",
-             "| trial | test acc (%) | 95% CI | val acc (%) | latency (ms) | size (kB) | MACs | model |",
-             "|---|---|---|---|---|---|---|---|"]
+    intro = [f"Latency: {m['statistic']}, {m['runtime']}, batch {m['batch_size']}, {m['threads']} threads, machine "
+             f"{result['machine'].get('id')}. Selection used validation accuracy only; test accuracy was computed "
+             "once, for the Pareto set and the compared models."]
+    if result["pareto_elsewhere"]:
+        intro.append(f"Pareto trials {', '.join(map(str, result['pareto_elsewhere']))} ran on another machine: their "
+                     "run directories are there, so they were not re-measured here (run the search command with the "
+                     "same storage there, or copy their directories).")
+    rows = []
     for p in result["pareto"]:
         lo, hi = p["test_accuracy_95ci"]
-        lines.append(f"| {p['trial']} | {100 * p['test_accuracy']:.2f} | [{100 * lo:.2f}, {100 * hi:.2f}] | "
-                     f"{_fmt(p['val_accuracy'] and 100 * p['val_accuracy'], '.2f')} | {p['latency_ms']:.4f} | "
-                     f"{_fmt(p['size_kb'], '.1f')} | {_fmt(p['macs'], ',')} | {_describe(p)} |")
-    if result.get("plot"):
-        lines += ["", f"![trials, Pareto set and hypervolume over time]({result['plot']})"]
-    if result["pareto_elsewhere"]:
-        lines += ["", f"Pareto trials {', '.join(map(str, result['pareto_elsewhere']))} ran on another machine: "
-                      "their run directories are there, so they were not re-measured here (run the search command "
-                      "with the same storage there, or copy their directories)."]
+        rows.append([str(p["trial"]), f"{100 * p['test_accuracy']:.2f}", f"[{100 * lo:.2f}, {100 * hi:.2f}]",
+                     _fmt(p["val_accuracy"] and 100 * p["val_accuracy"], ".2f"), f"{p['latency_ms']:.4f}",
+                     _fmt(p["size_kb"], ".1f"), _fmt(p["macs"], ","), _describe(p), p["run_dir"]])
+    sections = [("Pareto set (re-measured together, interleaved)", intro,
+                 ["trial", "test acc (%)", "95% CI", "val acc (%)", "latency (ms)", "size (kB)", "MACs", "model",
+                  "run dir"], rows)]
     if result["compared"]:
-        lines += ["", "## Compared models (measured with the Pareto set)", "",
-                  "| model | run | test acc (%) | 95% CI | latency (ms) | size (kB) |", "|---|---|---|---|---|---|"]
+        rows = []
         for c in result["compared"]:
             lo, hi = c["test_accuracy_95ci"]
-            lines.append(f"| {c['model']} | {c['run_dir']} | {100 * c['test_accuracy']:.2f} | [{100 * lo:.2f}, "
-                         f"{100 * hi:.2f}] | {c['latency_ms']:.4f} | {c['size_kb']:.1f} |")
-    lines += ["", "## Every trial", "", "| # | state | val acc (%) | latency (ms) | size (kB) | MACs | note |",
-              "|---|---|---|---|---|---|---|"]
+            rows.append([str(c["model"]), f"{100 * c['test_accuracy']:.2f}", f"[{100 * lo:.2f}, {100 * hi:.2f}]",
+                         f"{c['latency_ms']:.4f}", f"{c['size_kb']:.1f}", c["run_dir"]])
+        sections.append(("Compared models (measured with the Pareto set)", [],
+                         ["model", "test acc (%)", "95% CI", "latency (ms)", "size (kB)", "run dir"], rows))
+    rows = []
     for r in result["trials"]:
         note = r.get("stopped") or r.get("error") or ("infeasible" if r.get("feasible") is False else "")
-        lines.append(f"| {r['number']} | {r['state']} | {_fmt(r['val_accuracy'] and 100 * r['val_accuracy'], '.2f')}"
-                     f" | {_fmt(r['latency_ms'], '.4f')} | {_fmt(r['size_kb'], '.1f')} | {_fmt(r['macs'], ',')} | "
-                     f"{str(note).replace('|', '/')} |")
+        rows.append([str(r["number"]), r["state"], _fmt(r["val_accuracy"] and 100 * r["val_accuracy"], ".2f"),
+                     _fmt(r["latency_ms"], ".4f"), _fmt(r["size_kb"], ".1f"), _fmt(r["macs"], ","), str(note)])
+    text = []
     if result["hypervolume"]:
         h = result["hypervolume"][-1]
-        lines += ["", f"Hypervolume (accuracy x {result['objectives'][1]}, reference {h['reference_cost']:.4g}): "
-                      f"{h['hypervolume']:.4g} after {h['trials']} complete trials, {h['elapsed_s']:.0f} s."]
+        text.append(f"Hypervolume (accuracy x {result['objectives'][1]}, reference {h['reference_cost']:.4g}): "
+                    f"{h['hypervolume']:.4g} after {h['trials']} complete trials, {h['elapsed_s']:.0f} s.")
+    sections.append(("Every trial", text, ["#", "state", "val acc (%)", "latency (ms)", "size (kB)", "MACs", "note"],
+                     rows))
+    return sections
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Search: {result['study_name']}", "", result["answer"]]
+    if result.get("plot"):
+        lines += ["", f"![trials, Pareto set and hypervolume over time]({result['plot']})"]
+    for title, paragraphs, headers, rows in _sections(result):
+        lines += ["", f"## {title}", ""]
+        for text in paragraphs:
+            lines += [text, ""]
+        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _html(result: dict[str, Any], plot: Path | None) -> str:
+    """report.html: the same content as report.md, self-contained (the plot embedded), every string escaped."""
+    import base64
+    import html
+
+    from ..report.render import CSS
+
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(result['study_name'])}</title>"
+             f"<style>{CSS}</style></head><body><h1>Search: {e(result['study_name'])}</h1>",
+             f"<p><strong>{e(result['answer'])}</strong></p>"]
+    if plot is not None and plot.is_file():
+        data = base64.b64encode(plot.read_bytes()).decode()
+        parts.append(f"<figure><img alt='trials, Pareto set and hypervolume over time' "
+                     f"src='data:image/png;base64,{data}'><figcaption>Every complete trial (validation accuracy), "
+                     "the Pareto set circled; hypervolume over wall time.</figcaption></figure>")
+    for title, paragraphs, headers, rows in _sections(result):
+        parts.append(f"<h2>{e(title)}</h2>" + "".join(f"<p>{e(t)}</p>" for t in paragraphs))
+        head = "".join(f"<th>{e(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+        parts.append(f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    return "".join(parts) + "</body></html>\n"
