@@ -40,10 +40,9 @@ from leanvision.measure import measure_latency, wilson_interval
 from leanvision.recipes import resolve_recipe
 from leanvision.rundir import load_run
 from leanvision.runs import train_run
-from leanvision.runtimes import get_runtime
+from leanvision.runtimes import get_runtime, predict_logits
 from leanvision.search import search
 from leanvision.search.report import hypervolume_history
-from leanvision.train import predict_logits
 
 TINY_SPACE = {"architecture": {"stages": {"choices": [1, 2]}, "width": [4, 12], "kernel_size": 3},
               "training": {"epochs": {"choices": [1, 2]}}, "compression": {"prune": False}}

@@ -15,7 +15,7 @@ from typing import Any
 
 def search(**options: Any) -> dict[str, Any]:
     """Run or continue a search; see `engine.SearchSettings` for the options. Returns results.json's content."""
-    from .engine import search as run
+    from .engine import search as run  # lazy: Optuna and torch load only when a search runs
 
     return run(**options)
 

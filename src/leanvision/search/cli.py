@@ -46,7 +46,7 @@ def search_parser() -> ArgumentParser:
 
 
 def cmd_search(ns: Any) -> int:
-    from .engine import search
+    from .engine import search  # lazy: `leanvision --help` stays fast (Optuna, torch)
 
     trials = ns.trials if ns.trials is not None or ns.minutes is not None else 20
     result = search(dataset=ns.dataset, data_dir=ns.data_dir, space=ns.space, objectives=ns.objectives,

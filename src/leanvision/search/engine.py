@@ -15,6 +15,7 @@ ordinary run directories, and results.json, results.csv and report.md are writte
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import multiprocessing
 import os
 import shutil
@@ -24,9 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
+import torch
+
 from . import deps
 from .lock import MachineLock
 from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, model_bytes, run_trial
+from .report import redact as _redact
 from .report import write_outputs
 from .space import Param, load_space
 
@@ -140,7 +145,6 @@ def _worker_main(settings: dict[str, Any], index: int) -> None:
 
 
 def _storage(settings: SearchSettings) -> Any:
-    import optuna
 
     url = settings.storage
     if url is None or url.startswith("journal:") or url.endswith(".journal"):
@@ -168,7 +172,6 @@ def _storage(settings: SearchSettings) -> Any:
 def _postgres_driver(url: str) -> str:
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2-binary, so a plain
     URL uses psycopg2 when psycopg 3 is absent."""
-    import importlib.util
 
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
             and importlib.util.find_spec("psycopg2") is not None:
@@ -176,21 +179,7 @@ def _postgres_driver(url: str) -> str:
     return url
 
 
-def _redact(url: str) -> str:
-    head, _, tail = url.partition("://")
-    if "@" in tail and ":" in tail.split("@")[0]:
-        user = tail.split("@")[0].split(":")[0]
-        tail = f"{user}:***@{tail.split('@', 1)[1]}"
-    return f"{head}://{tail}"
-
-
-def _new_constraints() -> bool:
-    import optuna
-
-    return hasattr(optuna.trial.Trial, "set_constraint")
-
-
-NEW_CONSTRAINTS = None  # set on first use (Optuna is imported lazily)
+NEW_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")  # Optuna >= 5 stores constraints on the trial
 
 
 def _constraints(settings: SearchSettings):
@@ -212,11 +201,8 @@ def constraint_values(settings: SearchSettings, attrs: dict[str, Any]) -> list[f
 
 
 def open_study(settings: SearchSettings, index: int = 0) -> Any:
-    import optuna
 
-    global NEW_CONSTRAINTS
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    NEW_CONSTRAINTS = _new_constraints()
     seed = None if settings.seed is None else settings.seed + 1000 * index
     if settings.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -242,7 +228,6 @@ def open_study(settings: SearchSettings, index: int = 0) -> Any:
 
 def _fail_stale(study: Any) -> None:
     """Trials this host left RUNNING in a process that no longer exists become FAIL."""
-    import optuna
 
     host = os.uname().nodename
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -270,7 +255,6 @@ def _alive(pid: Any) -> bool:
 
 def work(settings: SearchSettings, index: int) -> None:
     """One worker: ask, run and tell trials until the study holds `trials` trials or `minutes` have passed."""
-    import torch
 
     settings.check()
     previous = torch.get_num_threads()
@@ -282,7 +266,6 @@ def work(settings: SearchSettings, index: int) -> None:
 
 
 def _work(settings: SearchSettings, index: int) -> None:
-    import optuna
 
     threads = settings.threads or os.cpu_count() or 1
     study = open_study(settings, index)
@@ -359,8 +342,6 @@ def _check_compare(settings: SearchSettings) -> None:
 def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
     """Re-measure the feasible Pareto set and the `compare` runs together, interleaved; score them on the test
     split once; write the outputs."""
-    import optuna
-    import torch
 
     study = open_study(settings)
     trials = study.get_trials(deepcopy=False)

@@ -3,12 +3,15 @@ time), results.csv (one row per trial) and report.md (the answer first, then the
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime
+import html
 import io
 from pathlib import Path
 from typing import Any
 
+from ..report.render import CSS
 from . import deps
 
 UNITS = {"accuracy": "val accuracy", "latency": "ms (batch 1)", "throughput": "img/s (batch 256)", "size": "kB",
@@ -155,7 +158,7 @@ def _plot(result: dict[str, Any], path: Path) -> str | None:
     done = [t for t in result["trials"] if t["state"] == "COMPLETE" and t["values"]]
     if len(objectives) < 2 or not done:
         return None
-    import matplotlib
+    import matplotlib  # lazy: the plotting library loads only when a report is written
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,10 +192,17 @@ def _plot(result: dict[str, Any], path: Path) -> str | None:
     return path.name
 
 
-def _storage_label(settings: Any) -> str:
-    from .engine import _redact
+def redact(url: str) -> str:
+    """A storage URL without its password, for messages and reports."""
+    head, _, tail = url.partition("://")
+    if "@" in tail and ":" in tail.split("@")[0]:
+        user = tail.split("@")[0].split(":")[0]
+        tail = f"{user}:***@{tail.split('@', 1)[1]}"
+    return f"{head}://{tail}"
 
-    return _redact(settings.storage) if settings.storage else str(Path(settings.out) / "study.journal")
+
+def _storage_label(settings: Any) -> str:
+    return redact(settings.storage) if settings.storage else str(Path(settings.out) / "study.journal")
 
 
 CSV_FIELDS = ("number", "state", "val_accuracy", "latency_ms", "size_kb", "macs", "num_params",
@@ -269,11 +279,6 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def _html(result: dict[str, Any], plot: Path | None) -> str:
     """report.html: the same content as report.md, self-contained (the plot embedded), every string escaped."""
-    import base64
-    import html
-
-    from ..report.render import CSS
-
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(result['study_name'])}</title>"
              f"<style>{CSS}</style></head><body><h1>Search: {e(result['study_name'])}</h1>",
