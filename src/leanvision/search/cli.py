@@ -13,7 +13,8 @@ from jsonargparse import ArgumentParser
 def search_parser() -> ArgumentParser:
     p = ArgumentParser(description="Search architecture, training and compression choices for the most accurate "
                                    "model within a latency/size budget, on measured numbers (Optuna). Re-running the "
-                                   "same command continues the study.", exit_on_error=False)
+                                   "same command continues the study. Example: leanvision search --dataset mnist "
+                                   "--max-latency-ms 0.05 --minutes 20 --out search/mnist", exit_on_error=False)
     p.add_argument("--dataset", type=str, default="digits", help="registered name, image folder, or .npz file")
     p.add_argument("--data-dir", type=str, default=None, help="where dataset files live")
     p.add_argument("--space", type=str, default="default", help="default, or a space YAML file")
