@@ -114,3 +114,22 @@ def test_recipes_are_in_the_api(tmp_path):
     assert run.result.model == "fastnet"
     with pytest.raises(LeanvisionError, match="either config= or recipe="):
         lv.train(lv.RunConfig(), recipe="fast")
+
+
+def test_api_arguments_of_the_wrong_kind_are_one_line_errors(cli_run):
+    from leanvision.techniques import PruneConfig
+
+    run = lv.load_run(cli_run / "fp32")
+    with pytest.raises(LeanvisionError, match=r"`epochs` expects an integer, received 'ten'"):
+        lv.train(model="compact", dataset="digits", epochs="ten", out=cli_run / "never")
+    assert not (cli_run / "never").exists()
+    with pytest.raises(LeanvisionError, match=r"Invalid `ratio` for prune: expected a number"):
+        PruneConfig(ratio="0.5")
+    with pytest.raises(LeanvisionError, match=r"Invalid technique 5 \(int\)\. Expected a spec string"):
+        lv.optimize(run, [5], out=cli_run / "never")
+    with pytest.raises(LeanvisionError, match=r"Invalid image 5 \(int\)"):
+        lv.predict(run, 5)
+    rows = lv.bench(run, runtime="onnxruntime", batch_sizes="1,2", repeats=2, warmup=0)  # as on the command line
+    assert [(r.runtime, r.batch_size) for r in rows if r.ok] == [("onnxruntime", 1), ("onnxruntime", 2)]
+    exported = lv.export(run, cli_run / "m.onnx", format="onnx")
+    assert exported.format == "onnx" and exported.parity_ok

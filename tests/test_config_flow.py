@@ -213,3 +213,17 @@ def test_study_unknown_recipe_or_option_fails_before_any_work(tmp_path):
     with pytest.raises(LeanvisionError, match="Unknown option.*epoch"):
         run_study(epoch=3, out=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_technique_given_twice_or_a_key_given_twice_is_refused():
+    from leanvision.optimize import build_chain
+    from leanvision.techniques import parse_technique
+
+    with pytest.raises(LeanvisionError, match="prune given twice"):
+        build_chain(prune=0.5, techniques=["prune:ratio=0.3"])
+    with pytest.raises(LeanvisionError, match="quantize given twice"):
+        build_chain(quantize="qat", techniques=["quantize:mode=int8"])
+    with pytest.raises(LeanvisionError, match="'ratio' is given twice"):
+        parse_technique("prune:ratio=0.5,ratio=0.3")
+    with pytest.raises(LeanvisionError, match="'fold' takes no options"):
+        parse_technique("fold:x=1")

@@ -46,7 +46,8 @@ def test_header_shapes_are_read_without_the_tensors(compact_run):
 
 @pytest.mark.parametrize(("changes", "fragment"), [
     ({"model_kwargs": {"width": 5}}, "shape mismatch"),
-    ({"num_classes": 7}, "shape mismatch"),
+    ({"num_classes": 7, "classes": [str(i) for i in range(7)]}, "shape mismatch"),
+    ({"classes": ["0", "1", "2"]}, "classes has 3 entries; expected a list of 10"),
     ({"input_shape": [1, 28, 10**6]}, "input_shape"),
     ({"input_shape": [1, 28]}, "input_shape"),
     ({"num_classes": 10**9}, "num_classes"),
@@ -96,3 +97,25 @@ def test_absurd_widths_are_refused_before_allocation_under_a_memory_limit(compac
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr, "do not fit the model in model.json", "shape mismatch", only=True)
     assert "MemoryError" not in line
+
+
+def test_a_folded_conv_pool_bn_run_reloads(tmp_path):
+    """The `fast` recipe's fastnet (pool_first: conv -> pool -> BN) folded by optimize: its run directory is
+    validated on the meta device (no values to test BN scales on) and loads like any other."""
+    run_dir, folded = tmp_path / "fast", tmp_path / "folded"
+    assert main(["train", "--dataset", "digits", "--model", "fastnet", "--model-kwargs",
+                 '{"width": 8, "pool_first": true}', "--epochs", "1", "--no-progress", "--device", "cpu",
+                 "--out", str(run_dir)]) == 0
+    assert main(["optimize", str(run_dir), "--out", str(folded), "--no-progress"]) == 0
+    meta = validate_run(folded)
+    assert meta["folded"]
+    run = load_run(folded)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in run.model.modules())
+    assert main(["evaluate", str(folded), "--no-plot", "--json"]) == 0
+
+
+def test_api_refuses_a_run_dir_of_the_wrong_type(compact_run):
+    with pytest.raises(RunDirError, match=r"Invalid run_dir=42 \(int\)"):
+        load_run(42)
+    with pytest.raises(RunDirError, match="Expected an nn.Module instance"):
+        load_run(compact_run, model="compact")

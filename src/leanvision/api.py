@@ -30,7 +30,7 @@ from torch import nn
 
 from .accel.bench import BenchConfig, BenchRow, bench_run
 from .accel.export import ExportResult, export_run
-from .config import DataConfig, RunConfig, TrainConfig
+from .config import DataConfig, RunConfig, TrainConfig, check_value_types
 from .data import load_dataset
 from .errors import LeanvisionError
 from .evaluate import Evaluation, Prediction, evaluate_run, polarity_warning, predict_images
@@ -105,6 +105,7 @@ def train(config: RunConfig | dict | None = None, *, model: str | nn.Module | No
     if unknown:
         raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)}. Expected some of: "
                               f"{', '.join(sorted(data_fields | train_fields | {'model_kwargs', *TRAIN_ARGUMENTS}))}.")
+    check_value_types(options, "train()")  # epochs="ten": one line, before anything is loaded
     if recipe is not None and config is not None:
         raise LeanvisionError(f"Pass either config= or recipe={recipe!r}, not both: a config fixes every setting. "
                               "Put the settings you want in config, or use recipe= with options (epochs=3, ...).")
@@ -177,6 +178,10 @@ def predict(run: Run | str | Path, images: Any, *, top_k: int = 1, model: nn.Mod
 
     r = _as_run(run, model)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
+    for item in items:  # an unreadable file is a per-image error; a value of the wrong kind is the caller's mistake
+        if not (isinstance(item, (str, Path)) or hasattr(item, "shape") or hasattr(item, "getbands")):
+            raise LeanvisionError(f"Invalid image {item!r} ({type(item).__name__}). Expected a file or folder path, "
+                                  "a PIL image, a numpy array or a tensor, or a list of these.")
     results = predict_images(r, items, top_k=top_k)
     warning = polarity_warning(results, r.meta["mean"])
     _warn([warning] if warning else [])
@@ -227,10 +232,12 @@ def _int8(result: dict[str, Any]) -> bool:
 def export(run: Run | str | Path, out: str | Path | None = None, *, model: nn.Module | None = None, **options: Any
            ) -> ExportResult:
     """Write the run's model as ONNX (with class names and normalization in its metadata) and check its accuracy
-    through ONNX Runtime; returns an `ExportResult` (`path`, `parity_ok`, both accuracies, ...). `options`: `fmt`,
+    through ONNX Runtime; returns an `ExportResult` (`path`, `parity_ok`, both accuracies, ...). `options`: `format`,
     `opset`, `data_dir`, `weights` (see `accel.export.export_run`). `run`: a `Run` or a run directory (`model`: the
     module instance for a run trained from your own nn.Module)."""
 
+    if "format" in options and "fmt" not in options:  # ExportConfig's (and the CLI's) name for it
+        options["fmt"] = options.pop("format")
     return ExportResult.from_dict(export_run(run, out, model=model, **options))
 
 
@@ -241,9 +248,20 @@ def bench(run: Run | str | Path, *, data_dir: str | None = None, weights: str = 
     `repeats=50`, ...; one value may be given bare). `run`: a `Run` or a run directory (`model`: the module instance
     for a run trained from your own nn.Module)."""
 
-    for key in ("runtimes", "precisions", "batch_sizes"):
-        if isinstance(config.get(key), (str, int)):
-            config[key] = (config[key],)
+    for single, key in (("runtime", "runtimes"), ("precision", "precisions"), ("batch_size", "batch_sizes")):
+        if single in config and key not in config:  # the CLI's --runtime alias, and the natural singular
+            config[key] = config.pop(single)
+        value = config.get(key)
+        if isinstance(value, str):  # "1,256" as on the command line
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if key == "batch_sizes":
+                if not all(v.isdigit() for v in value):
+                    raise LeanvisionError(f"Invalid batch_sizes={config[key]!r}. Expected integers >= 1, e.g. "
+                                          "(1, 256) or '1,256'.")
+                value = tuple(int(v) for v in value)
+            config[key] = value
+        elif isinstance(value, int):
+            config[key] = (value,)
     fields = {f.name for f in dataclasses.fields(BenchConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:

@@ -93,7 +93,12 @@ def build_chain(*, prune: float | None = None, prune_method: str | None = None, 
     if quantize is not None:
         chain.append(QuantizeConfig(mode=quantize, **given(calibration_size=calibration_size,
                                                            finetune_epochs=finetune_epochs)))
-    chain += [parse_technique(t) for t in techniques]
+    specs = [parse_technique(t) for t in techniques]
+    twice = sorted({c.name for c in chain} & {c.name for c in specs})
+    if twice:
+        raise LeanvisionError(f"{', '.join(twice)} given twice: as an option (`prune`, `unstructured`, `quantize`, "
+                              f"`distill_from`) and as a technique spec. Give each technique once.")
+    chain += specs
     if fold and not any(c.name == "fold" for c in chain):
         chain.append(FoldConfig())
     chain.sort(key=lambda c: STAGES.index(c.name) if c.name in STAGES else len(STAGES))  # stable

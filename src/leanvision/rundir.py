@@ -215,6 +215,12 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
                           f"{MAX_CLASSES:,}). The file was changed or damaged; re-create the run.")
     if not isinstance(meta.get("model_kwargs", {}), dict):
         raise RunDirError(f"{file}: model_kwargs must be a mapping. Re-create the run.")
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and len(classes) == meta["num_classes"]
+            and all(isinstance(c, str) for c in classes)):
+        found = f"{len(classes)} entries" if isinstance(classes, list) else repr(classes)[:40]
+        raise RunDirError(f"{file}: classes has {found}; expected a list of {meta['num_classes']} class names "
+                          "(num_classes). The file was changed or damaged; re-create the run.")
     image_size = (meta.get("dataset") or {}).get("image_size") if isinstance(meta.get("dataset"), dict) else None
     if image_size is not None and not all(_int_in(s, 1, MAX_SIDE) for s in
                                           (image_size if isinstance(image_size, list) else [image_size])):
@@ -353,6 +359,12 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
 
     Example: `run = load_run("runs/compact"); logits = run.model(x)`.
     """
+    if not isinstance(run_dir, (str, Path)):
+        raise RunDirError(f"Invalid run_dir={run_dir!r} ({type(run_dir).__name__}). Expected a run directory path "
+                          "(str or pathlib.Path), e.g. load_run('runs/compact').")
+    if model is not None and not isinstance(model, nn.Module):
+        raise RunDirError(f"Invalid model={model!r} ({type(model).__name__}). Expected an nn.Module instance (for a "
+                          "run trained from your own module); leave it out for a registered model.")
     path = Path(run_dir)
     meta = validate_run(path, weights, model=model)
     if meta.get("runtime") == "onnxruntime":  # an int8 model from `leanvision optimize`: runs in ONNX Runtime (CPU)

@@ -102,6 +102,9 @@ def parse_technique(spec: str | TechniqueConfig | dict) -> TechniqueConfig:
     """
     if isinstance(spec, TechniqueConfig):
         return spec
+    if not isinstance(spec, (str, dict)):
+        raise LeanvisionError(f"Invalid technique {spec!r} ({type(spec).__name__}). Expected a spec string such as "
+                              "'prune:ratio=0.5' or a technique config such as QuantizeConfig(mode='int8').")
     if isinstance(spec, dict):
         values = {k: v for k, v in spec.items() if k != "name"}
         name = str(spec.get("name", ""))
@@ -113,14 +116,17 @@ def parse_technique(spec: str | TechniqueConfig | dict) -> TechniqueConfig:
             if not sep:
                 raise LeanvisionError(f"Invalid technique spec {spec!r}: {item!r} is not key=value. "
                                       "Write e.g. 'prune:ratio=0.5,finetune_epochs=2'.")
+            if key.strip() in values:
+                raise LeanvisionError(f"Invalid technique spec {spec!r}: {key.strip()!r} is given twice. Give it "
+                                      "once.")
             values[key.strip()] = value.strip()
     cls = TECHNIQUES.get(name.strip()).config_cls
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)} for technique {name!r}. "
-                              f"Expected some of: {', '.join(sorted(fields))}.")
+        expected = f"Expected some of: {', '.join(sorted(fields))}." if fields else f"{name!r} takes no options."
+        raise LeanvisionError(f"Unknown option(s) {', '.join(unknown)} for technique {name!r}. {expected}")
     typed = {key: _cast(name, key, value, hints[key]) for key, value in values.items()}
     return cls(**typed)
 
@@ -158,8 +164,8 @@ def _format(value: Any) -> str:
 
 def check_range(technique: str, key: str, value: float, low: float, high: float, *, high_open: bool = True) -> None:
     """One-line error unless low <= value < high (or <= high)."""
-    ok = low <= value < high if high_open else low <= value <= high
-    if isinstance(value, bool) or not ok:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (low <= value < high if high_open else low <= value <= high):
         upper = f"< {high}" if high_open else f"<= {high}"
         raise LeanvisionError(f"Invalid `{key}` for {technique}: expected a number >= {low} and {upper}. "
                               f"Received: {key}={value!r}")

@@ -75,7 +75,8 @@ def conv_bn_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[
 
 
 def _positive_scale(bn: nn.BatchNorm2d) -> bool:
-    return bn.weight is None or bool((bn.weight > 0).all())
+    # a shape-only (meta) copy has no values: it is being rebuilt like a fresh model, whose BN scales are all 1
+    return bn.weight is None or bn.weight.is_meta or bool((bn.weight > 0).all())
 
 
 @torch.no_grad()

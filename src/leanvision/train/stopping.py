@@ -55,7 +55,7 @@ def stop_if_diverged(value: float, ranks, device: torch.device, epoch: int, step
     mine = not math.isfinite(value)
     anyone = ranks.any(mine, device)  # under torchrun every rank joins the all-reduce
     if anyone:
-        last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "nothing was saved"
+        last_good = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "no weights were saved"
         value, where = (value, "") if mine else (float("nan"), " on another rank")
         raise TrainingDiverged(
             f"Loss became {value}{where} at epoch {epoch + 1}, step {step + 1} (lr={learning_rate:.3g}); "
