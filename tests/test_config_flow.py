@@ -227,3 +227,22 @@ def test_a_technique_given_twice_or_a_key_given_twice_is_refused():
         parse_technique("prune:ratio=0.5,ratio=0.3")
     with pytest.raises(LeanvisionError, match="'fold' takes no options"):
         parse_technique("fold:x=1")
+
+
+def test_distill_without_a_teacher_says_what_it_needs():
+    from leanvision.techniques import parse_technique
+
+    with pytest.raises(LeanvisionError, match=r"distill needs a teacher: give `teacher`"):
+        parse_technique("distill")
+
+
+def test_optimize_help_says_where_an_unset_shortcut_takes_its_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["optimize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    options = text[text.index("options:"):]  # past the usage line
+    for flag in ("--prune-method", "--round-to", "--alpha", "--temperature", "--finetune-epochs",
+                 "--calibration-size"):
+        after = options[options.index(flag + " "):]
+        assert "default: the technique's (listed below)" in after[:220], (flag, after[:220])
+    assert "finetune_epochs=1" in text  # and the technique list gives the value

@@ -181,15 +181,15 @@ class OptimizeConfig:
 
     techniques: tuple[str, ...] = ()  # a technique as name:key=value,... e.g. "prune:ratio=0.5" (repeatable)
     prune: float | None = None  # structured pruning: fraction of channels removed per layer (0-1)
-    prune_method: str | None = None  # how channels are ranked: l1 | l2 (weight norm) | bn (BatchNorm scale)
-    round_to: int | None = None  # keep pruned channel counts a multiple of this (8 or 16 suit CPU SIMD blocks)
+    prune_method: str | None = None  # channel ranking: l1 | l2 | bn (BN scale); None = the technique's (listed below)
+    round_to: int | None = None  # channel counts a multiple of this (8, 16 SIMD); None = the technique's (listed below)
     unstructured: float | None = None  # fraction of single weights zeroed (masks only: no speed-up on dense runtimes)
     quantize: str | None = None  # int8 (static, convs included) | int8-dynamic (Dense layers only) | qat
     distill_from: str | None = None  # teacher run: retrain RUN_DIR's architecture from scratch with its soft targets
-    alpha: float | None = None  # distillation: weight of the teacher term, 0-1
-    temperature: float | None = None  # distillation: softmax temperature
-    finetune_epochs: int | None = None  # epochs of fine-tuning after pruning, and of QAT
-    calibration_size: int | None = None  # int8: training images used to calibrate activation ranges
+    alpha: float | None = None  # distillation: weight of the teacher term, 0-1; None = the technique's (listed below)
+    temperature: float | None = None  # distillation: softmax temperature; None = the technique's (listed below)
+    finetune_epochs: int | None = None  # fine-tuning after pruning, and QAT; None = the technique's (listed below)
+    calibration_size: int | None = None  # int8 calibration images; None = the technique's (listed below)
     fold: bool = True  # fold BatchNorm into the preceding convolutions (done before int8 even when off)
     out: str | None = None  # the new run directory (required)
     data_dir: str | None = None  # where the run's dataset lives, if it moved

@@ -47,7 +47,10 @@ class DistillConfig(TechniqueConfig):
         check_range("distill", "alpha", self.alpha, 0.0, 1.0, high_open=False)
         check_range("distill", "temperature", self.temperature, 1e-3, 1e3, high_open=False)
         check_range("distill", "epochs", self.epochs, 0, 10_000)
-        if not self.teacher or not (Path(self.teacher) / "model.json").is_file():
+        if not self.teacher:
+            raise LeanvisionError("distill needs a teacher: give `teacher`, the run directory of a trained model "
+                                  "(e.g. 'distill:teacher=runs/big').")
+        if not (Path(self.teacher) / "model.json").is_file():
             raise LeanvisionError(f"Teacher run {self.teacher!r} not found. Expected a run directory with model.json "
                                   "(written by `leanvision train`); check `teacher`.")
 
