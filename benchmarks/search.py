@@ -15,8 +15,12 @@ In one process, on one machine:
      seed-baseline's.
 Writes benchmarks/out/search.json (and each search's own report under --out).
 
-Real run (about 2 x 20 min + registry training on 2 cores):
-  python benchmarks/search.py --dataset mnist --data-dir ../shared/data --minutes 20
+Real run (about 2 x 20 min + registry training on 2 cores); the registry models may be trained beforehand (their
+accuracy does not need a quiet machine) and are then only re-timed:
+  python benchmarks/search.py --dataset mnist --data-dir ../shared/data --registry-dir benchmarks/out/search-registry \
+      --registry-only
+  python benchmarks/search.py --dataset mnist --data-dir ../shared/data --minutes 20 \
+      --registry-dir benchmarks/out/search-registry
 Correctness check in about a minute (digits, tiny space, a few trials each, one registry model):
   python benchmarks/search.py --tiny
 """
@@ -48,9 +52,12 @@ TINY_SPACE = {"architecture": {"stages": {"choices": [1, 2]}, "width": [4, 12], 
               "training": {"epochs": {"choices": [1, 2]}}, "compression": {"prune": False}}
 
 
-def registry_runs(names: list[str], dataset, out: Path, epochs: int) -> dict[str, Path]:
+def registry_runs(names: list[str], dataset, out: Path, epochs: int, reuse: bool = False) -> dict[str, Path]:
     runs = {}
     for name in names:
+        if reuse and (out / name / "model.json").is_file() and (out / name / "result.json").is_file():
+            runs[name] = out / name  # trained earlier (--registry-dir): only the timing must be quiet
+            continue
         if name == "fastnet-fast":
             recipe = resolve_recipe("fast", dataset.input_shape, "cpu")
             cfg = RunConfig(model=recipe.model, model_kwargs=dict(recipe.model_kwargs),
@@ -105,7 +112,16 @@ def main() -> int:
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--minutes", type=float, default=20.0, help="wall budget per strategy")
-    ap.add_argument("--registry", default="fastnet-fast,seed-baseline", help="registry models to compare")
+    ap.add_argument("--registry", default="fastnet-fast,seed-baseline,seed-shallow,lenet5,compact,dsconv,resnet8",
+                    help="registry models to compare (seed-l2 and seed-dropout share seed-baseline's graph)")
+    ap.add_argument("--registry-dir", default=None,
+                    help="train the registry models here, or reuse those already trained there (their accuracy "
+                         "does not depend on a quiet machine; their timing is re-taken in this run)")
+    ap.add_argument("--registry-only", action="store_true", help="only train the registry models (into "
+                                                                  "--registry-dir) and stop")
+    ap.add_argument("--objectives", default="accuracy,latency,throughput",
+                    help="search objectives (batch-1 latency alone is call overhead for these tiny nets; "
+                         "throughput lets the front hold the fast-at-batch-256 models)")
     ap.add_argument("--registry-epochs", type=int, default=3, help="epochs for registry models without a recipe")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the final re-measurement")
     ap.add_argument("--repeats", type=int, default=50)
@@ -119,7 +135,14 @@ def main() -> int:
         shutil.rmtree(out)
     dataset_name = "digits" if args.tiny else args.dataset
     common = dict(dataset=dataset_name, data_dir=args.data_dir, repeats=10 if args.tiny else args.repeats,
-                  progress=not args.tiny, threads=args.threads)
+                  progress=not args.tiny, threads=args.threads, objectives=args.objectives)
+    names = ["compact"] if args.tiny else [n.strip() for n in args.registry.split(",") if n.strip()]
+    registry_dir = Path(args.registry_dir) if args.registry_dir else out / "registry"
+    if args.registry_only:
+        full = load_dataset(dataset_name, args.data_dir)
+        registry_runs(names, full, registry_dir, 1 if args.tiny else args.registry_epochs, reuse=True)
+        print(f"registry models trained in {registry_dir}: {', '.join(names)}")
+        return 0
     budget = dict(trials=3, minutes=None) if args.tiny else dict(trials=None, minutes=args.minutes)
     space = TINY_SPACE if args.tiny else "default"
     strategies = {"multi-fidelity-tpe": dict(sampler="tpe", stop_after=3),
@@ -138,8 +161,8 @@ def main() -> int:
     comparison = {n: {"final_hypervolume": finals[n], "time_to_target_s": time_to(histories[n], target),
                       "trials": len(results[n]["trials"]), "counts": results[n]["counts"]} for n in results}
     full = load_dataset(dataset_name, args.data_dir)
-    names = ["compact"] if args.tiny else [n.strip() for n in args.registry.split(",") if n.strip()]
-    registry = registry_runs(names, full, out / "registry", 1 if args.tiny else args.registry_epochs)
+    registry = registry_runs(names, full, registry_dir, 1 if args.tiny else args.registry_epochs,
+                             reuse=args.registry_dir is not None)
     candidates = {f"registry:{n}": p for n, p in registry.items()}
     for sname, r in results.items():
         for p in r["pareto"]:

@@ -18,10 +18,17 @@ from testkit import REPO, one_error_line  # noqa: E402
 
 from leanvision.cli import main  # noqa: E402
 from leanvision.search import deps  # noqa: E402
-from leanvision.search.engine import SearchError, pareto, search  # noqa: E402
+from leanvision.search.engine import (  # noqa: E402
+    SearchError,
+    SearchSettings,
+    enqueue_seeds,
+    open_study,
+    pareto,
+    search,
+)
 from leanvision.search.lock import MachineLock  # noqa: E402
-from leanvision.search.objective import dominators, rungs  # noqa: E402
-from leanvision.search.space import SpaceError, conv_spec, load_space  # noqa: E402
+from leanvision.search.objective import dominators, rungs, train_options  # noqa: E402
+from leanvision.search.space import SpaceError, conv_spec, load_space, sample, seed_trials  # noqa: E402
 
 TINY = {"architecture": {"stages": {"choices": [1, 2]}, "width": [4, 12], "kernel_size": 3},
         "training": {"epochs": 2, "learning_rate": [2e-3, 1e-2]},
@@ -336,3 +343,48 @@ def test_hypervolume_and_objective_order():
     settings = SearchSettings(objectives="latency,accuracy")
     settings.check()
     assert settings.objectives == ("accuracy", "latency")
+
+
+def test_default_space_expresses_fastnet_exactly_and_seeds_it():
+    """The registry's fastnet (fast recipe) is a point of the default space: same layers, parameters and MACs."""
+    space = load_space("default")
+    seeds = seed_trials(space)
+    assert set(seeds) == {"fastnet-fast", "fastnet-fast-int8", "fastnet-accurate"}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial(seeds["fastnet-fast"])
+    arch, train, compress = sample(space, study.ask())
+    model = deps.create_model(conv_spec(arch, num_classes=10, input_shape=(1, 28, 28)), num_classes=10, in_chans=1,
+                              img_size=(28, 28))
+    fastnet = deps.create_model("fastnet", num_classes=10, in_chans=1, img_size=(28, 28), width=16, pool_first=True)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in fastnet.parameters()) == 24_314
+    assert deps.count_macs(model, (1, 28, 28)) == deps.count_macs(fastnet, (1, 28, 28))
+    names = [type(m).__name__ for m in model.children()]
+    assert names[:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] and names[-2:] == ["GlobalMaxPool", "Linear"]
+    assert train["optimizer"] == "sgd" and train["learning_rate"] == 0.1 and train["epochs"] == 2
+    assert train_options(train)["nesterov"] and train_options(train)["precision"] in ("bf16", "fp32")
+    assert compress == {"prune_ratio": 0.0, "int8": False}
+    # a space that cannot express fastnet (no 5x5 stem) gets no seed; rates without an optimizer are Adam's
+    narrow = load_space({"architecture": {"stem_kernel_size": 3}, "training": {"learning_rate": [1e-3, 1e-2]}})
+    assert seed_trials(narrow) == {}
+    assert narrow["training"]["optimizer"].values == ["adam"]
+
+
+def test_warm_start_enqueues_once_and_can_be_turned_off(tmp_path):
+    space = {**TINY, "architecture": {**TINY["architecture"], "stages": {"choices": [1, 2, 3]},
+                                      "width": [4, 64], "kernel_size": {"choices": [3, 5]}}}
+    space["training"] = {"epochs": {"choices": [1, 2]}, "optimizer": ["sgd", "adam"], "learning_rate": "per-optimizer"}
+    space["compression"] = {"prune": False, "int8": False}
+    # the space has no 5x5 stem choice: stem_kernel_size stays at the default's [3, 5], so fastnet fits (fp32 only)
+    settings = SearchSettings(dataset="digits", out=str(tmp_path / "s"), space=space, trials=1, progress=False)
+    settings.check()
+    (tmp_path / "s").mkdir()
+    study = open_study(settings)
+    assert enqueue_seeds(study, settings) == ["fastnet-fast"]
+    assert enqueue_seeds(open_study(settings), settings) == []  # a re-run does not enqueue again
+    waiting = open_study(settings).get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["registry_seed"] == "fastnet-fast"
+    search(**{**FAST, "space": space}, trials=1, out=str(tmp_path / "off"), warm_start=False)
+    trials = _study(tmp_path / "off").get_trials()
+    assert len(trials) == 1 and "registry_seed" not in trials[0].user_attrs
+    search(**{**FAST, "space": space}, trials=1, out=str(tmp_path / "on"))
+    assert _study(tmp_path / "on").get_trials()[0].user_attrs["registry_seed"] == "fastnet-fast"

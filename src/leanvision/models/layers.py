@@ -133,3 +133,10 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+
+class GlobalMaxPool(nn.Module):
+    """(N, C, H, W) -> (N, C) max over the spatial axes (Keras GlobalMaxPooling2D); exports as ONNX ReduceMax."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))

@@ -32,6 +32,7 @@ from .layers import (
     ACTIVATIONS,
     AvgPool2dSame,
     GlobalAvgPool,
+    GlobalMaxPool,
     check_model_args,
     keras_init_,
     make_activation,
@@ -52,6 +53,7 @@ LAYER_ARGS: dict[str, dict[str, object]] = {  # type -> {argument: default}
     "avg_pool2d": _POOL,
     "batchnorm": {"momentum": 0.99, "epsilon": 1e-3},
     "global_avg_pool": {},
+    "global_max_pool": {},
     "activation": {"activation": REQUIRED},
     **{name: {} for name in ACTIVATIONS},
     "leaky_relu": {"negative_slope": 0.3},  # Keras LeakyReLU layer default (the activation string uses 0.2)
@@ -60,12 +62,14 @@ TYPE_ALIASES = {
     **ACTIVATION_ALIASES,
     "batch_normalization": "batchnorm", "batchnormalization": "batchnorm",
     "global_average_pooling2d": "global_avg_pool", "globalaveragepooling2d": "global_avg_pool",
+    "global_max_pooling2d": "global_max_pool", "globalmaxpooling2d": "global_max_pool",
     "max_pooling2d": "max_pool2d", "maxpooling2d": "max_pool2d", "maxpool2d": "max_pool2d",
     "average_pooling2d": "avg_pool2d", "averagepooling2d": "avg_pool2d", "avgpool2d": "avg_pool2d",
     "depthwiseconv2d": "depthwise_conv2d", "separableconv2d": "separable_conv2d",
 }
 ARG_ALIASES = {"stride": "strides"}
-NEEDS_4D = {"conv2d", "depthwise_conv2d", "separable_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool"}
+NEEDS_4D = {"conv2d", "depthwise_conv2d", "separable_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool",
+            "global_max_pool"}
 TOP_LEVEL_KEYS = ("name", "description", "layers")
 
 
@@ -280,7 +284,7 @@ def _check_order(layers: list[dict]) -> None:
         if kind in NEEDS_4D and rank == 2:
             raise _fail(i, kind, f"{kind} received a flat (N, features) input; it expects (N, C, H, W). Move it "
                                  f"before the flatten/global_avg_pool layer.")
-        if kind in ("flatten", "global_avg_pool"):
+        if kind in ("flatten", "global_avg_pool", "global_max_pool"):
             rank = 2
 
 
@@ -347,6 +351,8 @@ def _build_layer(index: int, layer: dict, shape: torch.Size, num_classes: int) -
         module = nn.Flatten()
     elif kind == "global_avg_pool":
         module = GlobalAvgPool()
+    elif kind == "global_max_pool":
+        module = GlobalMaxPool()
     elif kind == "activation":
         module = make_activation(layer["activation"])
     else:  # a standalone activation layer

@@ -40,6 +40,8 @@ def search_parser() -> ArgumentParser:
     p.add_argument("--compare", type=str, default=None, help="run directories (e.g. registry models trained with "
                                                              "`leanvision train`), comma-separated, measured and "
                                                              "scored with the Pareto set")
+    p.add_argument("--no-warm-start", action="store_true", help="do not start from the registry designs the space "
+                                                                "can express (fastnet with the fast recipe, ...)")
     p.add_argument("--out", type=str, required=True, help="output directory (journal, trials, pareto/, report)")
     p.add_argument("--no-progress", action="store_true", help="no per-trial lines on stderr")
     p.add_argument("--json", action="store_true", help="print results.json's content")
@@ -55,6 +57,7 @@ def cmd_search(ns: Any) -> int:
                     runtime=ns.runtime, trials=trials, minutes=ns.minutes, storage=ns.storage,
                     study_name=ns.study_name, workers=ns.workers, sampler=ns.sampler, stop_after=ns.stop_after,
                     seed=ns.seed, threads=ns.threads, repeats=ns.repeats, out=ns.out, progress=not ns.no_progress,
+                    warm_start=not ns.no_warm_start,
                     compare=tuple(p.strip() for p in (ns.compare or "").split(",") if p.strip()))
     if ns.json:
         print(json.dumps(result, indent=2, default=str))

@@ -11,11 +11,12 @@ from ..measure import count_macs, environment, measure_latency, wilson_interval
 from ..models import create_model
 from ..optimize import build_chain, optimize_run
 from ..pareto import pareto_front
+from ..recipes import fast_channels_last, fast_precision
 from ..rundir import load_run
 from ..runs import train_run
 from ..runtimes import get_runtime, is_onnx, predict_logits
 
 __all__ = ["DataConfig", "build_chain", "LeanvisionError", "RunConfig", "TrainConfig", "count_macs", "create_model",
-           "environment", "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "optimize_run",
-           "pareto_front", "predict_logits",
-           "read_json", "get_runtime", "train_run", "wilson_interval", "write_json"]
+           "environment", "fast_channels_last", "fast_precision", "first_line", "is_onnx", "load_dataset",
+           "load_run", "measure_latency", "optimize_run", "pareto_front", "predict_logits", "read_json",
+           "get_runtime", "train_run", "wilson_interval", "write_json"]

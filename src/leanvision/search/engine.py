@@ -33,7 +33,7 @@ from .lock import MachineLock
 from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, model_bytes, run_trial
 from .report import redact as _redact
 from .report import write_outputs
-from .space import Param, load_space
+from .space import Param, load_space, seed_trials
 
 
 class SearchError(deps.LeanvisionError):
@@ -63,6 +63,7 @@ class SearchSettings:
     repeats: int = 50  # timed batch-1 calls per measurement
     compare: tuple[str, ...] = ()  # run directories (e.g. registry models) re-measured and scored with the front
     final_rounds: int = 5  # interleaved rounds of the final re-measurement
+    warm_start: bool = True  # enqueue the registry designs the space can express (fastnet, ...) as the first trials
     val_fraction: float = 0.1
     progress: bool = True
 
@@ -115,7 +116,9 @@ def search(**options: Any) -> dict[str, Any]:
     _check_compare(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    open_study(settings)  # creates the study (or checks an existing one) and fails early on a bad storage
+    study = open_study(settings)  # creates the study (or checks an existing one) and fails early on a bad storage
+    if settings.warm_start:
+        enqueue_seeds(study, settings)
     start = time.time()
     if settings.workers == 1:
         work(settings, 0)
@@ -226,6 +229,29 @@ def open_study(settings: SearchSettings, index: int = 0) -> Any:
     return study
 
 
+def runtime_space(settings: SearchSettings) -> dict[str, Any]:
+    """The validated space, without int8 when the runtime cannot run ONNX models (int8 runs are ONNX models)."""
+    space = load_space(settings.space)
+    if not deps.get_runtime(settings.runtime).onnx_models:
+        space["compression"]["int8"] = Param("int8", False, "space compression.int8")
+    return space
+
+
+def enqueue_seeds(study: Any, settings: SearchSettings) -> list[str]:
+    """Enqueue, once per study, the registry designs this space can express (`space.REGISTRY_SEEDS`), so the first
+    trials are what the registry already knows and the sampler works from there. Several processes starting
+    together may both see an empty study; Optuna's `skip_if_exists` then keeps one copy of each."""
+    if study.user_attrs.get("seeded") is not None or study.get_trials(deepcopy=False):
+        return []
+    seeds = seed_trials(runtime_space(settings))
+    study.set_user_attr("seeded", sorted(seeds))
+    for name, params in seeds.items():
+        study.enqueue_trial(params, user_attrs={"registry_seed": name}, skip_if_exists=True)
+    if seeds:
+        _say(settings, f"warm start: enqueued {', '.join(seeds)} (registry designs in this space)")
+    return list(seeds)
+
+
 def _fail_stale(study: Any) -> None:
     """Trials this host left RUNNING in a process that no longer exists become FAIL."""
 
@@ -274,9 +300,7 @@ def _work(settings: SearchSettings, index: int) -> None:
     dataset = dataclasses.replace(full, test=None)  # selection never sees the test split
     del full
     lock = MachineLock(settings.out)
-    space = load_space(settings.space)
-    if not deps.get_runtime(settings.runtime).onnx_models:  # int8 runs are ONNX models: only ONNX runtimes time them
-        space["compression"]["int8"] = Param("int8", False, "space compression.int8")
+    space = runtime_space(settings)
     ctx = TrialContext(dataset=dataset, space=space, objectives=settings.objectives,
                        out=Path(settings.out), measurer=Measurer(settings.runtime, threads, lock, settings.repeats),
                        lock=lock, max_size_kb=settings.max_size_kb, stop_after=settings.stop_after,

@@ -134,7 +134,7 @@ def run_trial(trial: Any, ctx: TrialContext) -> list[float]:
         shutil.rmtree(run_dir)
     epochs = int(train["epochs"])
     cfg = deps.RunConfig(model="search-convnet", data=deps.DataConfig(dataset=ds.name),
-                         train=deps.TrainConfig(**{**train, "device": "cpu"}))
+                         train=deps.TrainConfig(**train_options(train)))
     check = set(rungs(epochs))
 
     def on_epoch(epoch: int, record: dict[str, Any], hold: Any) -> None:
@@ -185,6 +185,19 @@ def run_trial(trial: Any, ctx: TrialContext) -> list[float]:
     if throughput is not None:
         trial.set_user_attr("throughput_images_per_s", throughput)
     return [float(values[o]) for o in ctx.objectives]
+
+
+def train_options(train: dict[str, Any]) -> dict[str, Any]:
+    """A trial's sampled training knobs as `TrainConfig` options on the CPU: `precision: auto` as the `fast` recipe
+    resolves it (bf16 autocast with channels-last where the CPU has bf16 instructions), SGD with Nesterov momentum
+    0.9 (the `fast` recipe's)."""
+    options = {**train, "device": "cpu"}
+    if options.get("precision") == "auto":
+        options["precision"] = deps.fast_precision("cpu")
+    options["channels_last"] = options.get("precision") == "bf16" and deps.fast_channels_last("cpu")
+    if options.get("optimizer") == "sgd":
+        options.update(momentum=0.9, nesterov=True)
+    return options
 
 
 class EpochWatch:
