@@ -78,10 +78,12 @@ def lead(study: dict) -> dict[str, Any] | None:
     None when no variant that learned has an accuracy and a measured latency."""
     variants = list(study.get("variants") or [])
     rows = {r["name"]: r for r in results_table(study)}
-    candidates = []
+    candidates, left_out = [], []
     for i in ranked(variants):
         v = variants[i]
         fast, acc = fastest_runtime(v, study), accuracy_of(v)
+        if v.get("did_not_learn"):
+            left_out.append(str(v.get("name")))
         if v.get("did_not_learn") or fast is None or acc is None:
             continue
         ci = v.get("accuracy_ci95") or []
@@ -127,7 +129,8 @@ def lead(study: dict) -> dict[str, Any] | None:
         ("Size", ", ".join(p for p in size_parts if p) or "n/a"),
         ("Cost", cost if chosen is reference else f"{cost} against the most accurate variant ({ref_text})"),
         ("Why", f"{RULE}; {len(candidates)} variant(s) compared, each on its fastest measured runtime"
-                f" ({', '.join(runtime_order([c['runtime'] for c in candidates]))})."),
+                f" ({', '.join(runtime_order([c['runtime'] for c in candidates]))})"
+                + (f"; left out as near chance (did not learn): {', '.join(left_out)}" if left_out else "") + "."),
     ]
     return {"headline": headline, "lines": lines, "variant": v.get("name"), "runtime": runtime, "where": where,
             "reference": ref.get("name")}

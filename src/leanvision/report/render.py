@@ -60,7 +60,6 @@ dl.summary dt{font-weight:600;color:#57606a}dl.summary dd{margin:0}
 table{border-collapse:collapse;font-size:.86rem;margin:.5rem 0}
 th,td{border:1px solid #d0d7de;padding:.3rem .5rem;vertical-align:top}
 th{background:#f6f8fa;position:sticky;top:0;text-align:left;font-weight:600;cursor:default}
-th.num::after{content:" \\2195";color:#afb8c1;font-size:.75em}
 tbody tr:nth-child(even){background:#fafbfc}tbody tr:hover{background:#eef4ff}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.star{text-align:center;color:#cf222e}tr.front td:first-child{border-left:3px solid #cf222e}
