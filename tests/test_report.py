@@ -189,3 +189,54 @@ def test_runtime_accuracy_column_says_seed_0_when_the_accuracy_column_is_a_seed_
     assert "onnxruntime accuracy % (seed 0)" in titles
     titles = [c.header for c in display_columns({"settings": {"seeds": 1}, "variants": [variant]})]
     assert "onnxruntime accuracy %" in titles
+
+
+def test_the_report_leads_with_the_answer(report):
+    # By hand from make_study: big is the most accurate (97.00 %, 95% interval [95.00, 98.00]); only mid (95.00 %)
+    # lies inside it. mid's fastest runtime is onnxruntime (0.25 ms vs torch 0.50); big has torch only (2.00 ms).
+    # fast is faster still (0.10 ms) but 90.00 % is outside the interval, so it is not the answer.
+    out, _ = report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    block = page[page.index('<section class="answer"'):page.index("</section>")]
+    assert page.index('<section class="answer"') < page.index("<h2>Results</h2>")
+    assert "Deploy <strong>mid</strong> on <strong>onnxruntime</strong>" in block
+    for fact in ["95.00 % top-1 on the test split (359 images), 95% interval [93.00, 96.00]", "94.90 % as run on",
+                 "0.25 ms median (p95 0.30 ms) at batch 1", "4,000 images/s at batch 256",
+                 "200,000 parameters", "-2.00 pp accuracy, 8.00x faster (batch-1 latency), 2.00x the size (file)",
+                 "big: 97.00 % [95.00, 98.00], 2.00 ms on torch"]:
+        assert html.escape(fact) in block, fact
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert md.index("**Answer: deploy mid on onnxruntime**") < md.index("## Results")
+    assert "-2.00 pp accuracy, 8.00x faster" in md
+
+
+def test_the_answer_takes_each_models_fastest_runtime_and_prefers_onnxruntime_on_a_tie():
+    from leanvision.report.lead import lead
+
+    study = make_study()
+    mid = study["variants"][1]
+    mid["runtimes"]["torch"]["latency_b1_median_ms"] = 0.2  # torch now beats onnxruntime (0.25) for mid
+    assert (lead(study)["variant"], lead(study)["runtime"]) == ("mid", "torch")
+    mid["runtimes"]["torch"]["latency_b1_median_ms"] = 0.25  # a tie: onnxruntime
+    assert lead(study)["runtime"] == "onnxruntime"
+    study["variants"][3]["accuracy_ci95"] = [0.96, 0.98]  # mid (0.95) now outside big's interval: big it is
+    answer = lead(study)
+    assert (answer["variant"], answer["runtime"]) == ("big", "torch")
+    assert dict(answer["lines"])["Cost"] == "it is also the most accurate model: nothing is traded"
+    for v in study["variants"]:
+        v["status"] = "failed"
+    assert lead(study) is None
+
+
+def test_results_table_puts_onnxruntime_first_with_every_runtime_column():
+    from leanvision.report.tables import display_columns, runtime_order
+
+    assert runtime_order(["torch", "openvino", "onnxruntime-streams", "onnxruntime"]) == [
+        "onnxruntime", "onnxruntime-streams", "torch", "openvino"]
+    headers = [c.header for c in display_columns(make_study())]
+    runtime_headers = [h for h in headers if h.startswith(("onnxruntime ", "torch "))]
+    assert runtime_headers == [
+        "onnxruntime latency ms, batch 1, median (p95) [fp32, cpu]", "onnxruntime throughput images/s, batch 256 "
+        "[fp32, cpu]", "onnxruntime accuracy %", "torch latency ms, batch 1, median (p95) [fp32, cpu]",
+        "torch throughput images/s, batch 256 [fp32, cpu]", "torch accuracy %"]
+    assert headers.index(runtime_headers[0]) == 3  # right after rank, variant and accuracy

@@ -88,7 +88,9 @@ def test_end_to_end_resume_and_test_split_untouched(tmp_path, monkeypatch):
     assert main(["evaluate", best["run_dir"], "--json"]) == 0
     for name in ("results.json", "results.csv", "report.md", "report.html", "search.png"):
         assert (out / name).stat().st_size > 0
-    assert (out / "report.md").read_text().splitlines()[2].startswith("The most accurate model")
+    report_md = (out / "report.md").read_text().splitlines()
+    assert report_md[2].startswith("**Answer: deploy trial ")  # the answer block first, then the search's sentence
+    assert any(line.startswith("The most accurate model") for line in report_md)
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert len((out / "results.csv").read_text().splitlines()) == 4
     # re-running with a larger total continues the same study; finished trials are kept as they were

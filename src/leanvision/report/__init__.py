@@ -2,12 +2,14 @@
 
 `write_report(study, out_dir)` writes, each file atomically:
 
-- `report.html`: one self-contained page (inline CSS, plots as base64 data URIs, no scripts or network);
+- `report.html`: one self-contained page (inline CSS, plots as base64 data URIs, no scripts or network) that leads
+  with the answer (`lead.py`: the model to deploy, its runtime, numbers and cost against the most accurate variant);
+  the wide results table scrolls in its own box with rank and variant sticky;
 - `report.md`: the same content in Markdown, pointing at `plots/*.png`;
 - `results.json`: the study as given plus `"pareto": {"latency", "params", "macs"}` flags on each variant;
 - `results.csv`: one flat row per variant (ok ones ranked first, failed ones after);
-- `plots/accuracy_vs_latency.png`, `plots/accuracy_vs_params.png`, `plots/accuracy_vs_macs.png`,
-  `plots/training_curves.png`.
+- `plots/accuracy_vs_latency.png` (one panel per measured runtime, ONNX Runtime first), `plots/accuracy_vs_params.png`,
+  `plots/accuracy_vs_macs.png`, `plots/training_curves.png`.
 
 Every printed number comes from the `study` dict; missing values show as "n/a", never as a guess.
 """

@@ -209,9 +209,17 @@ def mib(value: Any) -> str:
 
 @dataclass
 class Column:
-    header: str
+    header: str  # the full header (Markdown, and HTML when the column has no group)
     cell: Callable[[dict], str]
     numeric: bool = True
+    group: str = ""  # HTML: columns sharing a group sit under one spanning header cell ...
+    short: str = ""  # ... and show this shorter header below it
+
+
+def runtime_order(names: Sequence[str]) -> list[str]:
+    """ONNX Runtime first, then its other flavours, then the rest in the given order."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda n: (n != "onnxruntime", not n.startswith("onnxruntime"), names.index(n)))
 
 
 def display_columns(study: dict) -> list[Column]:
@@ -229,30 +237,45 @@ def display_columns(study: dict) -> list[Column]:
         kinds.append("[95% CI]")
     acc_header = "Accuracy %" + (f" ({' or '.join(kinds)})" if kinds else "")
     star = {True: "★", False: ""}
+    runtimes = runtime_columns(study.get("variants") or [])
+    seed_note = " (seed 0)" if (settings.get("seeds") or 1) > 1 else ""  # runtimes measure seed 0's model
     columns = [
         Column("Rank", lambda r: str(r["rank"])),
         Column("Variant", lambda r: str(r["name"]), numeric=False),
         Column(acc_header, accuracy_cell),
-        Column("Params", lambda r: human(r.get("params"))),
-        Column("MACs / image", lambda r: human(r.get("macs"))),
-        Column("Weights KiB (fp32)", lambda r: kib(r.get("weight_bytes_fp32"))),
-        Column(f"Latency ms, batch {lat_bs}, median (p95){rt_tag}",
-               lambda r: latency_cell(r.get("latency_b1_median_ms"), r.get("latency_b1_p95_ms"))),
-        Column(f"Throughput images/s, batch {tp_bs if tp_bs is not None else 'n/a'}{rt_tag}",
-               lambda r: fmt(r.get("throughput_images_per_s"), ",.0f")),
-        Column("Peak memory MiB", lambda r: mib(r.get("peak_memory_bytes"))),
-        Column("Train time s", lambda r: fmt(r.get("train_time_s"), ",.1f")),
-        Column("Pareto: latency", lambda r: star[bool(r.get("pareto_latency"))], numeric=False),
-        Column("Pareto: params", lambda r: star[bool(r.get("pareto_params"))], numeric=False),
-        Column("Pareto: MACs", lambda r: star[bool(r.get("pareto_macs"))], numeric=False),
     ]
-    for name in runtime_columns(study.get("variants") or []):
+    for name in runtime_order(list(runtimes)):  # ONNX Runtime first: what a deployment runs
+        group = f"{name}{tag}"
         columns.append(Column(
             f"{name} latency ms, batch {lat_bs}, median (p95){tag}",
             lambda r, n=name: latency_cell(r.get(f"{n}_latency_b1_median_ms"), r.get(f"{n}_latency_b1_p95_ms")),
-        ))
-        seed_note = " (seed 0)" if (settings.get("seeds") or 1) > 1 else ""  # runtimes measure seed 0's model
-        columns.append(Column(f"{name} accuracy %{seed_note}", lambda r, n=name: percent(r.get(f"{n}_accuracy"))))
+            group=group, short=f"latency ms, batch {lat_bs}, median (p95)"))
+        if "throughput_images_per_s" in runtimes[name]:
+            columns.append(Column(
+                f"{name} throughput images/s, batch {tp_bs if tp_bs is not None else 'n/a'}{tag}",
+                lambda r, n=name: fmt(r.get(f"{n}_throughput_images_per_s"), ",.0f"),
+                group=group, short=f"images/s, batch {tp_bs if tp_bs is not None else 'n/a'}"))
+        columns.append(Column(f"{name} accuracy %{seed_note}", lambda r, n=name: percent(r.get(f"{n}_accuracy")),
+                              group=group, short=f"accuracy %{seed_note}"))
+    if not runtimes:  # an older study without per-runtime figures: the headline ones
+        columns += [
+            Column(f"Latency ms, batch {lat_bs}, median (p95){rt_tag}",
+                   lambda r: latency_cell(r.get("latency_b1_median_ms"), r.get("latency_b1_p95_ms"))),
+            Column(f"Throughput images/s, batch {tp_bs if tp_bs is not None else 'n/a'}{rt_tag}",
+                   lambda r: fmt(r.get("throughput_images_per_s"), ",.0f")),
+        ]
+    lat_front = f"Pareto: latency ({primary_runtime(study)})" if primary_runtime(study) else "Pareto: latency"
+    columns += [
+        Column("Params", lambda r: human(r.get("params"))),
+        Column("MACs / image", lambda r: human(r.get("macs"))),
+        Column("Weights KiB (fp32)", lambda r: kib(r.get("weight_bytes_fp32"))),
+        Column("File KiB", lambda r: kib(r.get("file_bytes"))),
+        Column("Peak memory MiB", lambda r: mib(r.get("peak_memory_bytes"))),
+        Column("Train time s", lambda r: fmt(r.get("train_time_s"), ",.1f")),
+        Column(lat_front, lambda r: star[bool(r.get("pareto_latency"))], numeric=False),
+        Column("Pareto: params", lambda r: star[bool(r.get("pareto_params"))], numeric=False),
+        Column("Pareto: MACs", lambda r: star[bool(r.get("pareto_macs"))], numeric=False),
+    ]
     return columns
 
 

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ..report.lead import RULE, choose, cost_line
 from ..report.render import CSS
 from . import deps
 
@@ -110,6 +111,47 @@ def _versus(settings: Any, best: dict[str, Any], compared: list[dict[str, Any]])
             f"{delta:+.2f} pp test accuracy at {speed:.2f}x its speed.")
 
 
+def deploy(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's answer on the re-measured Pareto set, by the study report's rule (`leanvision.report.lead`):
+    {"trial", "runtime", "where", "lines": [(label, text)], "reference"}; None when the set is empty. The most
+    accurate model is the search's (by validation accuracy, the Pareto set's order)."""
+    final = result["pareto"]
+    candidates = [{"accuracy": p["test_accuracy"], "ci_low": p["test_accuracy_95ci"][0], "latency_ms": p["latency_ms"],
+                   "size_kb": p.get("size_kb")} for p in final]
+    picked = choose(candidates)
+    if picked is None:
+        return None
+    (i, ref), m = picked, result["measurement"]
+    p, r = final[i], final[ref]
+    runtime = m["runtime"]
+    where = f"{m['device']}, {m['input_dtype']} input, {m['threads']} threads, machine {result['machine'].get('id')}"
+    lo, hi = p["test_accuracy_95ci"]
+    accuracy = (f"{100 * p['test_accuracy']:.2f} % top-1 on the test split ({p['test_total']} images), 95% Wilson "
+                f"interval [{100 * lo:.2f}, {100 * hi:.2f}]")
+    if p.get("val_accuracy") is not None:
+        accuracy += f"; validation {100 * p['val_accuracy']:.2f} %"
+    record = next((t for t in result["trials"] if t["number"] == p["trial"]), {})
+    throughput = record.get("throughput_images_per_s")
+    speed = (f"{p['latency_ms']:.4f} ms median at batch {m['batch_size']} on {runtime}, re-measured with the Pareto "
+             f"set ({len(p.get('latency_ms_rounds') or [])} interleaved rounds); "
+             + (f"{throughput:,.0f} images/s at batch 256 (measured during the search)" if throughput is not None
+                else "throughput not measured (it is measured when throughput is an objective)"))
+    size = ", ".join(x for x in (f"{p['size_kb']:.1f} kB" if p.get("size_kb") is not None else None,
+                                 f"{p['params']:,} parameters" if p.get("params") is not None else None,
+                                 f"{p['macs']:,} MACs per image" if p.get("macs") is not None else None) if x)
+    rlo, rhi = r["test_accuracy_95ci"]
+    cost = cost_line(candidates[i], candidates[ref], "size_kb", "model file")
+    if i != ref:
+        cost += (f" against the most accurate model, trial {r['trial']} ({100 * r['test_accuracy']:.2f} % "
+                 f"[{100 * rlo:.2f}, {100 * rhi:.2f}], {r['latency_ms']:.4f} ms)")
+    return {"trial": p["trial"], "runtime": runtime, "where": where, "reference": r["trial"], "lines": [
+        ("Model", f"{_describe(p)}; run directory {p['run_dir']}"),
+        ("Accuracy", accuracy), ("Speed", speed), ("Size", size or "n/a"), ("Cost", cost),
+        ("Why", f"{RULE} (most accurate by validation accuracy, as the search ranks them); {len(final)} Pareto "
+                "model(s) compared, all timed on one runtime."),
+    ]}
+
+
 def _describe(row: dict[str, Any]) -> str:
     a, c = row.get("arch") or {}, row.get("compress") or {}
     text = (f"{a.get('stages')} stage(s) {a.get('widths')}, {a.get('block')} {a.get('kernel_size')}x"
@@ -145,6 +187,12 @@ def write_outputs(settings: Any, study: Any, trials: list[Any], final: list[dict
     }
     deps.write_json(out / "results.json", result)
     _write_csv(out / "results.csv", records)
+    return write_report(result, out)
+
+
+def write_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """search.png, report.md and report.html from a search's results (the dict of results.json); `result["plot"]`
+    is set to the plot's file name (None for a single-objective search). Returns `result`."""
     result["plot"] = _plot(result, out / "search.png")
     (out / "report.md").write_text(_markdown(result))
     (out / "report.html").write_text(_html(result, out / result["plot"] if result["plot"] else None))
@@ -167,25 +215,36 @@ def _plot(result: dict[str, Any], path: Path) -> str | None:
     for feasible, colour, label in ((True, "tab:blue", "feasible trial"), (False, "0.7", "infeasible trial")):
         pts = [t for t in done if bool(t["feasible"]) == feasible]
         if pts:
-            ax.scatter([t["values"][1] for t in pts], [100 * t["values"][0] for t in pts], c=colour, s=22,
+            ax.scatter([t["values"][1] for t in pts], [100 * t["values"][0] for t in pts], c=colour, s=30,
                        label=label)
     front = {p["trial"] for p in result["pareto"]}
     chosen = [t for t in done if t["number"] in front]
     if chosen:
         ax.scatter([t["values"][1] for t in chosen], [100 * t["values"][0] for t in chosen], facecolors="none",
-                   edgecolors="tab:red", s=90, linewidths=1.5, label="Pareto set")
+                   edgecolors="tab:red", s=110, linewidths=1.6, label="Pareto set")
+    answer = deploy(result)
+    picked = [t for t in done if answer is not None and t["number"] == answer["trial"]]
+    if picked:
+        ax.scatter([picked[0]["values"][1]], [100 * picked[0]["values"][0]], marker="*", s=320, c="goldenrod",
+                   edgecolors="black", linewidths=0.6, zorder=4, label=f"deploy (trial {answer['trial']})")
     timed = objectives[1] in ("latency", "throughput")
     ax.set_xlabel(f"{objectives[1]} ({UNITS[objectives[1]]}" + (f", {result['measurement']['runtime']})" if timed
                                                                  else ")"))
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{len(done)} complete trials")
-    ax.legend()
+    ax.legend(fontsize=10)
     history = result["hypervolume"]
     if history:
         hv.step([h["elapsed_s"] for h in history], [h["hypervolume"] for h in history], where="post")
     hv.set_xlabel("wall time since the first trial (s)")
     hv.set_ylabel(f"hypervolume (accuracy x {objectives[1]})")
     hv.set_title("hypervolume over time")
+    for a in (ax, hv):
+        a.xaxis.label.set_size(12)
+        a.yaxis.label.set_size(12)
+        a.title.set_size(13)
+        a.tick_params(labelsize=10.5)
+        a.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -265,7 +324,14 @@ def _sections(result: dict[str, Any]) -> list[tuple[str, list[str], list[str], l
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Search: {result['study_name']}", "", result["answer"]]
+    answer = deploy(result)
+    lines = [f"# Search: {result['study_name']}", ""]
+    if answer is None:
+        lines += ["**Answer: no model to deploy** (the Pareto set is empty).", ""]
+    else:
+        lines += [f"**Answer: deploy trial {answer['trial']} on {answer['runtime']}** ({answer['where']}).", ""]
+        lines += [f"- **{k}:** {v.replace('|', '/')}" for k, v in answer["lines"]] + [""]
+    lines += [result["answer"]]
     if result.get("plot"):
         lines += ["", f"![trials, Pareto set and hypervolume over time]({result['plot']})"]
     for title, paragraphs, headers, rows in _sections(result):
@@ -282,15 +348,30 @@ def _html(result: dict[str, Any], plot: Path | None) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(result['study_name'])}</title>"
              f"<style>{CSS}</style></head><body><h1>Search: {e(result['study_name'])}</h1>",
-             f"<p><strong>{e(result['answer'])}</strong></p>"]
+             _answer_html(deploy(result)), f"<p>{e(result['answer'])}</p>"]
     if plot is not None and plot.is_file():
         data = base64.b64encode(plot.read_bytes()).decode()
         parts.append(f"<figure><img alt='trials, Pareto set and hypervolume over time' "
-                     f"src='data:image/png;base64,{data}'><figcaption>Every complete trial (validation accuracy), "
-                     "the Pareto set circled; hypervolume over wall time.</figcaption></figure>")
+                     f"src='data:image/png;base64,{data}'><figcaption>Every complete trial (validation accuracy, "
+                     "latency as timed during the search), the Pareto set circled, the model to deploy starred; "
+                     "hypervolume over wall time.</figcaption></figure>")
     for title, paragraphs, headers, rows in _sections(result):
         parts.append(f"<h2>{e(title)}</h2>" + "".join(f"<p>{e(t)}</p>" for t in paragraphs))
-        head = "".join(f"<th>{e(h)}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-        parts.append(f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+        sticky = ["s1"] + [""] * (len(headers) - 1)  # the first column stays in view when the box scrolls
+        head = "".join(f"<th class='{s}'>{e(h)}</th>" for h, s in zip(headers, sticky))
+        body = "".join("<tr>" + "".join(f"<td class='{s}'>{e(c)}</td>" for c, s in zip(row, sticky)) + "</tr>"
+                       for row in rows)
+        parts.append(f"<div class='tablebox one'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                     "</div>")
     return "".join(parts) + "</body></html>\n"
+
+
+def _answer_html(answer: dict[str, Any] | None) -> str:
+    """The block the page leads with (the same as report.md's), every string escaped."""
+    e = html.escape
+    if answer is None:
+        return ("<section class='answer' id='answer'><h2>Answer</h2><p class='headline'>No model to deploy: the "
+                "Pareto set is empty.</p></section>")
+    return (f"<section class='answer' id='answer'><h2>Answer</h2><p class='headline'>Deploy <strong>trial "
+            f"{answer['trial']}</strong> on <strong>{e(answer['runtime'])}</strong> ({e(answer['where'])}).</p><dl>"
+            + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in answer["lines"]) + "</dl></section>")
