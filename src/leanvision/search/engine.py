@@ -414,6 +414,7 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
                 shutil.rmtree(dest)
             shutil.copytree(t.user_attrs["run_dir"], dest, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
             final.append({"trial": t.number, "run_dir": str(dest), "val_accuracy": t.user_attrs.get("val_accuracy"),
+                          "val_total": len(full.val),
                           **score, "latency_ms_rounds": times, "latency_ms": statistics.median(times),
                           "size_kb": t.user_attrs.get("size_kb"), "macs": t.user_attrs.get("macs"),
                           "params": t.user_attrs.get("params"), "arch": t.user_attrs.get("arch"),

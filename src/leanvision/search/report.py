@@ -111,12 +111,23 @@ def _versus(settings: Any, best: dict[str, Any], compared: list[dict[str, Any]])
             f"{delta:+.2f} pp test accuracy at {speed:.2f}x its speed.")
 
 
+def _val(p: dict[str, Any]) -> float:
+    return p["val_accuracy"] if p.get("val_accuracy") is not None else p["test_accuracy"]  # results before val
+
+
+def _val_low(p: dict[str, Any]) -> float | None:
+    if p.get("val_accuracy") is None or not p.get("val_total"):
+        return None
+    return deps.wilson_interval(round(p["val_accuracy"] * p["val_total"]), p["val_total"])[0]
+
+
 def deploy(result: dict[str, Any]) -> dict[str, Any] | None:
     """The report's answer on the re-measured Pareto set, by the study report's rule (`leanvision.report.lead`):
     {"trial", "runtime", "where", "lines": [(label, text)], "reference"}; None when the set is empty. The most
-    accurate model is the search's (by validation accuracy, the Pareto set's order)."""
+    accurate model is the search's (by validation accuracy, the Pareto set's order), and the rule reads validation
+    accuracy too (its 95% Wilson interval on the validation images): the test split only reports, it never chooses."""
     final = result["pareto"]
-    candidates = [{"accuracy": p["test_accuracy"], "ci_low": p["test_accuracy_95ci"][0], "latency_ms": p["latency_ms"],
+    candidates = [{"accuracy": _val(p), "ci_low": _val_low(p), "latency_ms": p["latency_ms"],
                    "size_kb": p.get("size_kb")} for p in final]
     picked = choose(candidates)
     if picked is None:
@@ -140,7 +151,8 @@ def deploy(result: dict[str, Any]) -> dict[str, Any] | None:
                                  f"{p['params']:,} parameters" if p.get("params") is not None else None,
                                  f"{p['macs']:,} MACs per image" if p.get("macs") is not None else None) if x)
     rlo, rhi = r["test_accuracy_95ci"]
-    cost = cost_line(candidates[i], candidates[ref], "size_kb", "model file")
+    tested = [{**c, "accuracy": q["test_accuracy"]} for c, q in zip(candidates, final)]  # reported on test
+    cost = cost_line(tested[i], tested[ref], "size_kb", "model file")
     if i != ref:
         cost += (f" against the most accurate model, trial {r['trial']} ({100 * r['test_accuracy']:.2f} % "
                  f"[{100 * rlo:.2f}, {100 * rhi:.2f}], {r['latency_ms']:.4f} ms)")
