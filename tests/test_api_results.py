@@ -133,3 +133,17 @@ def test_api_arguments_of_the_wrong_kind_are_one_line_errors(cli_run):
     assert [(r.runtime, r.batch_size) for r in rows if r.ok] == [("onnxruntime", 1), ("onnxruntime", 2)]
     exported = lv.export(run, cli_run / "m.onnx", format="onnx")
     assert exported.format == "onnx" and exported.parity_ok
+
+
+def test_search_and_serve_are_in_the_public_api():
+    import inspect
+
+    import leanvision as lv
+    from leanvision.serve import create_app
+
+    assert lv.serve_app is create_app  # the ASGI app factory of `leanvision serve`
+    params = inspect.signature(lv.search).parameters  # typed keywords, the CLI's flags
+    assert {"dataset", "objectives", "max_latency_ms", "storage", "study_name", "workers", "minutes"} <= set(params)
+    assert "search" in lv.__all__ and "SearchResult" in lv.__all__
+    with pytest.raises(lv.LeanvisionError, match="Unknown objective"):
+        lv.search(objectives="accuracy,speed", trials=1)

@@ -128,10 +128,20 @@ def test_failed_trial_is_recorded_and_search_goes_on(tmp_path, monkeypatch):
     assert result["counts"] == {"COMPLETE": 2, "FAIL": 1}
 
 
-def test_constraints_are_respected(tmp_path):
+def test_constraints_are_respected_through_the_public_api(tmp_path):
+    import leanvision as lv
+
     space = {**TINY, "architecture": {**TINY["architecture"], "head": "flatten", "width": [4, 16]}}
     out = tmp_path / "s"
-    result = search(**{**FAST, "space": space}, out=str(out), trials=4, max_size_kb=12.0, min_accuracy=0.05)
+    found = lv.search(dataset="digits", space=space, repeats=5, stop_after=0, out=out, trials=4, max_size_kb=12.0,
+                      min_accuracy=0.05)
+    assert isinstance(found, lv.SearchResult) and found.out == out
+    result = found.to_dict()
+    written = json.loads((out / "results.json").read_text())
+    assert (written["answer"], [p["trial"] for p in written["pareto"]]) == (found.answer,
+                                                                            [p["trial"] for p in found.pareto])
+    assert found.run_dirs == [Path(p["run_dir"]) for p in result["pareto"]]
+    assert all(lv.load_run(d).meta["input_shape"] == [1, 28, 28] for d in found.run_dirs)  # ordinary run dirs
     records = [r for r in result["trials"] if r["state"] == "COMPLETE"]
     sizes = {r["number"]: r["size_kb"] for r in records}
     assert any(s > 12.0 for s in sizes.values()) or all(r["feasible"] for r in records)

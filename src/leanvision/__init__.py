@@ -7,9 +7,11 @@ The public API is loaded lazily (PEP 562), so `import leanvision` and `leanvisio
     lv.evaluate(run).accuracy, lv.predict(run, "digit.png")[0].label
     int8 = lv.optimize(run, [lv.QuantizeConfig(mode="int8")])  # -> Run
     lv.bench(int8, batch_sizes=1)  # -> list[BenchRow]
+    lv.search(dataset="digits", max_latency_ms=0.05, trials=10, out="search/digits")  # -> SearchResult
+    app = lv.serve_app("runs/compact")  # an ASGI app: uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Results are dataclasses (`TrainResult`, `OptimizeResult`, `Evaluation`, `Prediction`, `ExportResult`, `BenchRow`,
-`Study`) whose `to_dict()` is exactly what the CLI prints with --json.
+`Study`, `SearchResult`) whose `to_dict()` is exactly what the CLI prints with --json.
 """
 
 import importlib as _importlib
@@ -55,11 +57,14 @@ _API = {
     "export": "leanvision.api",
     "bench": "leanvision.api",
     "study": "leanvision.api",
+    "search": "leanvision.api",
+    "SearchResult": "leanvision.search",
+    "serve_app": "leanvision.serve",
 }
 __all__ = ["__version__", *_API]
 
 
-_CALLABLE_MODULES = ("train", "evaluate", "optimize", "study")  # names that are also submodules (train.py, ...)
+_CALLABLE_MODULES = ("train", "evaluate", "optimize", "study", "search")  # names that are also submodules (train.py, ...)
 
 
 def __getattr__(name: str):
@@ -108,7 +113,7 @@ class _CallableModule(_types.ModuleType):
 
 
 class _Package(_types.ModuleType):
-    """Binds `train`, `evaluate`, `optimize` and `study` (API functions that share their name with a submodule) as
+    """Binds `train`, `evaluate`, `optimize`, `study` and `search` (API functions that share their name with a submodule) as
     the submodule made callable, whichever is imported first."""
 
     def __setattr__(self, name: str, value) -> None:

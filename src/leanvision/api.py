@@ -38,10 +38,12 @@ from .optimize import build_chain, optimize_run
 from .recipes import RECIPES, resolve_recipe
 from .rundir import CUSTOM_PREFIX, Run, load_run, typed_result
 from .runs import _data_kwargs, train_run
+from .search import SearchResult
 from .study import Study, run_study
 from .techniques import TechniqueConfig
 
-__all__ = ["train", "evaluate", "predict", "optimize", "export", "bench", "study", "recipe", "list_recipes"]
+__all__ = ["train", "evaluate", "predict", "optimize", "export", "bench", "study", "search", "recipe",
+           "list_recipes"]
 
 
 class LeanvisionWarning(UserWarning):
@@ -276,3 +278,49 @@ def study(**options: Any) -> Study:
     each, the findings, `report_files`). See `study.run_study` for `options`."""
 
     return Study.from_dict(run_study(**{"progress": False, **options}))
+
+
+def search(*, dataset: str = "digits", out: str | Path = "search", data_dir: str | None = None,
+           space: str | Path | dict[str, Any] = "default", objectives: str | tuple[str, ...] = ("accuracy", "latency"),
+           max_latency_ms: float | None = None, max_size_kb: float | None = None, min_accuracy: float | None = None,
+           runtime: str = "onnxruntime", trials: int | None = None, minutes: float | None = None,
+           storage: str | None = None, study_name: str = "leanvision-search", workers: int = 1,
+           sampler: str = "tpe", stop_after: int = 3, seed: int | None = 0, threads: int | None = None,
+           repeats: int = 50, compare: tuple[str | Path, ...] | list[str | Path] = (), warm_start: bool = True,
+           progress: bool = False) -> SearchResult:
+    """Search architecture, training and compression choices for the most accurate model within a latency/size
+    budget, on measured numbers (Optuna); the same as `leanvision search`. Re-running with the same `out` (or
+    `storage` and `study_name`) continues the study.
+
+    Args:
+        dataset: registered name (digits, mnist, cifar10, ...), image folder, or .npz file.
+        out: output directory (the journal storage by default, trials/, pareto/, report.html/md, results.json/csv).
+        space: "default", a space YAML file, or the same as a dict.
+        objectives: accuracy plus any of latency, throughput, size, macs (a comma-separated string or a tuple).
+        max_latency_ms, max_size_kb, min_accuracy: constraints (batch-1 median latency, model file, validation
+            accuracy as a fraction).
+        runtime: the runtime timed (onnxruntime by default: what a deployment uses).
+        trials, minutes: the budget (total trials in the study, wall minutes of this call); 20 trials when both
+            are None.
+        storage: "postgresql://user@host:port/db" for several machines, or a .journal file (default OUT/study.journal).
+        workers: local worker processes sharing the study.
+        sampler: tpe (multi-objective, constraint-aware) or random. stop_after: a trial dominated at an epoch rung
+            by this many others stops early (0: never).
+        compare: run directories (e.g. registry models trained with `leanvision.train`) measured with the front.
+        warm_start: start from the registry designs the space can express (fastnet, ...).
+
+    Returns a `SearchResult` (answer, re-measured Pareto set as run directories, compared runs, counts).
+
+    Example: `lv.search(dataset="digits", max_latency_ms=0.05, trials=10, out="search/digits").pareto[0]`.
+    """
+    from .search import search as run_search
+
+    if trials is None and minutes is None:
+        trials = 20
+    result = run_search(dataset=dataset, out=str(out), data_dir=data_dir, space=space, objectives=objectives,
+                        max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, min_accuracy=min_accuracy,
+                        runtime=runtime, trials=trials, minutes=minutes, storage=storage, study_name=study_name,
+                        workers=workers, sampler=sampler, stop_after=stop_after, seed=seed, threads=threads,
+                        repeats=repeats, compare=tuple(str(p) for p in compare), warm_start=warm_start,
+                        progress=progress)
+    return SearchResult.from_dict(result, out)

@@ -41,4 +41,6 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
                        max_files=max_files, top_k=top_k, warmup=warmup, threads=threads)
 
 
-__all__ = ["create_app"]
+serve_app = create_app  # the name `import leanvision` exports: leanvision.serve_app(run_dir, ...)
+
+__all__ = ["create_app", "serve_app"]
