@@ -26,7 +26,7 @@ from leanvision.search.engine import (  # noqa: E402
     pareto,
     search,
 )
-from leanvision.search.lock import MachineLock  # noqa: E402
+from leanvision.lock import MachineLock  # noqa: E402
 from leanvision.search.objective import dominators, rungs, train_options  # noqa: E402
 from leanvision.search.space import SpaceError, conv_spec, load_space, sample, seed_trials  # noqa: E402
 
