@@ -116,14 +116,19 @@ def job_key(job: dict[str, Any]) -> str:
 
 
 class PlanQueue:
-    """A fixed plan's jobs (e.g. `{"variant": "base", "seed": 0}`) as enqueued trials of one Optuna study.
+    """A fixed plan's jobs (e.g. `{"variant": "base", "seed": 0}`) as enqueued trials of one Optuna study, plus one
+    `REPORT` job: whoever pops it once no job waits or runs builds the report (Optuna pops a waiting trial for one
+    process only, so one process reports).
 
     `plan_id` (a hash of everything that decides how the jobs train) is stored as the study's `plan_id` user attr
-    and `plan` (a readable summary) beside it; a process with another plan is refused with `error`. Opening
-    re-enqueues every job without a waiting, running or complete trial (so a failed job is retried by the next
-    process that opens the queue). Two processes enqueueing at once may both add a job: `pull` runs only the
-    lowest-numbered live trial of a job and tells a later copy PRUNED (`duplicate_of`), so no job runs twice.
+    and `plan` (a readable summary) beside it; a process with another plan is refused with `error`. `enqueue` adds
+    every job without a waiting, running or complete trial (so a failed job is retried by the next process that
+    starts) and a `REPORT` job unless one waits or runs. Two processes enqueueing at once may both add a job: `pull`
+    runs only the lowest-numbered live trial of a job and tells a later copy PRUNED (`duplicate_of`), so no job runs
+    twice.
     """
+
+    REPORT = {"step": "report"}
 
     def __init__(self, storage: Any, study_name: str, plan_id: str, plan: dict[str, Any], jobs: list[dict[str, Any]],
                  label: str, error: type[LeanvisionError] = LeanvisionError):
@@ -136,30 +141,42 @@ class PlanQueue:
             self.study.set_user_attr("plan_id", plan_id)
             self.study.set_user_attr("plan", plan)
             self.study.set_user_attr("jobs", jobs)
-            stored = self.study.user_attrs.get("plan_id")  # read back: two first processes race, one wins
+            stored = self.study.user_attrs.get("plan_id")  # read back: of two first processes, the last write wins
         if stored != plan_id:
             theirs = self.study.user_attrs.get("plan") or {}
             diff = [f"{k} {theirs.get(k)!r} (received {plan.get(k)!r})" for k in sorted(set(plan) | set(theirs))
-                    if theirs.get(k) != plan.get(k)] or ["the variants' configs"]
+                    if theirs.get(k) != plan.get(k)] or ["the variants' configs differ"]
             raise error(f"Study {study_name!r} in {label} runs another plan: {'; '.join(diff[:4])}. Use the same "
-                        "options on every machine, or another study name (--study-name).")
+                        "options on every machine, or another `study_name`.")
         fail_stale(self.study)
 
-    def trials(self) -> list[Any]:
-        """This queue's trials (each with its `job` user attr)."""
-        return [t for t in self.study.get_trials(deepcopy=False) if "job" in t.user_attrs]
+    def is_report(self, job: dict[str, Any]) -> bool:
+        return job == self.REPORT
+
+    def _live(self, job: dict[str, Any]) -> tuple[Any, ...]:
+        # a complete report does not stop a later one (a re-run rebuilds the report); a complete job is done
+        return (TrialState.WAITING, TrialState.RUNNING) if self.is_report(job) else LIVE
+
+    def trials(self, report: bool = False) -> list[Any]:
+        """The jobs' trials (`report=True`: the report job's)."""
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if "job" in t.user_attrs and self.is_report(t.user_attrs["job"]) == report]
 
     def enqueue(self) -> list[dict[str, Any]]:
-        """Enqueue every job without a live trial (first run: all of them; later: the failed ones)."""
+        """Enqueue every job without a live trial (first run: all of them; later: the failed ones), then the report
+        job unless one waits or runs; returns the jobs enqueued (the report job not included)."""
         live = {job_key(t.user_attrs["job"]) for t in self.trials() if t.state in LIVE}
         added = [job for job in self.jobs if job_key(job) not in live]
         for job in added:
             self.study.enqueue_trial(dict(job), user_attrs={"job": dict(job)})
+        if not any(t.state in self._live(self.REPORT) for t in self.trials(report=True)):
+            self.study.enqueue_trial(dict(self.REPORT), user_attrs={"job": dict(self.REPORT)})
         return added
 
     def pull(self) -> tuple[Any, dict[str, Any]] | None:
-        """The next waiting job as (trial, job), marked as run by this process; None when no job is waiting."""
-        while any(t.state == TrialState.WAITING for t in self.trials()):
+        """The next waiting job as (trial, job), marked as run by this process; None when none is waiting."""
+        while any(t.state == TrialState.WAITING for t in self.study.get_trials(deepcopy=False)
+                  if "job" in t.user_attrs):
             trial = self.study.ask()
             job = trial.user_attrs.get("job")
             if job is None:  # another process took the last waiting job between our look and our ask
@@ -167,16 +184,29 @@ class PlanQueue:
                 self.study.tell(trial, state=TrialState.FAIL)
                 return None
             trial.set_user_attr("worker", worker_attr())
-            for name, value in job.items():  # the fixed values, visible as the trial's params (e.g. in a dashboard)
-                trial.suggest_categorical(name, [value])
-            owner = min((t.number for t in self.trials()
-                         if t.state in LIVE and job_key(t.user_attrs["job"]) == job_key(job)), default=trial.number)
+            owner = min((t.number for t in self.trials(self.is_report(job))
+                         if t.state in self._live(job) and job_key(t.user_attrs["job"]) == job_key(job)),
+                        default=trial.number)
             if owner != trial.number:
                 trial.set_user_attr("duplicate_of", owner)
                 self.study.tell(trial, state=TrialState.PRUNED)
                 continue
             return trial, job
         return None
+
+    def release(self, trial: Any) -> None:
+        """Give the report job back (jobs still run elsewhere): this trial is PRUNED and a fresh one waits."""
+        trial.set_user_attr("released", "jobs still waiting or running")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.study.enqueue_trial(dict(self.REPORT), user_attrs={"job": dict(self.REPORT)})
+
+    def waiting(self) -> int:
+        """Jobs waiting (the report job not counted)."""
+        return sum(t.state == TrialState.WAITING for t in self.trials())
+
+    def running(self) -> list[Any]:
+        """The jobs' trials running now, here or on another machine."""
+        return [t for t in self.trials() if t.state == TrialState.RUNNING]
 
     def finished(self) -> bool:
         """No job waits or runs any more (here or on another machine)."""
@@ -186,10 +216,9 @@ class PlanQueue:
         """Job key -> the trial that decides it: its live trial (lowest number), else its latest failed one."""
         best: dict[str, Any] = {}
         for t in sorted(self.trials(), key=lambda t: t.number):
-            key = job_key(t.user_attrs["job"])
             if t.state == TrialState.PRUNED:
                 continue
-            held = best.get(key)
+            key, held = job_key(t.user_attrs["job"]), best.get(job_key(t.user_attrs["job"]))
             if held is None or (held.state not in LIVE and (t.state in LIVE or t.number > held.number)):
                 best[key] = t
         return best
