@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,13 @@ def open_storage(url: str | None, default: str | Path, error: type[LeanvisionErr
     if url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        for attempt in range(4):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            except Exception as e:  # noqa: BLE001 - processes creating the schema of a new database at once
+                if attempt == 3 or not any(s in str(e) for s in ("duplicate key", "already exists", "UniqueViol")):
+                    raise
+                time.sleep(0.5 + attempt)  # the other process's tables are there now: load them
     except ImportError as e:
         raise error(f"Storage {url.split('://')[0]} needs a database driver: {first_line(e).rstrip('.')}. "
                     "Install it: pip install 'leanvision[postgres]'.") from None
@@ -125,7 +132,7 @@ class PlanQueue:
     every job without a waiting, running or complete trial (so a failed job is retried by the next process that
     starts) and a `REPORT` job unless one waits or runs. Two processes enqueueing at once may both add a job: `pull`
     runs only the lowest-numbered live trial of a job and tells a later copy PRUNED (`duplicate_of`), so no job runs
-    twice.
+    twice; a report job enqueued before another report was written is stale and PRUNED the same way.
     """
 
     REPORT = {"step": "report"}
@@ -170,8 +177,15 @@ class PlanQueue:
         for job in added:
             self.study.enqueue_trial(dict(job), user_attrs={"job": dict(job)})
         if not any(t.state in self._live(self.REPORT) for t in self.trials(report=True)):
-            self.study.enqueue_trial(dict(self.REPORT), user_attrs={"job": dict(self.REPORT)})
+            self._enqueue_report()
         return added
+
+    def _reports(self) -> int:
+        return sum(t.state == TrialState.COMPLETE for t in self.trials(report=True))
+
+    def _enqueue_report(self) -> None:
+        # `reports`: the reports written so far; a report job popped after another report was written is stale
+        self.study.enqueue_trial(dict(self.REPORT), user_attrs={"job": dict(self.REPORT), "reports": self._reports()})
 
     def pull(self) -> tuple[Any, dict[str, Any]] | None:
         """The next waiting job as (trial, job), marked as run by this process; None when none is waiting."""
@@ -187,6 +201,8 @@ class PlanQueue:
             owner = min((t.number for t in self.trials(self.is_report(job))
                          if t.state in self._live(job) and job_key(t.user_attrs["job"]) == job_key(job)),
                         default=trial.number)
+            if self.is_report(job) and trial.user_attrs.get("reports", 0) < self._reports():
+                owner = max(t.number for t in self.trials(report=True) if t.state == TrialState.COMPLETE)
             if owner != trial.number:
                 trial.set_user_attr("duplicate_of", owner)
                 self.study.tell(trial, state=TrialState.PRUNED)
@@ -198,7 +214,7 @@ class PlanQueue:
         """Give the report job back (jobs still run elsewhere): this trial is PRUNED and a fresh one waits."""
         trial.set_user_attr("released", "jobs still waiting or running")
         self.study.tell(trial, state=TrialState.PRUNED)
-        self.study.enqueue_trial(dict(self.REPORT), user_attrs={"job": dict(self.REPORT)})
+        self._enqueue_report()
 
     def waiting(self) -> int:
         """Jobs waiting (the report job not counted)."""

@@ -267,9 +267,11 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
             return _run_variant(variant, data_cfg, configs[variant["name"]], ds, seeds, out, available, repeats,
                                 progress, console, remeasure, trained=results, key_extra={"trials": trials})
 
+        def failed(variant, error):
+            return failed_record(variant, configs[variant["name"]], error)
+
         shared = run_shared(cfg, storage, plan_data, configs, ds, out, header["settings"], console, train=train,
-                            record=record, failed=lambda variant, error: failed_record(variant, configs[variant["name"]],
-                                                                                       error))
+                            record=record, failed=failed)
         if shared.get("report_dir", "") is None:  # other processes still train: the last one writes the report
             return {**header, **shared, "wall_time_s": time.perf_counter() - tick}
         variants, elsewhere = shared["variants"], shared["trained_elsewhere"]
