@@ -149,3 +149,21 @@ def test_plan_queue_runs_each_job_once_when_two_processes_enqueue_together(tmp_p
     assert second.is_report(job) and second.finished() and first.pull() is None
     with pytest.raises(LeanvisionError, match="runs another plan"):
         PlanQueue(storage, "q", "other-id", {"plan": "p2"}, jobs, "q.journal")
+
+
+def test_a_killed_workers_job_is_failed_and_enqueued_again(tmp_path):
+    storage = open_storage(None, tmp_path / "q.journal")
+    jobs = [{"variant": "a", "seed": 0}]
+    queue = PlanQueue(storage, "q", "id", {"plan": "p"}, jobs, "q.journal")
+    queue.enqueue()
+    trial, job = queue.pull()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("worker", {**trial.user_attrs["worker"], "pid": int(dead.stdout)})  # its process is gone
+    again = PlanQueue(storage, "q", "id", {"plan": "p"}, jobs, "q.journal")  # the next process on this host
+    assert again.enqueue() == jobs
+    states = {t.number: t.state.name for t in again.trials()}
+    assert states[trial.number] == "FAIL" and list(states.values()).count("WAITING") == 1
+    trial, got = again.pull()
+    assert again.is_report(got) and not again.finished()  # the report job waited first: it goes back behind the job
+    again.release(trial)
+    assert again.pull()[1] == job
