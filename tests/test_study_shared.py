@@ -167,3 +167,21 @@ def test_a_killed_workers_job_is_failed_and_enqueued_again(tmp_path):
     assert again.is_report(got) and not again.finished()  # the report job waited first: it goes back behind the job
     again.release(trial)
     assert again.pull()[1] == job
+
+
+def test_report_copies_readable_runs_and_lists_unreachable_ones(shared_journal):
+    """A report built where OUT is another directory: runs it can read are copied in and measured; runs it cannot
+    read (trained on a machine whose OUT is not shared) are listed, not measured."""
+    tmp, journal, out, _ = shared_journal
+    options = dict(dataset="digits", plan=PLAN, epochs=1, repeats=5, runtimes="torch", device="cpu",
+                   storage=str(journal), progress=False)
+    hidden = out.rename(tmp / "hidden")  # the training machine's OUT, out of this machine's reach
+    try:
+        study = run_study(out=tmp / "far", **options)
+    finally:
+        hidden.rename(out)
+    assert study["variants"] == [] and [e["name"] for e in study["trained_elsewhere"]] == ["a", "b"]
+    assert any("Trained on another machine" in f for f in study["findings"])
+    near = run_study(out=tmp / "near", **options)
+    assert [v["status"] for v in near["variants"]] == ["ok"] * 2 and near["trained_elsewhere"] == []
+    assert (tmp / "near" / "variants" / "a" / "seed0" / "best.safetensors").is_file()

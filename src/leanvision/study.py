@@ -257,7 +257,7 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
                      **({"recipe": cfg.recipe} if cfg.recipe else {})},
     }
     elsewhere: list[dict[str, Any]] = []
-    if cfg.storage is not None:  # the variants are trials of a shared Optuna study: see `_run_shared`
+    if cfg.storage is not None:  # the variants are trials of a shared Optuna study: `study_shared`
         from .study_shared import run_shared
 
         def train(variant, seed):
@@ -286,8 +286,8 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
             except TrainingInterrupted:  # Ctrl-C stops the study (exit 130), not only this variant
                 raise
             except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
+                console.print(f"[red]{variant['name']} failed: {first_line(e)}")
                 record = failed_record(variant, configs[variant["name"]], e)
-                console.print(f"[red]{variant['name']} failed: {record['error']}")
             variants.append(record)
     study = {
         **header,
@@ -303,7 +303,7 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
         if elsewhere:
             study["findings"].append(
                 "Trained on another machine and not re-measured here (their run directories are not reachable "
-                "from this machine; put --out on a shared filesystem): " + ", ".join(
+                "from this machine; put `out` on a shared filesystem): " + ", ".join(
                     f"{e['name']} ({e['host']}: {e['run_dir']})" for e in elsewhere) + ".")
     report_dir = out
     if (out / "results.json").exists() and not overwrite:  # never replace a good report with a worse one
