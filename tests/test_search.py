@@ -17,6 +17,7 @@ optuna = pytest.importorskip("optuna")
 from testkit import REPO, one_error_line  # noqa: E402
 
 from leanvision.cli import main  # noqa: E402
+from leanvision.lock import MachineLock  # noqa: E402
 from leanvision.search import deps  # noqa: E402
 from leanvision.search.engine import (  # noqa: E402
     SearchError,
@@ -26,7 +27,6 @@ from leanvision.search.engine import (  # noqa: E402
     pareto,
     search,
 )
-from leanvision.search.lock import MachineLock  # noqa: E402
 from leanvision.search.objective import dominators, rungs, train_options  # noqa: E402
 from leanvision.search.space import SpaceError, conv_spec, load_space, sample, seed_trials  # noqa: E402
 

@@ -161,9 +161,14 @@ class StudyConfig:
     repeats: int = 50  # timed batch-1 calls per runtime (after warm-up)
     remeasure: bool = False  # re-time finished variants, keeping their weights
     overwrite: bool = False  # retrain variants in the study directory trained with another config; replace its report
+    storage: str | None = None  # share the plan with other machines: postgresql://user@host:5432/db or a path.journal
+    study_name: str | None = None  # the shared study's name in `storage` (default: leanvision-study)
 
     def __post_init__(self) -> None:
         self.runtimes = (self.runtimes,) if isinstance(self.runtimes, str) else tuple(self.runtimes)
+        if self.study_name is not None and self.storage is None:
+            raise LeanvisionError(f"study_name={self.study_name!r} names a shared study, but no `storage` was given. "
+                                  "Add storage=postgresql://... (or a path.journal), or drop `study_name`.")
         if self.seeds < 1:
             raise LeanvisionError(f"Invalid seeds={self.seeds}. Expected an integer >= 1.")
         if self.repeats < 1:

@@ -3,7 +3,8 @@
 A plan is a list of variants (model or spec + training overrides) sharing one training budget. Each variant is
 trained into `OUT/variants/<name>/seed<k>/`, measured on every available runtime (same inputs, same repeats), and
 summarised in `OUT/variants/<name>/record.json`. Re-running the same command skips variants whose record matches
-the config; a variant that fails is recorded as failed and the study goes on.
+the config; a variant that fails is recorded as failed and the study goes on. With `storage` (a database URL or a
+journal file), several processes or machines share the plan's variants: see `study_shared`.
 (Over 300 lines: plan validation, per-variant config and the train-measure loop share the plan's precedence rules;
 measuring is `measure`, diagnosing `diagnose`, reporting `report`.)
 """
@@ -199,6 +200,9 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
     A variant in `out` trained with another config is refused before anything runs, unless `overwrite=True`
     (which retrains it). A report with fewer ok variants than the one in `out` is written to `out/report-<time>/`
     instead (`study["report_dir"]`, `study["report_note"]`), unless `overwrite=True`.
+    `storage="postgresql://..."` (or a path.journal) shares the variants with every process started with the same
+    storage and options (`study_shared`); a process that ends while others still train returns `report_dir` None
+    and a `report_note` saying so; the last one writes the report.
 
     Example: `run_study(dataset="digits", plan="quick", epochs=2, out="study-quick")`.
     """
@@ -218,6 +222,11 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
     console = Console(stderr=True, quiet=not progress)
     plan_data = load_plan(plan)
     out = Path(out)
+    storage = None
+    if cfg.storage is not None:  # a bad or unreachable storage fails before any data is loaded
+        from .study_shared import open_shared
+
+        storage = open_shared(cfg.storage, out)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir)
     ds = load_dataset(dataset, data_dir)
     plan_data = {**plan_data, "default_epochs": plan_data["train"].get("epochs") or default_epochs(len(ds.train))}
@@ -235,22 +244,7 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
             available.append(name)
         else:
             console.print(f"runtime {name} skipped: {reason}")
-    variants = []
-    for index, variant in enumerate(plan_data["variants"]):
-        console.rule(f"[{index + 1}/{len(plan_data['variants'])}] {variant['name']}")
-        try:
-            record = _run_variant(variant, data_cfg, configs[variant["name"]], ds, seeds, out, available, repeats,
-                                  progress, console, remeasure)
-        except TrainingInterrupted:  # Ctrl-C stops the study (exit 130), not only this variant
-            raise
-        except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
-            message = first_line(e)
-            console.print(f"[red]{variant['name']} failed: {message}")
-            record = {"name": variant["name"], "model": configs[variant["name"]]["model"], "base": variant.get("base"),
-                      "description": variant.get("description", ""), "status": "failed",
-                      "error": f"{type(e).__name__}: {message}"}
-        variants.append(record)
-    study = {
+    header = {
         "title": f"leanvision study: {ds.name} ({plan_data['name']} plan)",
         "plan": plan_data["name"],
         "dataset": {"name": ds.name, "num_train": len(ds.train), "num_val": len(ds.val),
@@ -261,6 +255,42 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
                      "device": device, "latency_batch_size": 1, "throughput_batch_size": 256,
                      "repeats": repeats, "warmup": 10, "runtimes": available, "runtime": "torch",
                      **({"recipe": cfg.recipe} if cfg.recipe else {})},
+    }
+    elsewhere: list[dict[str, Any]] = []
+    if cfg.storage is not None:  # the variants are trials of a shared Optuna study: `study_shared`
+        from .study_shared import run_shared
+
+        def train(variant, seed):
+            return _train_seed(variant, data_cfg, configs[variant["name"]], ds, seed, out, progress, console, repeats)
+
+        def record(variant, results, trials):  # measured here, or record.json reused (same config and trials)
+            return _run_variant(variant, data_cfg, configs[variant["name"]], ds, seeds, out, available, repeats,
+                                progress, console, remeasure, trained=results, key_extra={"trials": trials})
+
+        def failed(variant, error):
+            return failed_record(variant, configs[variant["name"]], error)
+
+        shared = run_shared(cfg, storage, plan_data, configs, ds, out, header["settings"], console, train=train,
+                            record=record, failed=failed)
+        if shared.get("report_dir", "") is None:  # other processes still train: the last one writes the report
+            return {**header, **shared, "wall_time_s": time.perf_counter() - tick}
+        variants, elsewhere = shared["variants"], shared["trained_elsewhere"]
+        header["settings"].update(storage=shared["storage"], study_name=shared["study_name"])
+    else:
+        variants = []
+        for index, variant in enumerate(plan_data["variants"]):
+            console.rule(f"[{index + 1}/{len(plan_data['variants'])}] {variant['name']}")
+            try:
+                record = _run_variant(variant, data_cfg, configs[variant["name"]], ds, seeds, out, available,
+                                      repeats, progress, console, remeasure)
+            except TrainingInterrupted:  # Ctrl-C stops the study (exit 130), not only this variant
+                raise
+            except (LeanvisionError, RuntimeError, MemoryError, ValueError) as e:
+                console.print(f"[red]{variant['name']} failed: {first_line(e)}")
+                record = failed_record(variant, configs[variant["name"]], e)
+            variants.append(record)
+    study = {
+        **header,
         "environment": environment(torch.device(device)),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -268,6 +298,13 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
         "variants": variants,
     }
     diagnose(study)
+    if cfg.storage is not None:
+        study["trained_elsewhere"] = elsewhere
+        if elsewhere:
+            study["findings"].append(
+                "Trained on another machine and not re-measured here (their run directories are not reachable "
+                "from this machine; put `out` on a shared filesystem): " + ", ".join(
+                    f"{e['name']} ({e['host']}: {e['run_dir']})" for e in elsewhere) + ".")
     report_dir = out
     if (out / "results.json").exists() and not overwrite:  # never replace a good report with a worse one
         try:
@@ -282,6 +319,13 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
     study["report_dir"] = str(report_dir)
     write_report(study, report_dir)  # the CLI prints where the report is (once)
     return study
+
+
+def failed_record(variant: dict[str, Any], config: dict[str, Any], error: BaseException | str) -> dict[str, Any]:
+    """A failed variant's entry: its name, model and base, and the error in one line (`Type: message`)."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {first_line(error)}"
+    return {"name": variant["name"], "model": config["model"], "base": variant.get("base"),
+            "description": variant.get("description", ""), "status": "failed", "error": message}
 
 
 def _check_existing(plan_data, data_cfg, configs, seeds, out: Path, overwrite: bool) -> None:
@@ -319,42 +363,61 @@ def _check_existing(plan_data, data_cfg, configs, seeds, out: Path, overwrite: b
                           "options with `remeasure` to re-time it.")
 
 
-def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repeats, progress, console,
-                 remeasure=False):
-    vdir = out / "variants" / variant["name"]
+def _variant_key(variant, data_cfg, config, seeds, runtimes, repeats) -> dict[str, Any]:
+    """What a variant's record.json depends on (its `config_hash`): a record with the same key is reused."""
     key = {"variant": variant, "data": data_cfg.__dict__, "train": config["train"], "seeds": seeds,
            "runtimes": runtimes, "repeats": repeats}
     if variant.get("recipe") is not None:
         key["model"] = [config["model"], config["model_kwargs"]]
+    return key
+
+
+def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repeats, progress, console,
+                 remeasure=False, trained: list[dict[str, Any]] | None = None, key_extra: dict | None = None):
+    """Train (or reuse) every seed of a variant and measure it; `trained`: the seeds' results, trained already (by
+    `study --storage` workers); `key_extra`: more of what its record.json depends on."""
+    vdir = out / "variants" / variant["name"]
+    key = {**_variant_key(variant, data_cfg, config, seeds, runtimes, repeats), **(key_extra or {})}
     record_path = vdir / "record.json"
     if record_path.exists():
         old = read_json(record_path)
         if old.get("config_hash") == _hash(key) and old.get("status") == "ok" and not remeasure:
             console.print(f"{variant['name']}: already done with the same config, skipped")
             return old
-    accuracies, results = [], []
-    for seed in range(seeds):
-        cfg = RunConfig(model=config["model"], model_kwargs=config["model_kwargs"],
-                        data=data_cfg, train=TrainConfig(**{**config["train"], "seed": seed}))
-        run_dir = vdir / f"seed{seed}"
-        twin = _same_run(out, f"seed{seed}", cfg) if not (run_dir / "config.json").exists() else None
-        if twin is not None:  # another variant trained exactly this (e.g. the base of a compression variant)
-            import shutil
+    results = trained if trained is not None else [
+        _train_seed(variant, data_cfg, config, ds, seed, out, progress, console, repeats) for seed in range(seeds)]
+    return _measure_record(variant, config, ds, out, runtimes, repeats, results, key)
 
-            shutil.copytree(twin, run_dir)
-            console.print(f"{variant['name']}: seed {seed} uses the identical training of {twin.parent.name}")
-        if (run_dir / "result.json").exists() and (run_dir / "config.json").exists() and \
-                read_json(run_dir / "config.json")["config"] == cfg.to_dict():
-            result = read_json(run_dir / "result.json")
-        else:
-            resume = (run_dir / "checkpoint.safetensors").exists()
-            if resume and read_json(run_dir / "config.json")["config"] != cfg.to_dict():
-                raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another `out`.")
-            result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
-        if variant.get("techniques"):  # compress the trained run into seed<k>-optimized; that model is measured
-            result = {**result, **optimize_variant(run_dir, variant["techniques"], ds, progress, repeats)}
-        results.append(result)
-        accuracies.append(result["test_accuracy"])
+
+def _train_seed(variant, data_cfg, config, ds, seed: int, out: Path, progress, console, repeats) -> dict[str, Any]:
+    """Train one seed of a variant into `OUT/variants/<name>/seed<k>` (reusing a finished run with the same config,
+    or an identical run of another variant), then its techniques into `seed<k>-optimized`; returns the result."""
+    cfg = RunConfig(model=config["model"], model_kwargs=config["model_kwargs"],
+                    data=data_cfg, train=TrainConfig(**{**config["train"], "seed": seed}))
+    run_dir = out / "variants" / variant["name"] / f"seed{seed}"
+    twin = _same_run(out, f"seed{seed}", cfg) if not (run_dir / "config.json").exists() else None
+    if twin is not None:  # another variant trained exactly this (e.g. the base of a compression variant)
+        import shutil
+
+        shutil.copytree(twin, run_dir)
+        console.print(f"{variant['name']}: seed {seed} uses the identical training of {twin.parent.name}")
+    if (run_dir / "result.json").exists() and (run_dir / "config.json").exists() and \
+            read_json(run_dir / "config.json")["config"] == cfg.to_dict():
+        result = read_json(run_dir / "result.json")
+    else:
+        resume = (run_dir / "checkpoint.safetensors").exists()
+        if resume and read_json(run_dir / "config.json")["config"] != cfg.to_dict():
+            raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another `out`.")
+        result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
+    if variant.get("techniques"):  # compress the trained run into seed<k>-optimized; that model is measured
+        result = {**result, **optimize_variant(run_dir, variant["techniques"], ds, progress, repeats)}
+    return result
+
+
+def _measure_record(variant, config, ds, out: Path, runtimes, repeats, results, key) -> dict[str, Any]:
+    """Measure a variant's trained seed 0 (`measure_variant`) and write its record.json from the seeds' `results`."""
+    vdir = out / "variants" / variant["name"]
+    seeds, accuracies = len(results), [r["test_accuracy"] for r in results]
     final_dir = vdir / ("seed0-optimized" if variant.get("techniques") else "seed0")
     run = load_run(final_dir)
     record = measure_variant(run, ds, runtimes, repeats)
@@ -378,7 +441,7 @@ def _run_variant(variant, data_cfg, config, ds, seeds, out: Path, runtimes, repe
         # what looked wrong in the runs (health.py: e.g. near-chance validation), seed 0's and every seed's optimize
         warnings=list(dict.fromkeys(w for r in results for w in r.get("warnings") or [])),
     )
-    write_json(record_path, record)
+    write_json(vdir / "record.json", record)
     return record
 
 

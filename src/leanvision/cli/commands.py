@@ -273,6 +273,11 @@ def cmd_study(ns: Any) -> int:
 
     config = config_from_flags(ns, StudyConfig)
     study = run_study(config, progress=not ns.no_progress)
+    if study.get("report_dir", "") is None:  # --storage: other processes still train; the last one reports
+        print(f"study: {study['report_note']}", file=sys.stderr)
+        if ns.json:
+            _print_json(study)
+        return 0
     ok = [v for v in study["variants"] if v.get("status") == "ok"]
     failed = [v for v in study["variants"] if v.get("status") != "ok"]
     if study.get("report_note"):  # the new report has fewer ok variants: written beside the earlier one

@@ -2,8 +2,9 @@
 
 `space` (the conv-net family, training knobs, compression), `objective` (one trial: train with multi-fidelity
 early stopping, compress, measure under the machine lock), `engine` (Optuna study, storages, workers, the final
-re-measurement), `report` (results.json/csv, report.md), `lock` (timing never overlaps local training), `deps` (the
-lower-level leanvision functions used, imported in one place). Optuna is imported lazily (start-up speed).
+re-measurement), `report` (results.json/csv, report.md), `deps` (the lower-level leanvision functions used,
+imported in one place; storages and the machine lock are shared with `study`). Optuna is imported lazily (start-up
+speed).
 
 Example: `from leanvision.search import search; search(dataset="digits", trials=10, out="search/digits")`.
 """

@@ -15,7 +15,6 @@ ordinary run directories, and results.json, results.csv and report.md are writte
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import multiprocessing
 import os
 import shutil
@@ -29,9 +28,8 @@ import optuna
 import torch
 
 from . import deps
-from .lock import MachineLock
-from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, fingerprint, model_bytes, run_trial
-from .report import redact as _redact
+from .deps import MachineLock, fingerprint
+from .objective import OBJECTIVES, Measurer, TrialContext, TrialStopped, model_bytes, run_trial
 from .report import write_outputs
 from .space import Param, load_space, seed_trials
 
@@ -148,38 +146,7 @@ def _worker_main(settings: dict[str, Any], index: int) -> None:
 
 
 def _storage(settings: SearchSettings) -> Any:
-
-    url = settings.storage
-    if url is None or url.startswith("journal:") or url.endswith(".journal"):
-        path = Path(url[len("journal:"):] if url and url.startswith("journal:") else url or
-                    Path(settings.out) / "study.journal")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    if "://" not in url:
-        raise SearchError(f"Invalid storage {url!r}. Expected a database URL (postgresql://user@host:port/db) or a "
-                          "journal file (path.journal).")
-    url = _postgres_driver(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except ImportError as e:
-        raise SearchError(f"Storage {url.split('://')[0]} needs a database driver: {deps.first_line(e).rstrip('.')}. "
-                          "Install it: pip install 'leanvision[postgres]'.") from None
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's errors: unreachable server, bad credentials
-        raise SearchError(f"Cannot open storage {_redact(url)}: {deps.first_line(e).rstrip('.')}. Check that the "
-                          "server runs and the URL (host, port, database, user) is right.") from None
-
-
-def _postgres_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2-binary, so a plain
-    URL uses psycopg2 when psycopg 3 is absent."""
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
+    return deps.open_storage(settings.storage, Path(settings.out) / "study.journal", SearchError)
 
 
 NEW_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")  # Optuna >= 5 stores constraints on the trial
@@ -252,31 +219,7 @@ def enqueue_seeds(study: Any, settings: SearchSettings) -> list[str]:
     return list(seeds)
 
 
-def _fail_stale(study: Any) -> None:
-    """Trials this host left RUNNING in a process that no longer exists become FAIL."""
-
-    host = os.uname().nodename
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        owner = t.user_attrs.get("worker") or {}
-        if owner.get("host") != host or _alive(owner.get("pid")):
-            continue
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "error", "worker process died (killed or crashed)")
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        except Exception:  # noqa: BLE001 - another worker failed it first
-            pass
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_fail_stale = deps.fail_stale  # trials this host left RUNNING in a dead process become FAIL
 
 
 def work(settings: SearchSettings, index: int) -> None:
@@ -312,7 +255,7 @@ def _work(settings: SearchSettings, index: int) -> None:
         if settings.trials is not None and len(study.get_trials(deepcopy=False)) >= settings.trials:
             break
         trial = study.ask()
-        trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid(), "index": index})
+        trial.set_user_attr("worker", deps.worker_attr(index))
         trial.set_user_attr("machine", ctx.fingerprint)
         started = time.time()
         try:

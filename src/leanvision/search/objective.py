@@ -15,10 +15,7 @@ a quantile; `benchmarks/search.py` compares it with random sampling without stop
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from . import deps
-from .lock import MachineLock
 from .space import conv_spec, sample
 
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "throughput": "maximize", "size": "minimize",
@@ -36,16 +32,6 @@ OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "throughput": "maxi
 
 class TrialStopped(Exception):
     """Raised inside a trial to stop it early (recorded as PRUNED with the reason)."""
-
-
-def fingerprint() -> dict[str, Any]:
-    """The machine a number was measured on: host, CPU model, core count, versions; `id` hashes them."""
-    env = deps.environment("cpu")
-    facts = {"host": platform.node(), "cpu": env.get("cpu") or env.get("cpu_model") or platform.processor(),
-             "cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-             "onnxruntime": env.get("onnxruntime")}
-    facts["id"] = hashlib.sha256(repr(sorted(facts.items())).encode()).hexdigest()[:12]
-    return facts
 
 
 def rungs(epochs: int) -> list[int]:
@@ -71,7 +57,7 @@ def dominators(trials: list[Any], number: int, key: str, accuracy: float, cost: 
 class Measurer:
     """Times a model on one runtime at batch 1 (and 256 for throughput) with `threads` threads, under the lock."""
 
-    def __init__(self, runtime: str, threads: int, lock: MachineLock, repeats: int = 50):
+    def __init__(self, runtime: str, threads: int, lock: deps.MachineLock, repeats: int = 50):
         self.runtime, self.threads, self.lock, self.repeats = runtime, threads, lock, repeats
 
     def predictor(self, model: Any, input_shape: tuple[int, int, int]) -> Any:
@@ -103,7 +89,7 @@ class TrialContext:
     objectives: tuple[str, ...]
     out: Path
     measurer: Measurer
-    lock: MachineLock
+    lock: deps.MachineLock
     max_size_kb: float | None = None
     stop_after: int = 3
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)

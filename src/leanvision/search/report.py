@@ -263,17 +263,8 @@ def _plot(result: dict[str, Any], path: Path) -> str | None:
     return path.name
 
 
-def redact(url: str) -> str:
-    """A storage URL without its password, for messages and reports."""
-    head, _, tail = url.partition("://")
-    if "@" in tail and ":" in tail.split("@")[0]:
-        user = tail.split("@")[0].split(":")[0]
-        tail = f"{user}:***@{tail.split('@', 1)[1]}"
-    return f"{head}://{tail}"
-
-
 def _storage_label(settings: Any) -> str:
-    return redact(settings.storage) if settings.storage else str(Path(settings.out) / "study.journal")
+    return deps.redact(settings.storage) if settings.storage else str(Path(settings.out) / "study.journal")
 
 
 CSV_FIELDS = ("number", "state", "val_accuracy", "latency_ms", "size_kb", "macs", "num_params",

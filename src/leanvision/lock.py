@@ -1,4 +1,5 @@
-"""Timing never overlaps training on one machine: trainers hold a shared lock, a measurement an exclusive one.
+"""Timing never overlaps training on one machine: trainers hold a shared lock, a measurement an exclusive one
+(`leanvision search`; `leanvision study --storage` measures its report under it).
 
 A readers-writer lock on files in the output directory (`fcntl.flock`): `training()` takes the shared lock and
 releases it between epochs (`pause()`); `measuring()` takes the exclusive lock, so it waits until every local worker
