@@ -119,6 +119,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
     batcher = Batcher(model.infer, config.max_batch_size, config.max_wait_ms, observe=metrics.observe_batch)
     c, h, w = model.input_shape
     state = {"ready": False, "in_flight": 0}
+    metrics.in_flight.set_function(lambda: state["in_flight"])  # read at scrape time: no lock per request
     decode_slots = asyncio.Semaphore(DECODE_SLOTS)
 
     @asynccontextmanager
@@ -196,7 +197,6 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             return refuse(ApiError(503, "Not ready: the model is loading or the server is shutting down.",
                                    "not_ready", {"Retry-After": "1"}))
         state["in_flight"] += 1
-        metrics.in_flight.inc()
         batcher.incoming += 1
         queued = False
         try:
@@ -226,7 +226,6 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             if not queued:
                 batcher.incoming -= 1
             state["in_flight"] -= 1
-            metrics.in_flight.dec()
         k = min(top_k or config.top_k, len(classes))
         results = []
         for (name, _), answer_ in zip(parts, answers):
