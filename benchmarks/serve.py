@@ -371,7 +371,8 @@ def print_table(results: dict, args) -> None:
         for r in model["served"]:
             direct_cell = f"{r['direct_images_per_s_same_batch']:,.0f} ({r['direct_batch_size']})"
             print(f"{label:<6}{r['concurrency']:>5}{r['requests_per_s']:>10,.0f}{r['images_per_s']:>10,.0f}"
-                  f"{r['latency_p50_ms']:>9.3f}{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}{direct_cell:>18}"
+                  f"{r['latency_p50_ms']:>9.3f}{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}"
+                  f"{direct_cell:>18}"
                   f"{r['ratio_to_direct_same_batch']:>7.2f}{r['ratio_to_best_direct_batch_256']:>8.3f}"
                   f"{r['server_cpu_us_per_request']:>11.1f}{r['server_cpu_cores']:>10.2f}"
                   f"{r['client_cpu_us_per_request']:>11.1f}{r['errors']:>7}"
