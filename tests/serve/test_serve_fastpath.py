@@ -113,7 +113,8 @@ def cases(digits) -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("413 too many files", "/predict", four, {"Content-Type": four_type}),
         ("413 pixels", "/predict", bomb_png(5000, 5000), {"Content-Type": "image/png"}),
         ("400 multipart without boundary", "/predict", b"--x\r\nbroken", {"Content-Type": "multipart/form-data"}),
-        ("422 multipart without file", "/predict", b"--x\r\nbroken", {"Content-Type": "multipart/form-data; boundary=x"}),
+        ("422 multipart without file", "/predict", b"--x\r\nbroken",
+         {"Content-Type": "multipart/form-data; boundary=x"}),
     ]
 
 

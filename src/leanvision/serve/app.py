@@ -2,9 +2,10 @@
 
 `create_app(run_dir, runtime="onnxruntime", max_batch_size=64, max_wait_ms=2, ...)` loads the model (any run:
 trained, pruned, int8), and returns a FastAPI app (`ServeApp`: POST /predict is answered by a raw ASGI handler in
-front of FastAPI's routing, sharing `answer` with the documented FastAPI route). Endpoints: `POST /predict` (multipart files or one raw image
-body), `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /model`, `GET /` (a page), `GET /report` (the
-study report, when the run lives in a study folder), `/docs` and `/openapi.json`.
+front of FastAPI's routing, sharing `answer` with the documented FastAPI route). Endpoints: `POST /predict`
+(multipart files or one raw image body), `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /model`,
+`GET /` (a page), `GET /report` (the study report, when the run lives in a study folder), `/docs` and
+`/openapi.json`.
 
 Its pieces: `inputs` bounds every untrusted input before it costs memory (body, multipart files, image formats,
 pixel count) and decodes images as `leanvision predict` does; `model` loads the run; `metrics` counts for
