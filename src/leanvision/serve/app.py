@@ -53,9 +53,6 @@ DECODE_SLOTS = max(2, os.cpu_count() or 1)
 INLINE_MAX_S = 0.001
 
 
-
-
-
 _encoder = json.JSONEncoder(separators=(",", ":"))  # json.dumps with `separators` builds an encoder per call
 
 
@@ -67,13 +64,10 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-def _error(e: ApiError) -> Response:
-    return _json({"error": e.message}, e.status, e.headers)
-
-
 def _top(probs: np.ndarray, k: int) -> tuple[list[float], list[int]]:
-    """The `k` largest probabilities of one image and their class indices, largest first (ties: lower index
-    first), as `leanvision predict`'s top-k; numpy on one row costs a few microseconds where torch costs tens."""
+    """The `k` largest probabilities of one image and their class indices, largest first (ties: the lower class
+    index first), the top-k of `leanvision predict`; numpy on one row costs a few microseconds where torch's topk
+    costs tens."""
     if k == 1:
         i = int(probs.argmax())
         return [float(probs[i])], [i]
@@ -144,8 +138,8 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             await batcher.close()
 
     app = ServeApp(title="leanvision serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=f"Image classification with {model.card['name']} ({model.card['precision']}, "
-                              f"{runtime}) from run {model.card['run']}. POST images to /predict.")
+                   description=f"Image classification with {model.card['name']} ({model.card['precision']}, "
+                               f"{runtime}) from run {model.card['run']}. POST images to /predict.")
     app.state.config, app.state.model, app.state.batcher, app.state.metrics = config, model, batcher, metrics
 
     app.add_middleware(CountRequests, metrics=metrics)
