@@ -16,8 +16,12 @@ cost. "vs b256" divides by the better direct batch-256 throughput (either thread
 request): at concurrency 64, served int8 requests/s >= 50% of the direct batched int8 throughput (batch 64, the
 largest batch the server forms; the stricter batch-256 ratio is shown too); at concurrency 1, p50 < 2 ms.
 
-The client runs in this process and shares the CPU with the server (loopback only), so served numbers include the
-client's own cost. Bounded: at most --requests answers and --max-seconds per level.
+The client runs in its own process (raw asyncio protocol on uvloop when installed, pre-built request bytes, answers
+read by Content-Length), so its cost is not counted as the server's; but on a small machine it still shares the
+cores with the server (loopback only). Where the time goes: "srv us/req" is the server process's CPU time (user +
+system, every thread: HTTP, decoding, batching and inference, from /proc/<pid>/stat) per answered request, "srv
+cores" that CPU time over the level's wall time, "cli us/req" the client process's CPU time per request. Bounded:
+at most --requests answers and --max-seconds per level.
 
 Usage: python benchmarks/serve.py [--data-dir ../shared/data] [--run-dir RUN] [--int8-dir RUN] [--requests 4000]
        [--max-seconds 20] [--concurrency 1,8,64] [--max-batch-size 64] [--max-wait-ms 2] [--threads N]
@@ -125,43 +129,90 @@ def http_requests(bodies: list[bytes], per_request: int) -> list[bytes]:
     return out
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive client connection: writes a pre-built request, reads its answer (headers up to the blank line,
+    then Content-Length bytes), writes the next, until the shared budget of requests or time is spent."""
+
+    def __init__(self, shared: dict, done: asyncio.Future):
+        self.shared, self.done, self.buffer, self.need = shared, done, bytearray(), None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.send_next()
+
+    def send_next(self) -> None:
+        s = self.shared
+        if s["next"] >= s["total"] or time.perf_counter() >= s["deadline"]:
+            self.transport.close()
+            return
+        self.i = s["next"]
+        s["next"] += 1
+        self.k = self.i % len(s["requests"])
+        self.start = time.perf_counter()
+        self.transport.write(s["requests"][self.k])
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.need is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.head = bytes(self.buffer[:end])
+            length = int(self.head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            self.body_at, self.need = end + 4, end + 4 + length
+        if len(self.buffer) < self.need:
+            return
+        s, body = self.shared, bytes(self.buffer[self.body_at:self.need])
+        s["latencies"].append(time.perf_counter() - self.start)
+        del self.buffer[:self.need]
+        self.need = None
+        if not self.head.startswith(b"HTTP/1.1 200"):
+            s["errors"] += 1
+        elif self.i % 8 == 0:
+            s["checked"] += 1
+            s["wrong"] += json.loads(body)["results"][0]["predictions"][0]["class"] != s["expected"][self.k]
+        self.send_next()
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
 async def load(port: int, bodies: list[bytes], expected: list[str], concurrency: int, total: int, max_s: float,
                per_request: int = 1) -> dict[str, float]:
     """Closed-loop load: `concurrency` keep-alive connections until `total` answers or `max_s` seconds."""
-    requests = http_requests(bodies, per_request)
-    latencies: list[float] = []
-    state = {"next": 0, "errors": 0, "wrong": 0, "checked": 0}
-    deadline = time.perf_counter() + max_s
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while state["next"] < total and time.perf_counter() < deadline:
-                i = state["next"]
-                state["next"] += 1
-                k = i % len(requests)
-                start = time.perf_counter()
-                writer.write(requests[k])
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                body = await reader.readexactly(length)
-                latencies.append(time.perf_counter() - start)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    state["errors"] += 1
-                elif i % 8 == 0:
-                    state["checked"] += 1
-                    state["wrong"] += json.loads(body)["results"][0]["predictions"][0]["class"] != expected[k]
-        finally:
-            writer.close()
-
-    tick = time.perf_counter()
-    await asyncio.gather(*[connection() for _ in range(concurrency)])
-    wall = time.perf_counter() - tick
-    ms = sorted(x * 1e3 for x in latencies)
+    loop = asyncio.get_running_loop()
+    shared = {"requests": http_requests(bodies, per_request), "expected": expected, "latencies": [], "next": 0,
+              "total": total, "deadline": time.perf_counter() + max_s, "errors": 0, "wrong": 0, "checked": 0}
+    done = [loop.create_future() for _ in range(concurrency)]
+    tick, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*[loop.create_connection(lambda d=d: _Connection(shared, d), "127.0.0.1", port)
+                           for d in done])
+    lost = [e for e in await asyncio.gather(*done) if e is not None]
+    wall, cpu = time.perf_counter() - tick, time.process_time() - cpu
+    if lost:
+        raise SystemExit(f"connection lost: {lost[0]}")
+    ms = sorted(x * 1e3 for x in shared["latencies"])
     return {"concurrency": concurrency, "images_per_request": per_request, "requests": len(ms), "wall_s": wall,
             "requests_per_s": len(ms) / wall, "images_per_s": len(ms) * per_request / wall,
             "latency_p50_ms": statistics.median(ms), "latency_p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
-            "errors": state["errors"], "checked": state["checked"], "wrong": state["wrong"]}
+            "errors": shared["errors"], "checked": shared["checked"], "wrong": shared["wrong"],
+            "client_cpu_us_per_request": cpu / max(len(ms), 1) * 1e6}
+
+
+def client_run(*args) -> dict[str, float]:
+    """`load` in the client process (uvloop when installed, as the server): its cost is not the server's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(load(*args))
+    return uvloop.run(load(*args))
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process `pid` has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric_sum(port: int, name: str) -> float:
@@ -174,7 +225,7 @@ def metric_sum(port: int, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
-def serve_levels(run_dir: Path, bodies, expected, args) -> list[dict]:
+def serve_levels(run_dir: Path, bodies, expected, args, client) -> list[dict]:
     import http.client
 
     port = free_port()
@@ -198,13 +249,18 @@ def serve_levels(run_dir: Path, bodies, expected, args) -> list[dict]:
             time.sleep(0.2)
         rows = []
         for c in args.concurrency:
-            asyncio.run(load(port, bodies, expected, c, min(args.requests // 10, 500), args.max_seconds,
-                             args.images_per_request))  # warm-up
+            client.submit(client_run, port, bodies, expected, c, min(args.requests // 10, 500), args.max_seconds,
+                          args.images_per_request).result()  # warm-up
             calls0, images0 = metric_sum(port, "leanvision_batch_size_count"), metric_sum(port,
                                                                                           "leanvision_batch_size_sum")
-            row = asyncio.run(load(port, bodies, expected, c, args.requests, args.max_seconds, args.images_per_request))
+            cpu0 = process_cpu_s(proc.pid)
+            row = client.submit(client_run, port, bodies, expected, c, args.requests, args.max_seconds,
+                                args.images_per_request).result()
+            cpu = process_cpu_s(proc.pid) - cpu0
             calls = metric_sum(port, "leanvision_batch_size_count") - calls0
             row["mean_batch_size"] = (metric_sum(port, "leanvision_batch_size_sum") - images0) / max(calls, 1)
+            row["server_cpu_us_per_request"] = cpu / max(row["requests"], 1) * 1e6
+            row["server_cpu_cores"] = cpu / row["wall_s"]  # 1.0 = one core busy for the whole level
             rows.append(row)
         return rows
     finally:
@@ -249,7 +305,11 @@ def main() -> None:
 
     results: dict = {"settings": {k: v for k, v in vars(args).items()}, "environment": environment("cpu"),
                      "models": {}}
-    with tempfile.TemporaryDirectory(prefix="leanvision-serve-bench-") as tmp:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    client = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))  # the load client's process
+    with client, tempfile.TemporaryDirectory(prefix="leanvision-serve-bench-") as tmp:
         fp32, int8, dataset = prepare_runs(args, Path(tmp))
         raw = dataset.test.images[:64, 0].numpy()  # 64 different 28x28 test digits
         bodies = [png(a) for a in raw]
@@ -266,7 +326,7 @@ def main() -> None:
             if all_cores != args.threads:  # the model alone may be faster with every core: the stricter reference
                 best.append(direct(run_dir, raw[:, None], [256], args.repeats, all_cores)[256])
             best_256 = max(best, key=lambda r: r["images_per_s"])
-            rows = serve_levels(run_dir, bodies, expected, args)
+            rows = serve_levels(run_dir, bodies, expected, args, client)
             for row in rows:
                 batch = max(b for b in direct_rows if b <= min(row["concurrency"] * args.images_per_request,
                                                                args.max_batch_size))
@@ -303,15 +363,19 @@ def print_table(results: dict, args) -> None:
         f"{args.images_per_request} 28x28 PNGs per request (multipart)"
     print(f"\nONNX Runtime, CPU ({env.get('cpu_model') or 'cpu'}, {env.get('cpu_count')} cores); server and direct "
           f"calls with {args.threads} inference threads; serve --max-batch-size {args.max_batch_size} --max-wait-ms "
-          f"{args.max_wait_ms}; client in-process, loopback, closed loop, {per}")
+          f"{args.max_wait_ms}; client in its own process, loopback, closed loop, {per}")
     print(f"{'model':<6}{'conc':>5}{'req/s':>10}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>11}"
-          f"{'direct img/s (b)':>18}{'ratio':>7}{'vs b256':>8}{'errors':>7}{'wrong':>7}")
+          f"{'direct img/s (b)':>18}{'ratio':>7}{'vs b256':>8}{'srv us/req':>11}{'srv cores':>10}{'cli us/req':>11}"
+          f"{'errors':>7}{'wrong':>7}")
     for label, model in results["models"].items():
         for r in model["served"]:
             direct_cell = f"{r['direct_images_per_s_same_batch']:,.0f} ({r['direct_batch_size']})"
             print(f"{label:<6}{r['concurrency']:>5}{r['requests_per_s']:>10,.0f}{r['images_per_s']:>10,.0f}"
-                  f"{r['latency_p50_ms']:>9.3f}{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}{direct_cell:>18}"
-                  f"{r['ratio_to_direct_same_batch']:>7.2f}{r['ratio_to_best_direct_batch_256']:>8.3f}{r['errors']:>7}"
+                  f"{r['latency_p50_ms']:>9.3f}{r['latency_p99_ms']:>9.3f}{r['mean_batch_size']:>11.1f}"
+                  f"{direct_cell:>18}"
+                  f"{r['ratio_to_direct_same_batch']:>7.2f}{r['ratio_to_best_direct_batch_256']:>8.3f}"
+                  f"{r['server_cpu_us_per_request']:>11.1f}{r['server_cpu_cores']:>10.2f}"
+                  f"{r['client_cpu_us_per_request']:>11.1f}{r['errors']:>7}"
                   f"{r['wrong']:>4}/{r['checked']}")
         d = " | ".join(f"b{r['batch_size']}: {r['latency_median_ms']:.3f} ms, {r['images_per_s']:,.0f} img/s"
                        for r in model["direct"])

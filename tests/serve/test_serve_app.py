@@ -21,9 +21,14 @@ from leanvision.runs import load_run  # noqa: E402
 from leanvision.serve import create_app  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def client(serve_run):
-    with TestClient(create_app(serve_run, max_batch_size=16, max_body_kb=256)) as c:
+@pytest.fixture(scope="module", params=["fast", "fastapi"])
+def client(serve_run, request):
+    """POST /predict through the raw ASGI fast path (what uvicorn serves), or through FastAPI's route: every test
+    that uses this client checks both give the same answers, refusals and metrics."""
+    app = create_app(serve_run, max_batch_size=16, max_body_kb=256)
+    if request.param == "fastapi":
+        app.fast_predict = None
+    with TestClient(app) as c:
         yield c
 
 

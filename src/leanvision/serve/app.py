@@ -1,9 +1,11 @@
 """The ASGI app of `leanvision serve`: a run directory's model behind HTTP, with dynamic batching and limits.
 
 `create_app(run_dir, runtime="onnxruntime", max_batch_size=64, max_wait_ms=2, ...)` loads the model (any run:
-trained, pruned, int8), and returns a FastAPI app. Endpoints: `POST /predict` (multipart files or one raw image
-body), `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /model`, `GET /` (a page), `GET /report` (the
-study report, when the run lives in a study folder), `/docs` and `/openapi.json`.
+trained, pruned, int8), and returns a FastAPI app (`ServeApp`: POST /predict is answered by a raw ASGI handler in
+front of FastAPI's routing, sharing `answer` with the documented FastAPI route). Endpoints: `POST /predict`
+(multipart files or one raw image body), `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /model`,
+`GET /` (a page), `GET /report` (the study report, when the run lives in a study folder), `/docs` and
+`/openapi.json`.
 
 Its pieces: `inputs` bounds every untrusted input before it costs memory (body, multipart files, image formats,
 pixel count) and decodes images as `leanvision predict` does; `model` loads the run; `metrics` counts for
@@ -36,6 +38,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import QueryParams
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised by the CLI test that hides the extra
     raise LeanvisionError(f'`leanvision serve` needs its extra ({e.name} is missing). Install it with: '
@@ -50,22 +53,50 @@ DECODE_SLOTS = max(2, os.cpu_count() or 1)
 INLINE_MAX_S = 0.001
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"))  # json.dumps with `separators` builds an encoder per call
 
+
+def _encode(obj: Any) -> bytes:
+    return _encoder.encode(obj).encode()
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(obj, separators=(",", ":")), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-def _error(e: ApiError) -> Response:
-    return _json({"error": e.message}, e.status, e.headers)
+def _top(probs: np.ndarray, k: int) -> tuple[list[float], list[int]]:
+    """The `k` largest probabilities of one image and their class indices, largest first (ties: the lower class
+    index first), the top-k of `leanvision predict`; numpy on one row costs a few microseconds where torch's topk
+    costs tens."""
+    if k == 1:
+        i = int(probs.argmax())
+        return [float(probs[i])], [i]
+    ix = np.argsort(-probs, kind="stable")[:k]
+    return probs[ix].tolist(), ix.tolist()
+
+
+class ServeApp(FastAPI):
+    """The FastAPI app of `create_app`, with `POST /predict` answered in front of FastAPI (`fast_predict`, set by
+    `create_app`): a raw ASGI handler that calls the same `answer` as the FastAPI route, without Starlette's
+    middleware stack, routing, Request object and Response class, which cost more than decoding a small image. Every
+    other path and method, and any request under a root path, goes through FastAPI (/docs, /openapi.json, which still
+    documents /predict from its route, /metrics, /model, ...). Set `fast_predict = None` to route /predict through
+    FastAPI too (the tests compare both)."""
+
+    fast_predict: Any = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (self.fast_predict is not None and scope["type"] == "http" and scope["path"] == "/predict"
+                and scope["method"] == "POST" and not scope.get("root_path")):
+            await self.fast_predict(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_size: int = 64,
                max_wait_ms: float = 2.0, max_body_kb: int = 2048, max_concurrency: int = 256,
                max_pixels: int = 16_000_000, max_files: int = 64, top_k: int = 1, warmup: int = 3,
-               threads: int | None = None) -> FastAPI:
+               threads: int | None = None) -> ServeApp:
     """The ASGI app serving `run_dir`. The model is loaded now (errors surface before any server starts); the
     batcher starts and the model is warmed up in the app's lifespan (so `/ready` is 200 once it can answer).
     `threads` sets torch's thread count for this process (ONNX Runtime's intra-op threads follow it); None keeps it.
@@ -83,6 +114,7 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
     batcher = Batcher(model.infer, config.max_batch_size, config.max_wait_ms, observe=metrics.observe_batch)
     c, h, w = model.input_shape
     state = {"ready": False, "in_flight": 0}
+    metrics.in_flight.set_function(lambda: state["in_flight"])  # read at scrape time: no lock per request
     decode_slots = asyncio.Semaphore(DECODE_SLOTS)
 
     @asynccontextmanager
@@ -105,9 +137,9 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             state["ready"] = False
             await batcher.close()
 
-    app = FastAPI(title="leanvision serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=f"Image classification with {model.card['name']} ({model.card['precision']}, "
-                              f"{runtime}) from run {model.card['run']}. POST images to /predict.")
+    app = ServeApp(title="leanvision serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                   description=f"Image classification with {model.card['name']} ({model.card['precision']}, "
+                               f"{runtime}) from run {model.card['run']}. POST images to /predict.")
     app.state.config, app.state.model, app.state.batcher, app.state.metrics = config, model, batcher, metrics
 
     app.add_middleware(CountRequests, metrics=metrics)
@@ -135,29 +167,35 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
               summary="Classify one or several images",
               description="Multipart files (any field name), or one image as the raw body. Images of any size and "
                           "mode are converted and resized exactly as the training images were.")
-    async def predict(request: Request):  # top_k parsed here: FastAPI's parameter handling cost ~40% of a request
+    async def predict(request: Request):  # the route documents /predict; `answer` does the work
+        status, body, headers = await answer(request.scope, request.receive)
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    def refuse(e: ApiError) -> tuple[int, bytes, dict[str, str]]:
+        metrics.errors.labels(e.reason).inc()
+        return e.status, _encode({"error": e.message}), e.headers
+
+    async def answer(scope: dict, receive: Any) -> tuple[int, bytes, dict[str, str]]:
+        """POST /predict from its ASGI scope and receive, for the FastAPI route and the fast path alike: (status,
+        JSON body, extra headers). top_k is parsed here: FastAPI's parameter handling cost ~40% of a request."""
         start = time.perf_counter()
-        top_k = request.query_params.get("top_k")
+        top_k = QueryParams(scope["query_string"]).get("top_k") if scope.get("query_string") else None
         if top_k is not None:
             if not top_k.isdigit() or not 1 <= int(top_k) <= 10_000:
-                metrics.errors.labels("bad_request").inc()
-                return _error(ApiError(422, f"Invalid top_k {top_k[:20]!r}: expected an integer from 1 to 10000.",
+                return refuse(ApiError(422, f"Invalid top_k {top_k[:20]!r}: expected an integer from 1 to 10000.",
                                        "bad_request"))
             top_k = int(top_k)
         if state["in_flight"] >= config.max_concurrency:
-            metrics.errors.labels("overloaded").inc()
-            return _error(ApiError(503, f"Overloaded: {config.max_concurrency} requests in progress "
+            return refuse(ApiError(503, f"Overloaded: {config.max_concurrency} requests in progress "
                                         "(--max-concurrency). Retry shortly.", "overloaded", {"Retry-After": "1"}))
         if not batcher.running:
-            metrics.errors.labels("not_ready").inc()
-            return _error(ApiError(503, "Not ready: the model is loading or the server is shutting down.",
+            return refuse(ApiError(503, "Not ready: the model is loading or the server is shutting down.",
                                    "not_ready", {"Retry-After": "1"}))
         state["in_flight"] += 1
-        metrics.in_flight.inc()
         batcher.incoming += 1
         queued = False
         try:
-            parts = await image_parts(request, config)
+            parts = await image_parts(scope, receive, config)
             images = []
             for name, data in parts:
                 if len(data) > INLINE_DECODE_BYTES:
@@ -169,32 +207,55 @@ def create_app(run_dir: str | Path, *, runtime: str = "onnxruntime", max_batch_s
             futures = [batcher.submit(image) for image in images]
             batcher.incoming -= 1
             queued = True
-            answers: list[Answer] = await asyncio.gather(*futures)
+            # one image (the usual request) awaits its future directly: gather wraps it in one more future
+            answers: list[Answer] = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except ApiError as e:
-            metrics.errors.labels(e.reason).inc()
-            return _error(e)
+            return refuse(e)
         except BatcherClosed as e:  # the batcher stopped (shutdown) between the check and the submit
-            metrics.errors.labels("not_ready").inc()
-            return _error(ApiError(503, f"Not ready: {e}.", "not_ready", {"Retry-After": "1"}))
+            return refuse(ApiError(503, f"Not ready: {e}.", "not_ready", {"Retry-After": "1"}))
         except Exception as e:  # noqa: BLE001 - the runtime failed on this request's image: this request alone fails
             metrics.errors.labels("model_error").inc()
-            return _json({"error": f"The model failed on this image ({type(e).__name__}: "
-                                   f"{first_line(e, limit=160)})."}, 500)
+            return 500, _encode({"error": f"The model failed on this image ({type(e).__name__}: "
+                                          f"{first_line(e, limit=160)})."}), {}
         finally:
             if not queued:
                 batcher.incoming -= 1
             state["in_flight"] -= 1
-            metrics.in_flight.dec()
-        k = min(top_k or config.top_k, len(model.classes))
-        values, indices = torch.from_numpy(np.stack([a.probs for a in answers])).topk(k, dim=1)  # as `predict`
+        k = min(top_k or config.top_k, len(classes))
         results = []
-        for (name, _), answer, vs, ix in zip(parts, answers, values.tolist(), indices.tolist()):
-            results.append({"file": name, "predictions": [{"class": model.classes[i], "probability": v}
-                                                          for v, i in zip(vs, ix)],
-                            "batch_size": answer.batch_size, "model_ms": round(answer.model_ms, 4),
-                            "queue_ms": round(answer.queue_ms, 4)})
-        return _json({"results": results, "server_ms": round((time.perf_counter() - start) * 1e3, 4),
-                      "runtime": runtime, "precision": model.card["precision"]})
+        for (name, _), answer_ in zip(parts, answers):
+            values, indices = _top(answer_.probs, k)
+            results.append({"file": name, "predictions": [{"class": classes[i], "probability": v}
+                                                          for v, i in zip(values, indices)],
+                            "batch_size": answer_.batch_size, "model_ms": round(answer_.model_ms, 4),
+                            "queue_ms": round(answer_.queue_ms, 4)})
+        return 200, _encode({"results": results, "server_ms": round((time.perf_counter() - start) * 1e3, 4),
+                             "runtime": runtime, "precision": precision}), {}
+
+    classes, precision = model.classes, model.card["precision"]
+    predict_requests = {}  # status -> the child of metrics.requests for /predict (labels() costs a lock and a lookup)
+    predict_latency = metrics.latency.labels("/predict")
+    json_header = (b"content-type", b"application/json")
+
+    async def fast_predict(scope: dict, receive: Any, send: Any) -> None:
+        """POST /predict as raw ASGI: `answer`, one response start and one body message, counted in the metrics as
+        `CountRequests` counts the requests that go through FastAPI."""
+        start, status = time.perf_counter(), 500
+        try:
+            status, body, extra = await answer(scope, receive)
+            headers = [json_header, (b"content-length", str(len(body)).encode())]
+            if extra:
+                headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            counter = predict_requests.get(status)
+            if counter is None:
+                counter = predict_requests[status] = metrics.requests.labels("/predict", str(status))
+            counter.inc()
+            predict_latency.observe(time.perf_counter() - start)
+
+    app.fast_predict = fast_predict
 
     @app.get("/health", response_model=Health, summary="Liveness: the process answers")
     async def health():

@@ -13,9 +13,13 @@ from ..data.images import convert_image
 from ..errors import LeanvisionError, first_line
 from .schemas import ApiError, ServeConfig
 
+from PIL import Image, UnidentifiedImageError
+
 try:
-    from fastapi import Request
+    from starlette.datastructures import Headers
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import Request as StarletteRequest
 except ImportError as e:  # pragma: no cover - exercised by the CLI test that hides the extra
     raise LeanvisionError(f'`leanvision serve` needs its extra ({e.name} is missing). Install it with: '
                           'pip install "leanvision[serve]"') from None
@@ -28,8 +32,6 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 def decode_image(data: bytes, name: str, size_hw: tuple[int, int], channels: int, max_pixels: int) -> np.ndarray:
     """Decode one untrusted image to uint8 (C, H, W) with the training conversion; `ApiError` 4xx when it is not a
     readable image or has more than `max_pixels` pixels (checked from the header, before decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise ApiError(422, f"{name} is empty (0 bytes). Send a PNG, JPEG, BMP, GIF or WebP image.", "empty")
     try:
@@ -54,10 +56,11 @@ def decode_image(data: bytes, name: str, size_hw: tuple[int, int], channels: int
                             "GIF or WebP image.", "not_an_image") from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes (Content-Length first,
-    then the bytes received, so a lying or absent Content-Length cannot make the server hold more than `limit`)."""
-    length = request.headers.get("content-length")
+async def read_body(headers: Headers, receive: Any, limit: int) -> bytes:
+    """The request body (ASGI `receive`), refused with 413 as soon as it is known to exceed `limit` bytes
+    (Content-Length first, then the bytes received, so a lying or absent Content-Length cannot make the server hold
+    more than `limit`)."""
+    length = headers.get("content-length")
     if length is not None:
         if not length.isdigit():
             raise ApiError(400, f"Invalid Content-Length {length[:40]!r}: expected a number of bytes.", "bad_request")
@@ -65,27 +68,38 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"Request body of {int(length):,} bytes is over the limit of {limit:,} bytes "
                                 "(--max-body-kb). Send smaller or fewer images.", "too_large")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, f"Request body is over the limit of {limit:,} bytes (--max-body-kb). Send smaller "
-                                "or fewer images.", "too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:  # as Starlette's `Request.stream()`, without its per-request generator
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, f"Request body is over the limit of {limit:,} bytes (--max-body-kb). Send "
+                                    "smaller or fewer images.", "too_large")
+            if not message.get("more_body", False):
+                if not chunks:
+                    return chunk  # the usual case: the whole body in one message, no copy
+                chunks.append(chunk)
+                return b"".join(chunks)
+            if chunk:
+                chunks.append(chunk)
+        elif message["type"] == "http.disconnect":  # nobody will read the answer; counted as its own reason
+            raise ApiError(400, "The client disconnected before sending the whole body.", "client_gone")
 
 
-async def image_parts(request: Request, config: ServeConfig) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every image in the request: multipart files, or the whole body for image/* or
-    application/octet-stream."""
-    from starlette.requests import Request as StarletteRequest
 
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def image_parts(scope: dict, receive: Any, config: ServeConfig, headers: Headers | None = None
+                      ) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every image in the request (ASGI `scope` and `receive`): multipart files, or the whole body
+    for image/* or application/octet-stream."""
+    headers = Headers(scope=scope) if headers is None else headers
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     multipart = ctype == "multipart/form-data"
     if not (multipart or ctype.startswith("image/") or ctype == "application/octet-stream"):
         raise ApiError(415, f"Content-Type {ctype or '(none)'!r} is not accepted. Send multipart/form-data files, "
                             "or one image as image/png, image/jpeg, ... or application/octet-stream.",
                        "bad_content_type")
-    body = await read_body(request, config.max_body_kb * 1024)
+    body = await read_body(headers, receive, config.max_body_kb * 1024)
     if not multipart:
         return [("body", body)]
     sent = False
@@ -98,8 +112,9 @@ async def image_parts(request: Request, config: ServeConfig) -> list[tuple[str, 
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await StarletteRequest(request.scope, replay).form(max_files=config.max_files, max_fields=100)
-    except (StarletteHTTPException, ValueError, KeyError, AssertionError) as e:  # malformed multipart
+        form = await StarletteRequest(scope, replay).form(max_files=config.max_files, max_fields=100)
+    except (StarletteHTTPException, MultiPartException, ValueError, KeyError, AssertionError) as e:  # malformed
+        # multipart (Starlette raises MultiPartException, or HTTPException 400 when scope["app"] is set)
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
         if "too many files" in str(detail).lower():
             raise ApiError(413, f"Too many files in one request; at most {config.max_files} are accepted. Split "

@@ -62,8 +62,10 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, wor
         app_kwargs["threads"] = default_threads(workers)
     ServeConfig(**{k: v for k, v in app_kwargs.items() if k in ServeConfig.__dataclass_fields__}).check()
     check_port(host, port)
-    options = dict(host=host, port=port, access_log=False, log_level=log_level, lifespan="on",
-                   timeout_graceful_shutdown=GRACEFUL_S)
+    # "auto": uvloop and the httptools parser when installed (both in the serve extra), asyncio and h11 otherwise;
+    # no access log (no log line formatted and written per request)
+    options = dict(host=host, port=port, access_log=False, log_level=log_level, lifespan="on", loop="auto",
+                   http="auto", timeout_graceful_shutdown=GRACEFUL_S)
     if workers == 1:
         app = create_app(run_dir, **app_kwargs)
         card = app.state.model.card
