@@ -4,7 +4,8 @@ In one process, on one machine:
   1. the search twice with the same wall budget: (a) TPE with multi-fidelity early stopping (`stop_after=3`, the
      default) and (b) random sampling without early stopping; hypervolume (validation accuracy x ORT batch-1
      latency, one common reference) over wall time for both, and the time each needed to reach 95% of the smaller
-     final hypervolume;
+     final hypervolume, and the time each needed to reach random sampling's final hypervolume (both start from the
+     same warm-start trials, which alone come close to the smaller final hypervolume);
   2. registry models trained in the same run (fastnet with the `fast` recipe, seed-baseline with default
      settings for `--registry-epochs`), then every candidate (registry models and both searches' Pareto sets)
      re-measured together, interleaved over `--rounds` rounds: ORT batch-1 median latency, and batch-256
@@ -158,7 +159,12 @@ def main() -> int:
     histories = {n: hypervolume_history(r["trials"], ref) for n, r in results.items()}
     finals = {n: (h[-1]["hypervolume"] if h else 0.0) for n, h in histories.items()}
     target = 0.95 * min(finals.values())
+    # Both strategies start from the same warm-start trials (the registry's fastnet designs), which alone reach most
+    # of the final hypervolume, so "95% of the smaller final" is met within the first trials by both; the telling
+    # target is random sampling's own final hypervolume: how soon does each strategy reach what random reached?
+    baseline = finals["random-no-stopping"]
     comparison = {n: {"final_hypervolume": finals[n], "time_to_target_s": time_to(histories[n], target),
+                      "time_to_random_final_s": time_to(histories[n], baseline),
                       "trials": len(results[n]["trials"]), "counts": results[n]["counts"]} for n in results}
     full = load_dataset(dataset_name, args.data_dir)
     registry = registry_runs(names, full, registry_dir, 1 if args.tiny else args.registry_epochs,
@@ -188,9 +194,10 @@ def main() -> int:
     dest.write_text(json.dumps(summary, indent=2, default=str))
     print(f"search benchmark ({summary['mode']}, {dataset_name}, {torch.get_num_threads()} threads): -> {dest}")
     for n, c in comparison.items():
-        t = c["time_to_target_s"]
+        t, r = c["time_to_target_s"], c["time_to_random_final_s"]
         print(f"  {n:<20} trials {c['trials']:>3}  final HV {c['final_hypervolume']:.4g}  time to 95% of the "
-              f"smaller final HV: {'-' if t is None else f'{t:.0f} s'}")
+              f"smaller final HV: {'-' if t is None else f'{t:.0f} s'}  time to random's final HV: "
+              f"{'-' if r is None else f'{r:.0f} s'}")
     for n, v in sorted(rows.items(), key=lambda kv: kv[1]["latency_b1_ms"]):
         lo, hi = v["test_accuracy_95ci"]
         print(f"  {n:<32} test {100 * v['test_accuracy']:6.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]  ORT b1 "
