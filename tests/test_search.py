@@ -211,6 +211,8 @@ def test_killed_worker_trial_is_failed_and_rerun_continues(tmp_path):
     (["--minutes", "0"], ["budget", "--minutes 0"]),
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], ["cannot open storage", "127.0.0.1:1"]),
     (["--storage", "not-a-url"], ["invalid storage"]),
+    (["--storage", "postgres://nobody@127.0.0.1:1/none"], ["cannot open storage", "postgresql"]),  # the alias
+    (["--max-latency-ms", "0"], ["invalid --max-latency-ms 0"]),
     (["--space", "missing.yaml"], ["not found"]),
     (["--compare", "no/such/run"], ["not a run directory"]),
 ])
@@ -400,3 +402,29 @@ def test_warm_start_enqueues_once_and_can_be_turned_off(tmp_path):
     assert len(trials) == 1 and "registry_seed" not in trials[0].user_attrs
     search(**{**FAST, "space": space}, trials=1, out=str(tmp_path / "on"))
     assert _study(tmp_path / "on").get_trials()[0].user_attrs["registry_seed"] == "fastnet-fast"
+
+
+def test_warm_start_trials_waiting_do_not_eat_the_budget(tmp_path):
+    result = search(dataset="digits", repeats=5, final_rounds=1, progress=False, out=str(tmp_path / "s"), trials=1)
+    assert result["counts"] == {"COMPLETE": 1, "WAITING": 2}  # fastnet's 3 designs enqueued, 1 run (trials=1)
+
+
+def test_continuing_a_study_with_other_constraints_or_space_is_refused(tmp_path):
+    out = str(tmp_path / "s")
+    search(**FAST, out=out, trials=1)
+    with pytest.raises(SearchError, match=r"max_size_kb None \(received 10\)"):
+        search(**FAST, out=out, trials=2, max_size_kb=10)
+    with pytest.raises(SearchError, match="another search space"):
+        search(**{**FAST, "space": {**TINY, "architecture": {**TINY["architecture"], "kernel_size": 5}}}, out=out,
+               trials=2)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (dict(space=42), "Invalid space=42"), (dict(out=42), "Invalid out=42"),
+    (dict(max_latency_ms="fast"), "Invalid max_latency_ms='fast'"), (dict(trials="2"), "trials='2'"),
+    (dict(repeats=0), "Invalid repeats=0"),
+])
+def test_api_arguments_of_the_wrong_kind_are_one_line_errors(options, fragment):
+    with pytest.raises(SearchError) as info:
+        search(**{"trials": 1, **options})
+    assert fragment in str(info.value) and "\n" not in str(info.value)

@@ -116,6 +116,27 @@ def test_bad_storage_is_one_line_error(tmp_path, capsys, storage, fragments):
     assert not (tmp_path / "variants").exists()  # refused before anything trained
 
 
+def test_overwrite_with_storage_is_refused_before_anything_is_removed(shared_journal, capsys):
+    tmp, journal, out, _ = shared_journal
+    before = sorted(p.relative_to(out) for p in out.rglob("*.safetensors"))
+    assert before
+    code = main(["study", "--dataset", "digits", "--plan", str(_plan_file(tmp)), "--epochs", "2", "--out", str(out),
+                 "--storage", str(journal), "--overwrite", "--no-progress"])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, "--overwrite cannot be combined with --storage", "--study-name")
+    assert sorted(p.relative_to(out) for p in out.rglob("*.safetensors")) == before  # nothing deleted
+
+
+def test_bad_journal_files_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "dir.journal").mkdir()
+    (tmp_path / "junk.journal").write_text("not a journal\n")
+    for storage, fragment in ((tmp_path / "dir.journal", "is a directory"),
+                              (tmp_path / "junk.journal", "not an Optuna journal")):
+        assert main(["study", "--dataset", "digits", "--plan", "quick", "--out", str(tmp_path / "o"), "--storage",
+                     str(storage), "--no-progress"]) == 2
+        one_error_line(capsys.readouterr().err, fragment)
+
+
 def test_study_name_without_storage_is_refused(tmp_path, capsys):
     assert main(["study", "--study-name", "x", "--out", str(tmp_path)]) == 2
     one_error_line(capsys.readouterr().err, "--study-name x", "--storage")

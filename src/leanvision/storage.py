@@ -32,11 +32,30 @@ def open_storage(url: str | None, default: str | Path, error: type[LeanvisionErr
     """The Optuna storage for `url` (None: the journal file `default`); `error` is the class raised for a bad URL."""
     if url is None or url.startswith("journal:") or url.endswith(".journal"):
         path = Path(url[len("journal:"):] if url and url.startswith("journal:") else url or default)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        try:
+            if path.is_dir():
+                raise error(f"Storage {str(path)!r} is a directory. Expected a journal file (path.journal), "
+                            "created when missing.")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.stat().st_size:
+                with path.open("rb") as f:  # Optuna reads it lazily: a file that is not a journal fails here
+                    first = f.readline(1 << 20)
+                try:
+                    json.loads(first)
+                except ValueError:
+                    raise error(f"Storage {str(path)!r} is not an Optuna journal (its first line is not JSON). Give "
+                                "a path.journal written by leanvision search/study, or a new file name.") from None
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        except LeanvisionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unreadable, unwritable or not a journal
+            raise error(f"Cannot use journal file {str(path)!r}: {type(e).__name__}: {first_line(e).rstrip('.')}. "
+                        "Give a writable path.journal that Optuna wrote, or a new one.") from None
     if "://" not in url:
         raise error(f"Invalid storage {url!r}. Expected a database URL (postgresql://user@host:port/db) or a "
                     "journal file (path.journal).")
+    if url.startswith("postgres://"):  # the common alias (Heroku, libpq) that SQLAlchemy does not accept
+        url = "postgresql://" + url[len("postgres://"):]
     url = postgres_driver(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
@@ -50,8 +69,11 @@ def open_storage(url: str | None, default: str | Path, error: type[LeanvisionErr
                     raise
                 time.sleep(0.5 + attempt)  # the other process's tables are there now: load them
     except ImportError as e:
+        hint = ("pip install 'leanvision[postgres]'" if url.startswith("postgres") else
+                "the SQLAlchemy driver for that database (leanvision tests PostgreSQL: pip install "
+                "'leanvision[postgres]')")
         raise error(f"Storage {url.split('://')[0]} needs a database driver: {first_line(e).rstrip('.')}. "
-                    "Install it: pip install 'leanvision[postgres]'.") from None
+                    f"Install {hint}.") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's errors: unreachable server, bad credentials
         raise error(f"Cannot open storage {redact(url)}: {first_line(e).rstrip('.')}. Check that the "
                     "server runs and the URL (host, port, database, user) is right.") from None

@@ -223,6 +223,9 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, **opt
     plan_data = load_plan(plan)
     out = Path(out)
     storage = None
+    if cfg.storage is not None and overwrite:  # other processes may be training these variants right now
+        raise LeanvisionError("--overwrite cannot be combined with --storage: the shared study's variants may be in "
+                              "use by other processes. To start over, use a new --study-name and a new --out.")
     if cfg.storage is not None:  # a bad or unreachable storage fails before any data is loaded
         from .study_shared import open_shared
 

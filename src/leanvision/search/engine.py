@@ -15,6 +15,7 @@ ordinary run directories, and results.json, results.csv and report.md are writte
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import shutil
@@ -66,6 +67,19 @@ class SearchSettings:
     progress: bool = True
 
     def check(self) -> None:
+        if not isinstance(self.space, (str, Path, dict)):
+            raise SearchError(f"Invalid space={self.space!r}. Expected 'default', a space YAML path, or a dict.")
+        if not isinstance(self.out, (str, Path)) or not str(self.out):
+            raise SearchError(f"Invalid out={self.out!r}. Expected a directory path.")
+        for name in ("max_latency_ms", "max_size_kb", "min_accuracy", "minutes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise SearchError(f"Invalid {name}={value!r}. Expected a number (or None).")
+        for name in ("repeats", "threads", "stop_after"):
+            value = getattr(self, name)
+            low = 0 if name == "stop_after" else 1
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise SearchError(f"Invalid {name}={value!r}. Expected an integer >= {low}.")
         objectives = tuple(o.strip() for o in (self.objectives.split(",") if isinstance(self.objectives, str)
                                                 else self.objectives) if o.strip())
         unknown = [o for o in objectives if o not in OBJECTIVES]
@@ -81,7 +95,7 @@ class SearchSettings:
         if self.trials is None and self.minutes is None:
             raise SearchError("No budget: give trials=N and/or minutes=M (both > 0).")
         if self.trials is not None and (not isinstance(self.trials, int) or self.trials < 1):
-            raise SearchError(f"Invalid budget trials={self.trials}. Expected an integer >= 1.")
+            raise SearchError(f"Invalid budget trials={self.trials!r}. Expected an integer >= 1.")
         if self.minutes is not None and not self.minutes > 0:
             raise SearchError(f"Invalid budget minutes={self.minutes}. Expected a number > 0.")
         if not isinstance(self.workers, int) or self.workers < 1:
@@ -109,8 +123,8 @@ def search(**options: Any) -> dict[str, Any]:
     settings = SearchSettings(**options)
     settings.check()
     load_space(settings.space)  # a bad space fails before any data is loaded or storage touched
-    settings.compare = tuple(str(p) for p in ([settings.compare] if isinstance(settings.compare, str)
-                                              else settings.compare))
+    settings.compare = tuple(str(p).strip() for p in (settings.compare.split(",") if isinstance(settings.compare, str)
+                                                      else settings.compare) if str(p).strip())
     _check_compare(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +143,10 @@ def search(**options: Any) -> dict[str, Any]:
         for p in procs:
             p.join()
         bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if len(bad) == len(procs) and not study.get_trials(deepcopy=False, states=STARTED):
+            raise SearchError(f"All {len(procs)} worker processes failed before any trial (exit codes {bad}). From a "
+                              "script, call search(workers=N) under `if __name__ == \"__main__\":` (workers are "
+                              "spawned processes that import the script), or use workers=1.")
         if bad and settings.progress:
             print(f"search: {len(bad)} worker(s) exited with codes {bad}; their running trials are marked failed",
                   file=sys.stderr)
@@ -187,6 +205,20 @@ def open_study(settings: SearchSettings, index: int = 0) -> Any:
     except ValueError as e:
         raise SearchError(f"Study {settings.study_name!r} exists with other objectives: {deps.first_line(e)}. "
                           "Use the same --objectives, or another --study-name.") from None
+    setup = {"runtime": settings.runtime, "max_latency_ms": settings.max_latency_ms,
+             "max_size_kb": settings.max_size_kb, "min_accuracy": settings.min_accuracy,
+             "space": json.dumps(runtime_space_dict(settings), sort_keys=True, default=str)}
+    stored_setup = study.user_attrs.get("setup")
+    if stored_setup is None:
+        study.set_user_attr("setup", setup)
+    else:
+        changed = [k for k in setup if stored_setup.get(k) != setup[k]]
+        if changed:
+            said = "; ".join(f"{k} {stored_setup.get(k)!r} (received {setup[k]!r})" for k in changed if k != "space")
+            if "space" in changed:
+                said = "; ".join(x for x in (said, "another search space") if x)
+            raise SearchError(f"Study {settings.study_name!r} was searched with other settings: {said}. Its trials "
+                              "were judged by those; use the same settings, or another --study-name.")
     stored = study.user_attrs.get("objectives")
     if stored is None:
         study.set_user_attr("objectives", list(settings.objectives))
@@ -194,6 +226,12 @@ def open_study(settings: SearchSettings, index: int = 0) -> Any:
         raise SearchError(f"Study {settings.study_name!r} searches {','.join(stored)}; received "
                           f"{','.join(settings.objectives)}. Use the same objectives, or another study name.")
     return study
+
+
+def runtime_space_dict(settings: SearchSettings) -> dict[str, Any]:
+    """The validated space as plain values (what a study records to refuse another space on continuation)."""
+    return {section: {name: vars(p) if isinstance(p, Param) else p for name, p in params.items()}
+            for section, params in runtime_space(settings).items()}
 
 
 def runtime_space(settings: SearchSettings) -> dict[str, Any]:
@@ -220,6 +258,10 @@ def enqueue_seeds(study: Any, settings: SearchSettings) -> list[str]:
 
 
 _fail_stale = deps.fail_stale  # trials this host left RUNNING in a dead process become FAIL
+
+
+STARTED = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+           optuna.trial.TrialState.FAIL)
 
 
 def work(settings: SearchSettings, index: int) -> None:
@@ -252,8 +294,8 @@ def _work(settings: SearchSettings, index: int) -> None:
     while True:
         if deadline is not None and time.time() >= deadline:
             break
-        if settings.trials is not None and len(study.get_trials(deepcopy=False)) >= settings.trials:
-            break
+        if settings.trials is not None and len(study.get_trials(deepcopy=False, states=STARTED)) >= settings.trials:
+            break  # enqueued trials not yet started (the warm start) do not count against the budget
         trial = study.ask()
         trial.set_user_attr("worker", deps.worker_attr(index))
         trial.set_user_attr("machine", ctx.fingerprint)
