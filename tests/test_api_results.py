@@ -147,3 +147,14 @@ def test_search_and_serve_are_in_the_public_api():
     assert "search" in lv.__all__ and "SearchResult" in lv.__all__
     with pytest.raises(lv.LeanvisionError, match="Unknown objective"):
         lv.search(objectives="accuracy,speed", trials=1)
+    with pytest.raises(lv.LeanvisionError, match="Invalid run_dir=42"):
+        lv.serve_app(42)
+
+
+def test_serve_app_takes_a_run(cli_run):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import leanvision as lv
+
+    run = lv.load_run(cli_run / "fp32")  # trained by test_cli_json_is_the_typed_results_to_dict
+    app = lv.serve_app(run, warmup=0)
+    assert app.state.model.card["run"] == run.path.name and app.state.model.classes == run.meta["classes"]
