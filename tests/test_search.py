@@ -78,6 +78,8 @@ def test_end_to_end_resume_and_test_split_untouched(tmp_path, monkeypatch):
     best = first["pareto"][0]
     lo, hi = best["test_accuracy_95ci"]
     assert lo <= best["test_accuracy"] <= hi
+    kept = json.loads((Path(best["run_dir"]) / "result.json").read_text())  # what evaluate/serve read from the run
+    assert (kept["test_accuracy"], kept["test_total"], kept["accuracy_split"]) == (best["test_accuracy"], 359, "test")
     for t in trials:  # selection values are validation accuracy, as recorded by the trial
         assert t.values[0] == pytest.approx(t.user_attrs["val_accuracy"])
         assert t.user_attrs["measured"]["runtime"] == "onnxruntime" and t.user_attrs["measured"]["threads"] >= 1

@@ -398,6 +398,11 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(t.user_attrs["run_dir"], dest, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
+            if (dest / "result.json").is_file():  # the trial never saw the test split: its result.json's accuracy
+                result = deps.read_json(dest / "result.json")  # (if any) is validation; the test score is this one
+                result.update(score, accuracy_split="test", val_accuracy=t.user_attrs.get("val_accuracy"),
+                              val_total=len(full.val))
+                deps.write_json(dest / "result.json", result)
             final.append({"trial": t.number, "run_dir": str(dest), "val_accuracy": t.user_attrs.get("val_accuracy"),
                           "val_total": len(full.val),
                           **score, "latency_ms_rounds": times, "latency_ms": statistics.median(times),
