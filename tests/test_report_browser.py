@@ -87,6 +87,16 @@ def test_search_answer_block_by_hand(tmp_path):
     assert md.index("**Answer:") < md.index(result["answer"]) < md.index("## Pareto set")
 
 
+def test_search_answer_leaves_out_near_chance_models():
+    result = search_result()
+    for p in result["pareto"]:
+        p["num_classes"] = 10
+    result["pareto"][1]["val_accuracy"] = 0.12  # trial 4 did not learn (chance is 10%)
+    answer = deploy(result)
+    assert (answer["trial"], answer["reference"]) == (7, 7)  # trial 2 is outside 7's interval: 7 itself
+    assert "Left out as near chance (did not learn): trial(s) 4." in dict(answer["lines"])["Why"]
+
+
 def _check_page(page, url: str, shot: Path, min_plots: int) -> dict:
     """Open `url` at 1400 px, check the layout, save a full-page screenshot; returns what was measured."""
     page.goto(url)

@@ -91,7 +91,9 @@ def test_end_to_end_resume_and_test_split_untouched(tmp_path, monkeypatch):
     for name in ("results.json", "results.csv", "report.md", "report.html", "search.png"):
         assert (out / name).stat().st_size > 0
     report_md = (out / "report.md").read_text().splitlines()
-    assert report_md[2].startswith("**Answer: deploy trial ")  # the answer block first, then the search's sentence
+    learned = [p for p in first["pareto"] if not deps.near_chance(p["val_accuracy"], 10)]
+    assert report_md[2].startswith("**Answer: deploy trial " if learned else  # the answer block first
+                                   "**Answer: no model to deploy** (every Pareto model is near chance")
     assert any(line.startswith("The most accurate model") for line in report_md)
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert len((out / "results.csv").read_text().splitlines()) == 4

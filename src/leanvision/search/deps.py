@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..config import DataConfig, RunConfig, TrainConfig
 from ..data import load_dataset
 from ..errors import LeanvisionError, first_line
+from ..health import near_chance
 from ..io import read_json, write_json
 from ..lock import MachineLock
 from ..measure import count_macs, environment, measure_latency, wilson_interval
@@ -21,6 +22,6 @@ from ..storage import fail_stale, fingerprint, open_storage, redact, worker_attr
 
 __all__ = ["DataConfig", "build_chain", "LeanvisionError", "MachineLock", "RunConfig", "TrainConfig", "count_macs",
            "create_model", "environment", "fail_stale", "fast_channels_last", "fast_precision", "fingerprint",
-           "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "open_storage", "optimize_run",
+           "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "near_chance", "open_storage", "optimize_run",
            "pareto_front", "predict_logits", "read_json", "redact", "get_runtime", "train_run", "wilson_interval",
            "worker_attr", "write_json"]

@@ -404,7 +404,7 @@ def finish(settings: SearchSettings, wall_s: float) -> dict[str, Any]:
                               val_total=len(full.val))
                 deps.write_json(dest / "result.json", result)
             final.append({"trial": t.number, "run_dir": str(dest), "val_accuracy": t.user_attrs.get("val_accuracy"),
-                          "val_total": len(full.val),
+                          "val_total": len(full.val), "num_classes": full.num_classes,
                           **score, "latency_ms_rounds": times, "latency_ms": statistics.median(times),
                           "size_kb": t.user_attrs.get("size_kb"), "macs": t.user_attrs.get("macs"),
                           "params": t.user_attrs.get("params"), "arch": t.user_attrs.get("arch"),

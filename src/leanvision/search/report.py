@@ -121,12 +121,17 @@ def _val_low(p: dict[str, Any]) -> float | None:
     return deps.wilson_interval(round(p["val_accuracy"] * p["val_total"]), p["val_total"])[0]
 
 
+def _near_chance(p: dict[str, Any]) -> bool:
+    return p.get("num_classes") is not None and deps.near_chance(_val(p), p["num_classes"])
+
+
 def deploy(result: dict[str, Any]) -> dict[str, Any] | None:
     """The report's answer on the re-measured Pareto set, by the study report's rule (`leanvision.report.lead`):
     {"trial", "runtime", "where", "lines": [(label, text)], "reference"}; None when the set is empty. The most
     accurate model is the search's (by validation accuracy, the Pareto set's order), and the rule reads validation
     accuracy too (its 95% Wilson interval on the validation images): the test split only reports, it never chooses."""
-    final = result["pareto"]
+    chance = [p["trial"] for p in result["pareto"] if _near_chance(p)]
+    final = [p for p in result["pareto"] if p["trial"] not in chance]  # models that did not learn are no answer
     candidates = [{"accuracy": _val(p), "ci_low": _val_low(p), "latency_ms": p["latency_ms"],
                    "size_kb": p.get("size_kb")} for p in final]
     picked = choose(candidates)
@@ -160,7 +165,9 @@ def deploy(result: dict[str, Any]) -> dict[str, Any] | None:
         ("Model", f"{_describe(p)}; run directory {p['run_dir']}"),
         ("Accuracy", accuracy), ("Speed", speed), ("Size", size or "n/a"), ("Cost", cost),
         ("Why", f"{RULE} (most accurate by validation accuracy, as the search ranks them); {len(final)} Pareto "
-                "model(s) compared, all timed on one runtime."),
+                "model(s) compared, all timed on one runtime."
+                + (f" Left out as near chance (did not learn): trial(s) {', '.join(map(str, chance))}." if chance
+                   else "")),
     ]}
 
 
@@ -330,7 +337,7 @@ def _markdown(result: dict[str, Any]) -> str:
     answer = deploy(result)
     lines = [f"# Search: {result['study_name']}", ""]
     if answer is None:
-        lines += ["**Answer: no model to deploy** (the Pareto set is empty).", ""]
+        lines += [f"**Answer: no model to deploy** ({_no_answer(result)}).", ""]
     else:
         lines += [f"**Answer: deploy trial {answer['trial']} on {answer['runtime']}** ({answer['where']}).", ""]
         lines += [f"- **{k}:** {v.replace('|', '/')}" for k, v in answer["lines"]] + [""]
@@ -351,7 +358,7 @@ def _html(result: dict[str, Any], plot: Path | None) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(result['study_name'])}</title>"
              f"<style>{CSS}</style></head><body><h1>Search: {e(result['study_name'])}</h1>",
-             _answer_html(deploy(result)), f"<p>{e(result['answer'])}</p>"]
+             _answer_html(deploy(result), _no_answer(result)), f"<p>{e(result['answer'])}</p>"]
     if plot is not None and plot.is_file():
         data = base64.b64encode(plot.read_bytes()).decode()
         parts.append(f"<figure><img alt='trials, Pareto set and hypervolume over time' "
@@ -369,12 +376,18 @@ def _html(result: dict[str, Any], plot: Path | None) -> str:
     return "".join(parts) + "</body></html>\n"
 
 
-def _answer_html(answer: dict[str, Any] | None) -> str:
+def _no_answer(result: dict[str, Any]) -> str:
+    """Why there is no model to deploy."""
+    return ("every Pareto model is near chance: none learned; give trials a longer schedule or a larger budget"
+            if result["pareto"] else "the Pareto set is empty")
+
+
+def _answer_html(answer: dict[str, Any] | None, why: str = "") -> str:
     """The block the page leads with (the same as report.md's), every string escaped."""
     e = html.escape
     if answer is None:
-        return ("<section class='answer' id='answer'><h2>Answer</h2><p class='headline'>No model to deploy: the "
-                "Pareto set is empty.</p></section>")
+        return ("<section class='answer' id='answer'><h2>Answer</h2><p class='headline'>No model to deploy: "
+                f"{e(why)}.</p></section>")
     return (f"<section class='answer' id='answer'><h2>Answer</h2><p class='headline'>Deploy <strong>trial "
             f"{answer['trial']}</strong> on <strong>{e(answer['runtime'])}</strong> ({e(answer['where'])}).</p><dl>"
             + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in answer["lines"]) + "</dl></section>")
