@@ -137,6 +137,20 @@ def test_bad_journal_files_are_one_line_errors(tmp_path, capsys):
         one_error_line(capsys.readouterr().err, fragment)
 
 
+def test_a_search_study_is_not_taken_for_a_plan(tmp_path, capsys):
+    import optuna
+
+    journal = tmp_path / "s.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    search_study = optuna.create_study(storage=storage, study_name="leanvision-search",
+                                       directions=["maximize", "minimize"])
+    search_study.set_user_attr("objectives", ["accuracy", "latency"])
+    assert main(["study", "--dataset", "digits", "--plan", "quick", "--out", str(tmp_path / "o"), "--storage",
+                 str(journal), "--study-name", "leanvision-search", "--no-progress"]) == 2
+    one_error_line(capsys.readouterr().err, "is a `leanvision search` study", "--study-name")
+    assert len(search_study.get_trials()) == 0  # nothing was added to the search
+
+
 def test_study_name_without_storage_is_refused(tmp_path, capsys):
     assert main(["study", "--study-name", "x", "--out", str(tmp_path)]) == 2
     one_error_line(capsys.readouterr().err, "--study-name x", "--storage")

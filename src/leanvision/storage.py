@@ -165,6 +165,10 @@ class PlanQueue:
         self.jobs, self.label, self.error = jobs, label, error
         self.study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                          load_if_exists=True)
+        if self.study.user_attrs.get("plan_id") is None and (self.study.user_attrs.get("objectives") is not None
+                                                             or len(self.study.directions) != 1):
+            raise error(f"Study {study_name!r} in {label} is a `leanvision search` study, not a study plan. Use "
+                        "another --study-name (default leanvision-study).")
         stored = self.study.user_attrs.get("plan_id")
         if stored is None:
             self.study.set_user_attr("plan_id", plan_id)
