@@ -7,6 +7,9 @@ Flip test-time augmentation needs no retraining: its row is the full recipe's mo
 
 Usage: python benchmarks/colour_ablation.py --cifar ../shared/data/cifar10/jpg [--epochs 8] [--rows all]
        python benchmarks/colour_ablation.py --cifar DIR --tiny   (a correctness check on 1,000 images, 1 epoch)
+If `cifar10/jpg`'s two links arrived as small text files (a copy without symlinks), make the root
+yourself: mkdir -p /tmp/cifar && ln -s "$PWD/../shared/data/cifar10/train_jpg" /tmp/cifar/train
+          && ln -s "$PWD/../shared/data/cifar10/test_jpg" /tmp/cifar/test   (then pass --cifar /tmp/cifar)
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ colour recipes instead: for each seed and recipe (fast: goal 85%, accurate: goal
 `leanvision train --recipe R` process, timed from process start to its exit after the final test accuracy (Python
 start-up, reading the decoded-image cache, training, every validation and the fp32 test evaluation included). The
 decoded-image cache is filled once before the first timed run (its first-time cost is printed apart).
+If `cifar10/jpg`'s two links arrived as small text files (a copy without symlinks), make the root
+yourself: mkdir -p /tmp/cifar && ln -s "$PWD/../shared/data/cifar10/train_jpg" /tmp/cifar/train
+          && ln -s "$PWD/../shared/data/cifar10/test_jpg" /tmp/cifar/test   (then pass --cifar /tmp/cifar)
 
 Usage: python benchmarks/time_to_accuracy.py [--data-dir ../shared/data] [--seeds 5] [--reference-epochs 2]
        python benchmarks/time_to_accuracy.py --cifar ../shared/data/cifar10/jpg --seeds 3 [--recipes fast,accurate]

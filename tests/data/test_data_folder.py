@@ -184,6 +184,14 @@ def test_empty_folder_and_mismatched_classes(tmp_path):
     (tmp_path / "empty" / "cls" / "notes.txt").write_text("no images")
     with pytest.raises(DataError, match=r"No images found under .*empty: expected .*<class>/\*\.png\|jpg"):
         load_dataset(str(tmp_path / "empty"))
+    # Links copied as text (what a copy tool without symlink support leaves): named, never followed.
+    _rgb_folder(tmp_path / "train_jpg")
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "train").write_text("../train_jpg")
+    (tmp_path / "copied" / "test").write_text("../test_jpg\n")
+    with pytest.raises(DataError, match=r"test \('\.\./test_jpg'\), train \('\.\./train_jpg'\) are small files "
+                       r"holding a path, not a folder: a symbolic link copied as plain text\? .*ln -s .*test_jpg"):
+        load_dataset(str(tmp_path / "copied"))
     _rgb_folder(tmp_path / "mm" / "train", classes=("a", "b"))
     _rgb_folder(tmp_path / "mm" / "val", classes=("a", "c"))
     with pytest.raises(DataError, match=r"Class folders differ .*only in train/: \['b'\]; only in val/: \['c'\]"):

@@ -52,6 +52,39 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
+def _copied_links(directory: Path) -> list[tuple[str, str]]:
+    """(name, text) of small plain files that hold one path-like line: symbolic links copied as text.
+
+    Only the first 256 bytes are read, and the text is only reported, never followed."""
+    found = []
+    for p in sorted(directory.iterdir()):
+        if p.name.startswith(".") or p.is_symlink() or not p.is_file() or p.suffix.lower() in IMAGE_EXTENSIONS:
+            continue
+        try:
+            if p.stat().st_size > 256:
+                continue
+            text = p.read_bytes()[:256].decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text and "/" in text and all(c.isprintable() for c in text):
+            found.append((p.name, text))
+    return found
+
+
+def _no_images_error(directory: Path) -> DataError:
+    links = _copied_links(directory)
+    if links:
+        names = ", ".join(f"{n} ('{t}')" for n, t in links[:3])
+        name, text = links[0]
+        target = (directory / text).resolve()
+        are = "is a small file" if len(links) == 1 else "are small files"
+        return DataError(f"No images found under {directory}: {names} {are} holding a path, not a folder: a symbolic link copied as plain text? Expected folders of "
+                         f"images. Fix: make a root of your own with real links (mkdir -p myroot && ln -s {target} "
+                         f"myroot/{name}, the same for each) and pass --dataset myroot.")
+    return DataError(f"No images found under {directory}: expected {directory}/<class>/*.{_PATTERN} "
+                     f"(optionally inside train/, val/, test/ folders). Put each class's images in its own folder.")
+
+
 def _check_same_classes(scans: dict[str, dict[str, list[Path]]], dirs: dict[str, Path]) -> list[str]:
     classes = list(scans["train"])
     for split, scan in scans.items():
@@ -118,8 +151,7 @@ def load_folder(root: Path, *, name: str, image_size: tuple[int, int] | None, ch
     scans = {split: scan_classes(d) for split, d in dirs.items()}
     first = next(iter(scans))
     if not any(scans.values()) or not scans[first]:
-        raise DataError(f"No images found under {dirs[first]}: expected {dirs[first]}/<class>/*.{_PATTERN} "
-                        f"(optionally inside train/, val/, test/ folders). Put each class's images in its own folder.")
+        raise _no_images_error(dirs[first])
     if first == "train":
         classes = _check_same_classes(scans, dirs)
         ignored = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
