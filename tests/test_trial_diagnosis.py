@@ -228,3 +228,62 @@ def test_colour_inputs_into_a_grayscale_model_are_named_not_called_inverted(one_
     Image.fromarray(np.full((28, 28), 230, np.uint8)).save(gray)
     results = predict_images(run, [str(gray)])
     assert results[0]["inverted_polarity"] and "converted" not in polarity_warning(results, run.meta["mean"])
+
+
+# 8. int8 and bf16 on CPUs without the instructions for them: said plainly, from what was recorded at measure time
+def test_cpu_features_name_the_int8_and_bf16_instructions():
+    from leanvision.measure.env import cpu_features
+
+    assert cpu_features({"avx2", "fma"}) | {"cpu_isa": None} == {"cpu_isa": None, "cpu_int8": None, "cpu_bf16": None}
+    xeon = cpu_features({"avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"})
+    assert (xeon["cpu_int8"], xeon["cpu_bf16"]) == ("AMX", "AMX")
+    zen4 = cpu_features({"avx512f", "avx512_vnni", "avx512_bf16"})
+    assert (zen4["cpu_int8"], zen4["cpu_bf16"]) == ("AVX-512 VNNI", "AVX-512 BF16")
+    assert cpu_features({"avx_vnni"})["cpu_int8"] == "AVX-VNNI"
+
+
+def test_int8_not_faster_on_a_cpu_without_vnni_or_amx_says_why():
+    before = {"params": 100, "macs": 1000, "file_bytes": 1200, "accuracy": 0.95}
+    no_vnni = {"cpu_isa": "AVX2", "cpu_int8": None, "cpu_bf16": None}
+    step = _int8_step(0.10, 0.094, 16_226, 17_000)
+    step["onnxruntime"]["cpu"] = no_vnni
+    line = summarize(step, before)
+    assert "NOT faster than fp32 here: this CPU has no int8 dot-product instructions (no VNNI or AMX; AVX2 only)" in line
+    step["onnxruntime"]["cpu"] = {**no_vnni, "cpu_int8": "AVX-512 VNNI"}
+    assert "dot-product" not in summarize(step, before) and "for a model this small" in summarize(step, before)
+    base = _variant("fp32", 0.95, 0.50, 0.52, 100_000, 5_000_000)
+    q = _variant("int8", 0.95, 0.49, 0.53, 100_000, 5_000_000, base="fp32")
+    q["runtimes"] = {"onnxruntime": {**q["runtimes"]["torch"], "precision": "int8"}}
+    base["runtimes"]["onnxruntime"] = dict(base["runtimes"]["torch"])
+    text = " ".join(diagnose_variant(q, base, no_vnni))
+    assert "NOT measurably faster" in text and "no int8 dot-product instructions" in text
+    assert "no int8 dot-product" not in " ".join(diagnose_variant(q, base, {**no_vnni, "cpu_int8": "AMX"}))
+    study = diagnose(_study(base, q))  # the study's recorded environment is what the reason reads
+    assert "dot-product" not in " ".join(study["variants"][1]["diagnosis"])
+
+
+def test_train_block_explains_fp32_and_warns_on_emulated_bf16(digits, monkeypatch):
+    from leanvision import runs
+
+    cfg = RunConfig(model="compact", data=DataConfig("digits"), train=TrainConfig(epochs=1, device="cpu",
+                                                                                  precision="bf16"))
+    monkeypatch.setattr(runs, "cpu_features", lambda: {"cpu_isa": "AVX2", "cpu_int8": None, "cpu_bf16": None})
+    assert "bf16 autocast is emulated and trains slower than fp32 here; pass --precision fp32" in runs.run_summary(
+        cfg, digits, "cpu")
+    fp32 = RunConfig(model="compact", data=DataConfig("digits"), train=TrainConfig(epochs=1, device="cpu"))
+    assert "fp32 because this CPU has no native bf16 math (AVX2" in runs.run_summary(fp32, digits, "cpu", recipe="fast")
+    assert "note   " not in runs.run_summary(fp32, digits, "cpu")  # the user chose fp32: nothing to explain
+    monkeypatch.setattr(runs, "cpu_features", lambda: {"cpu_isa": "AVX512", "cpu_int8": "AMX", "cpu_bf16": "AMX"})
+    assert "note   " not in runs.run_summary(cfg, digits, "cpu")
+
+
+def test_report_header_names_the_cpu_instructions_behind_its_numbers():
+    from leanvision.report.tables import summary_lines
+
+    env = {"cpu_model": "AMD EPYC", "cpu_isa": "AVX2", "cpu_int8": None, "cpu_bf16": None}
+    line = dict(summary_lines({"environment": env, "variants": []}))["Environment"]
+    assert "CPU AMD EPYC, vector ISA AVX2, int8 dot product none (no VNNI/AMX), native bf16 none" in line
+    line = dict(summary_lines({"environment": {**env, "cpu_int8": "AMX", "cpu_bf16": "AMX"}, "variants": []}))
+    assert "int8 dot product AMX, native bf16 AMX" in line["Environment"]
+    old = dict(summary_lines({"environment": {"cpu_model": "X"}, "variants": []}))["Environment"]  # older studies
+    assert old == "CPU X"

@@ -36,6 +36,17 @@ def _overlap(a: dict, b: dict) -> bool:
     return lo1 <= hi2 and lo2 <= hi1
 
 
+def int8_cpu_reason(cpu: dict | None) -> str | None:
+    """Why int8 cannot gain much on this CPU, from `measure.env.cpu_features` as recorded when it was measured; None
+    when the CPU has int8 dot-product instructions (or nothing was recorded)."""
+    if not cpu or "cpu_int8" not in cpu or cpu["cpu_int8"] is not None:
+        return None
+    isa = f"{cpu['cpu_isa']} only" if cpu.get("cpu_isa") else "no int8 extensions"
+    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {isa}), so ONNX Runtime's int8 "
+            "convolutions do about as much work as fp32 ones: here int8 buys a 4x smaller file, not speed (a CPU with "
+            "VNNI or AMX gains more)")
+
+
 def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, float]:
     """('faster' | 'slower' | 'same', base/variant latency ratio) on `runtime`'s batch-1 latency."""
     rv, rb = v["runtimes"].get(runtime), base["runtimes"].get(runtime)
@@ -83,9 +94,11 @@ def did_not_learn(v: dict, num_classes: int | None) -> bool:
     return bool(num_classes) and v.get("accuracy") is not None and near_chance(v["accuracy"], num_classes)
 
 
-def diagnose_variant(v: dict, base: dict) -> list[str]:
-    """Sentences on accuracy, size, compute and speed of `v` against `base`, with reasons when known."""
+def diagnose_variant(v: dict, base: dict, env: dict | None = None) -> list[str]:
+    """Sentences on accuracy, size, compute and speed of `v` against `base`, with reasons when known (`env`: the
+    study's `measure.environment`, for reasons that depend on the CPU)."""
     out = []
+    cpu_reason = int8_cpu_reason(env)
     acc = f"accuracy {_pp(v['accuracy'], base['accuracy'])} vs {base['name']}"
     overlap = _overlap(v, base)
     acc += " (within the 95% intervals: not a measurable difference)" if overlap else " (outside the 95% intervals)"
@@ -120,7 +133,9 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
             out.append(f"{text}: {ratio:.2f}x faster.")
         elif verdict == "slower":
             reason = ""
-            if quantized:
+            if quantized and cpu_reason:
+                reason = f" Reason: {cpu_reason}."
+            elif quantized:
                 reason = (" Reason: at this size the quantize/dequantize steps and layout changes cost more than "
                           "the int8 arithmetic saves.")
             elif v["macs"] > base["macs"]:
@@ -132,8 +147,9 @@ def diagnose_variant(v: dict, base: dict) -> list[str]:
         else:
             meant_cheaper = v["params"] < base["params"] or v["macs"] < base["macs"]
             if quantized:
-                out.append(f"{text}: NOT measurably faster (difference within the measured spread). Reason: at batch 1 "
-                           "this small model's time is per-layer overhead, which int8 kernels do not reduce.")
+                reason = cpu_reason or ("at batch 1 this small model's time is per-layer overhead, which int8 kernels "
+                                        "do not reduce")
+                out.append(f"{text}: NOT measurably faster (difference within the measured spread). Reason: {reason}.")
             elif meant_cheaper:
                 reason = " more MACs than the base." if v["macs"] >= base["macs"] else (
                     " fewer MACs, but at this size batch-1 time is dominated by per-layer overhead, not arithmetic.")
@@ -157,7 +173,7 @@ def diagnose(study: dict[str, Any]) -> dict[str, Any]:
         v.setdefault("diagnosis", [])
         base = ok.get(v.get("base") or "")
         if v.get("status") == "ok" and base is not None:
-            v["diagnosis"] = [*v.get("technique_steps", []), *diagnose_variant(v, base)]
+            v["diagnosis"] = [*v.get("technique_steps", []), *diagnose_variant(v, base, study.get("environment"))]
     num_classes = (study.get("dataset") or {}).get("num_classes")
     for v in ok.values():
         v["did_not_learn"] = did_not_learn(v, num_classes)

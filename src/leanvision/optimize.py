@@ -24,11 +24,12 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .config import OptimizeConfig
-from .diagnose import spread_verdict
+from .diagnose import int8_cpu_reason, spread_verdict
 from .errors import LeanvisionError
 from .health import step_warning
 from .io import read_json
 from .measure import count_macs, count_params, measure_latency, speed_b1_b256
+from .measure.env import cpu_features
 from .rundir import (
     CUSTOM_PREFIX,
     Run,
@@ -203,6 +204,8 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
                  f"{int8['latency_b1_median_ms']:.3f} ms median ({_verdict_text(*b1)})")
         if b256[0] != "faster" and config["mode"] == "int8-dynamic":
             text += " - NOT faster than fp32: the convolutions, which hold most of the MACs, stay fp32"
+        elif b256[0] != "faster" and int8_cpu_reason(speed.get("cpu")):
+            text += f" - NOT faster than fp32 here: {int8_cpu_reason(speed.get('cpu'))}"
         elif b256[0] != "faster":
             text += (" - NOT faster than fp32 here: for a model this small, quantize/dequantize and layout changes "
                      "eat the int8 gain (or the timing was disturbed; re-measure with `leanvision bench`)")
@@ -313,7 +316,8 @@ def optimize_run(run_dir, techniques: list[TechniqueConfig | str], out_dir: str 
                 "throughput_speedup": int8["throughput_images_per_s"] / fp32["throughput_images_per_s"],
                 "throughput_speedup_streams": (int8["throughput_streams_images_per_s"]
                                                / fp32["throughput_streams_images_per_s"]),
-                "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"]}
+                "latency_speedup": fp32["latency_b1_median_ms"] / int8["latency_b1_median_ms"],
+                "cpu": cpu_features()}
             record["speed"] = {"onnxruntime": {k: int8[k] for k in ("latency_b1_median_ms", "latency_b1_p95_ms",
                                                                      "throughput_images_per_s")}}
         else:

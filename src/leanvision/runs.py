@@ -21,6 +21,7 @@ from .errors import LeanvisionError
 from .health import training_warnings
 from .io import load_weights, read_json
 from .measure import environment as measured_environment
+from .measure.env import cpu_features
 from .models import MODELS, create_model, load_spec
 from .models.registry_api import SPEC_SUFFIXES
 from .rundir import (
@@ -195,7 +196,24 @@ def run_summary(cfg: RunConfig, dataset, device: torch.device | str, *, recipe: 
     lines = [f"{'resume' if resume else 'train'}  {cfg.model}{kwargs}{chose}", *dataset_summary(dataset),
              f"setup  {optimizer}, lr {t.learning_rate:g}, {schedule}, {t.epochs} epoch{'s' * (t.epochs != 1)}, "
              f"batch {t.batch_size}, {t.precision} on {device}; {extras}"]
-    return "\n".join(lines)
+    note = precision_note(t.precision, device, chosen=bool(recipe))
+    return "\n".join([*lines, f"note   {note}"] if note else lines)
+
+
+def precision_note(precision: str, device: torch.device | str, chosen: bool = False) -> str | None:
+    """Why fp32 on a CPU without native bf16 math (when a recipe chose it), or a warning that bf16 is emulated there."""
+    if torch.device(device).type != "cpu":
+        return None
+    cpu = cpu_features()
+    if cpu["cpu_bf16"] is not None:
+        return None
+    isa = cpu["cpu_isa"] or "no AVX-512 BF16 or AMX"
+    if precision == "bf16":
+        return (f"this CPU has no native bf16 math ({isa}: no AVX-512 BF16 or AMX), so bf16 autocast is emulated and "
+                "trains slower than fp32 here; pass --precision fp32")
+    if precision == "fp32" and chosen:
+        return f"fp32 because this CPU has no native bf16 math ({isa}: no AVX-512 BF16 or AMX)"
+    return None
 
 
 __all__ = ["Run", "train_run", "load_run", "config_from_run", "build_model", "model_description", "run_summary",

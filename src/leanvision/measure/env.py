@@ -15,7 +15,9 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Versions, CPU, threads and GPU that a benchmark ran with; attach it to every timing you report.
 
     Keys: `python`, `torch`, `numpy`, `onnxruntime` (None if not installed), `torch_cuda` (CUDA version torch was
-    built with, or None), `torch_threads`, `platform`, `machine`, `cpu_model`, `cpu_count`, `device`, `gpu_name`
+    built with, or None), `torch_threads`, `platform`, `machine`, `cpu_model`, `cpu_count`, `cpu_isa` (torch's
+    vector kernels: e.g. AVX2, AVX512), `cpu_int8` and `cpu_bf16` (the CPU's int8 dot-product and native bf16
+    instructions, see `cpu_features`), `device`, `gpu_name`
     (None unless `device` is CUDA); on CUDA also `cudnn_version`, `cudnn_benchmark` (autotuning on),
     `tf32_matmul` and `tf32_cudnn` (TF32 allowed in matmuls / convolutions), the settings that change GPU speed.
     The hostname and user are deliberately left out so reports can be shared.
@@ -41,10 +43,44 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        **cpu_features(),
         "device": str(device),
         "gpu_name": gpu_name,
         **cuda,
     }
+
+
+#: /proc/cpuinfo flags -> the name of the instructions, best first: what int8 and bf16 math runs on.
+INT8_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"))
+BF16_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"))
+
+
+def cpu_features(flags: set[str] | None = None) -> dict[str, str | None]:
+    """`cpu_isa`: the vector instruction set torch's CPU kernels use (e.g. "AVX2", "AVX512"); `cpu_int8`: the CPU's
+    int8 dot-product instructions ("AMX", "AVX-512 VNNI", "AVX-VNNI") or None when it has none, so int8 kernels gain
+    little over fp32 there; `cpu_bf16`: native bf16 math ("AMX", "AVX-512 BF16") or None (bf16 is then emulated and
+    slower than fp32). Flags come from /proc/cpuinfo (`flags` overrides them); off Linux the last two are None."""
+    try:
+        import torch.backends.cpu
+
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        isa = None
+    if flags is None:
+        flags = _cpu_flags()
+    first = lambda table: next((name for flag, name in table if flag in flags), None)  # noqa: E731
+    return {"cpu_isa": isa, "cpu_int8": first(INT8_FLAGS), "cpu_bf16": first(BF16_FLAGS)}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _version(distribution: str) -> str | None:

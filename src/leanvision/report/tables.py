@@ -318,7 +318,11 @@ def summary_lines(study: dict) -> list[tuple[str, str]]:
                              ("throughput batch ", s.get("throughput_batch_size")),
                              ("repeats ", s.get("repeats")), ("warm-up ", s.get("warmup")),
                              ("threads ", e.get("threads", e.get("torch_threads"))))),
-        ("Environment", join(("CPU ", e.get("cpu", e.get("cpu_model"))), ("GPU ", e.get("gpu_name")),
+        ("Environment", join(("CPU ", e.get("cpu", e.get("cpu_model"))), ("vector ISA ", e.get("cpu_isa")),
+                             ("int8 dot product ", (e.get("cpu_int8") or "none (no VNNI/AMX)")
+                              if "cpu_isa" in e else None),
+                             ("native bf16 ", (e.get("cpu_bf16") or "none") if "cpu_isa" in e else None),
+                             ("GPU ", e.get("gpu_name")),
                              ("threads ", e.get("threads", e.get("torch_threads"))), ("python ", e.get("python")),
                              ("torch ", e.get("torch")), ("onnxruntime ", e.get("onnxruntime")))),
         ("Run", join(("started ", study.get("started")), ("finished ", study.get("finished")),
