@@ -83,3 +83,9 @@ def test_two_workers_on_postgres_share_one_study(tmp_path, postgres_url):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     dirs = {Path(t.user_attrs["run_dir"]).parent.parent.name for t in trials}
     assert dirs == {"machine-a", "machine-b"}  # both workers ran trials of the one study
+
+
+def test_remote_dead_worker_is_failed_on_postgres(tmp_path, postgres_url):
+    from test_storage_heartbeat import check_remote_dead_worker_is_failed
+
+    check_remote_dead_worker_is_failed(postgres_url, tmp_path)

@@ -2,7 +2,10 @@
 
 `open_storage(url, default)`: a JournalStorage file (`path.journal`, `journal:path`, else `default`) or Optuna's RDB
 storage for a database URL (postgresql://user@host:5432/db), with one-line errors for a bad or unreachable URL.
-`fail_stale` marks FAIL the trials this host left RUNNING in a process that no longer exists. `fingerprint()` names
+`fail_stale` marks FAIL the trials this host left RUNNING in a process that no longer exists and, on a database
+storage, the trials of any host whose worker stopped sending heartbeats (`heartbeat(study, trial)` sends them while a
+trial runs: every HEARTBEAT_INTERVAL_S; stale after GRACE_PERIOD_S; a journal file has no heartbeats, so there a
+worker killed on another host keeps its trial RUNNING until a process starts on that host again). `fingerprint()` names
 the machine a number was measured on. `PlanQueue`: a fixed set of jobs (a study plan's variants x seeds) as enqueued
 trials that several processes pull from, each job run once.
 Optuna is imported here: import this module only where a storage is used (`leanvision --help` stays fast).
@@ -16,6 +19,9 @@ import json
 import os
 import platform
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ from .measure import environment
 
 TrialState = optuna.trial.TrialState
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)  # a job with one of these needs no new trial
+HEARTBEAT_INTERVAL_S = 30  # database storages: a running trial's worker writes its heartbeat this often
+GRACE_PERIOD_S = 180  # a RUNNING trial whose last heartbeat is older than this belongs to a dead worker
 
 
 def open_storage(url: str | None, default: str | Path, error: type[LeanvisionError] = LeanvisionError) -> Any:
@@ -63,7 +71,10 @@ def open_storage(url: str | None, default: str | Path, error: type[LeanvisionErr
     try:
         for attempt in range(4):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna (since 2.x)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, grace_period=GRACE_PERIOD_S,
+                                                      heartbeat_interval=HEARTBEAT_INTERVAL_S)
             except Exception as e:  # noqa: BLE001 - processes creating the schema of a new database at once
                 if attempt == 3 or not any(s in str(e) for s in ("duplicate key", "already exists", "UniqueViol")):
                     raise
@@ -103,17 +114,57 @@ def worker_attr(index: int = 0) -> dict[str, Any]:
 
 
 def fail_stale(study: Any) -> None:
-    """Trials this host left RUNNING in a process that no longer exists become FAIL."""
+    """Trials this host left RUNNING in a process that no longer exists become FAIL, and so do (database storages)
+    RUNNING trials on any host whose heartbeat is older than the storage's grace period."""
     host = os.uname().nodename
+    stale = set(_stale_heartbeats(study))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("worker") or {}
-        if owner.get("host") != host or _alive(owner.get("pid")):
+        if t._trial_id in stale:
+            error = (f"worker on {owner.get('host', 'another host')} stopped sending heartbeats (none for over "
+                     f"{_grace_period(study)} s: killed, crashed or cut off)")
+        elif owner.get("host") == host and not _alive(owner.get("pid")):
+            error = "worker process died (killed or crashed)"
+        else:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "error", "worker process died (killed or crashed)")
+            study._storage.set_trial_user_attr(t._trial_id, "error", error)
             study.tell(t.number, state=TrialState.FAIL)
         except Exception:  # noqa: BLE001 - another worker failed it first
             pass
+
+
+def _grace_period(study: Any) -> int:
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
+    return getattr(storage, "grace_period", None) or GRACE_PERIOD_S
+
+
+def _stale_heartbeats(study: Any) -> list[int]:
+    """Ids of RUNNING trials whose heartbeat expired (Optuna's own rule); empty for storages without heartbeats."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled  # Optuna's private helpers (ask/tell has no public)
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return []
+    return list(storage._get_stale_trial_ids(study._study_id))
+
+
+def ask(study: Any) -> Any:
+    """`study.ask()`, without Optuna's warning that heartbeats are meant for `Study.optimize` (this module sends them
+    itself, with `heartbeat`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
+@contextmanager
+def heartbeat(study: Any, trial: Any) -> Iterator[None]:
+    """While the block runs, `trial`'s heartbeat is written every HEARTBEAT_INTERVAL_S (database storages; nothing for
+    a journal file), so `fail_stale` on any machine can tell a dead worker's trial from a slow one."""
+    from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
 
 
 def _alive(pid: Any) -> bool:
@@ -217,7 +268,7 @@ class PlanQueue:
         """The next waiting job as (trial, job), marked as run by this process; None when none is waiting."""
         while any(t.state == TrialState.WAITING for t in self.study.get_trials(deepcopy=False)
                   if "job" in t.user_attrs):
-            trial = self.study.ask()
+            trial = ask(self.study)
             job = trial.user_attrs.get("job")
             if job is None:  # another process took the last waiting job between our look and our ask
                 trial.set_user_attr("error", "no job was waiting (another process took it)")

@@ -11,10 +11,11 @@ path the training machine recorded, copied into OUT) under the machine lock's ex
 report comes from this one machine; a variant trained where this machine cannot read is listed in
 `trained_elsewhere`. A process that finds jobs still running elsewhere says so and returns without a report.
 
-Retries: a failed job (an error, or a worker killed on this host: `storage.fail_stale`) is enqueued again by the
-next process that starts, as a plain study retries its failed variants on a re-run; a re-run after everything is done
-trains nothing and rebuilds the report. A worker killed on another host leaves its job RUNNING until a process
-starts on that host again.
+Retries: a failed job (an error, or a dead worker: `storage.fail_stale`) is enqueued again by the next process that
+starts, as a plain study retries its failed variants on a re-run; a re-run after everything is done trains nothing and
+rebuilds the report. A worker killed on another host: on a database storage its job's heartbeat stops and the next
+process to start (anywhere) fails and re-enqueues it once the grace period (`storage.GRACE_PERIOD_S`) has passed; on a
+journal file the job stays RUNNING until a process starts on that host again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from .errors import TrainingInterrupted, first_line
 from .lock import MachineLock
-from .storage import PlanQueue, TrialState, fingerprint, job_key, open_storage, redact
+from .storage import PlanQueue, TrialState, fingerprint, heartbeat, job_key, open_storage, redact
 
 DEFAULT_STUDY_NAME = "leanvision-study"
 LOCK_DIR = Path(tempfile.gettempdir()) / "leanvision-machine-lock"  # machine-local, even when OUT is shared
@@ -89,7 +90,7 @@ def run_shared(cfg: Any, storage: Any, plan_data: dict[str, Any], configs: dict[
         trial.set_user_attr("machine", machine)
         started = time.time()
         try:
-            with lock.training():
+            with heartbeat(queue.study, trial), lock.training():
                 result = train(variant, seed)
         except (KeyboardInterrupt, TrainingInterrupted):  # Ctrl-C: the job is failed (retried next time), stop
             trial.set_user_attr("error", "interrupted")

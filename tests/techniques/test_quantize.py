@@ -95,7 +95,8 @@ def test_qat_converted_model_agrees_with_its_fake_quant_version(base_run, tmp_pa
     assert quantization["qat_agreement"]["top1_agreement"] >= 0.99
     assert "quantize_static" in quantization["conversion"]
     assert quantization["coverage"]["int8"]["conv"] == 3
-    assert abs(result["test_accuracy"] - result["source_test_accuracy"]) <= 0.03
+    # no real loss (the fine-tuning epoch may also gain: 94.4% -> 98.1% on one AVX2 CPU, the source is under-trained)
+    assert result["test_accuracy"] >= result["source_test_accuracy"] - 0.03
 
 
 def test_graph_coverage_of_fp32_model(tmp_path):

@@ -18,10 +18,10 @@ from ..recipes import fast_channels_last, fast_precision
 from ..rundir import load_run
 from ..runs import train_run
 from ..runtimes import get_runtime, is_onnx, predict_logits
-from ..storage import fail_stale, fingerprint, open_storage, redact, worker_attr
+from ..storage import ask, fail_stale, fingerprint, heartbeat, open_storage, redact, worker_attr
 
-__all__ = ["DataConfig", "build_chain", "LeanvisionError", "MachineLock", "RunConfig", "TrainConfig", "count_macs",
-           "create_model", "environment", "fail_stale", "fast_channels_last", "fast_precision", "fingerprint",
-           "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "near_chance", "open_storage", "optimize_run",
-           "pareto_front", "predict_logits", "read_json", "redact", "get_runtime", "train_run", "wilson_interval",
-           "worker_attr", "write_json"]
+__all__ = ["DataConfig", "LeanvisionError", "MachineLock", "RunConfig", "TrainConfig", "ask", "build_chain",
+           "count_macs", "create_model", "environment", "fail_stale", "fast_channels_last", "heartbeat", "fast_precision",
+           "fingerprint", "first_line", "is_onnx", "load_dataset", "load_run", "measure_latency", "near_chance",
+           "open_storage", "optimize_run", "pareto_front", "predict_logits", "read_json", "redact", "get_runtime",
+           "train_run", "wilson_interval", "worker_attr", "write_json"]

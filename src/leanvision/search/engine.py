@@ -296,12 +296,13 @@ def _work(settings: SearchSettings, index: int) -> None:
             break
         if settings.trials is not None and len(study.get_trials(deepcopy=False, states=STARTED)) >= settings.trials:
             break  # enqueued trials not yet started (the warm start) do not count against the budget
-        trial = study.ask()
+        trial = deps.ask(study)
         trial.set_user_attr("worker", deps.worker_attr(index))
         trial.set_user_attr("machine", ctx.fingerprint)
         started = time.time()
         try:
-            values = run_trial(trial, ctx)
+            with deps.heartbeat(study, trial):  # database storages: a dead worker's trial is failed from any host
+                values = run_trial(trial, ctx)
         except TrialStopped as e:
             trial.set_user_attr("stopped", str(e))
             trial.set_user_attr("wall_s", time.time() - started)
