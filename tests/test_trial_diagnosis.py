@@ -287,3 +287,16 @@ def test_report_header_names_the_cpu_instructions_behind_its_numbers():
     assert "int8 dot product AMX, native bf16 AMX" in line["Environment"]
     old = dict(summary_lines({"environment": {"cpu_model": "X"}, "variants": []}))["Environment"]  # older studies
     assert old == "CPU X"
+
+
+def test_int8_accuracy_drop_on_a_cpu_without_vnni_suggests_reduce_range():
+    from leanvision.techniques import parse_technique
+
+    before = {"params": 100, "macs": 1000, "file_bytes": 1200, "accuracy": 0.95}
+    step = {**_int8_step(0.10, 0.09, 16_000, 17_000), "accuracy": 0.90}
+    step["onnxruntime"]["cpu"] = {"cpu_isa": "AVX2", "cpu_int8": None, "cpu_bf16": None}
+    assert "try quantize:mode=int8,reduce_range=true (7-bit weights)" in step_warning(step, before)
+    step["onnxruntime"]["cpu"]["cpu_int8"] = "AVX-512 VNNI"
+    assert "reduce_range" not in step_warning(step, before)
+    config = parse_technique("quantize:mode=int8,reduce_range=true")
+    assert config.reduce_range is True and "reduce_range=true" in config.spec()

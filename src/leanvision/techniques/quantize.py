@@ -5,7 +5,10 @@ quantized by `quantize_static` in QDQ format with per-channel symmetric int8 wei
 ranges come from a calibration set (MinMax). ONNX Runtime fuses the QDQ pairs into QLinearConv / QGemm kernels.
 Activations are uint8 (asymmetric) by default: x86 VNNI's `vpdpbusd` multiplies unsigned 8-bit activations by
 signed 8-bit weights natively (U8S8), both types ran at the same speed on an AVX-512 VNNI CPU here, and a uint8
-range spends all 256 levels on the non-negative post-ReLU values where int8 would waste half of them.
+range spends all 256 levels on the non-negative post-ReLU values where int8 would waste half of them. On x86 CPUs
+without VNNI or AMX, ORT multiplies U8S8 with `vpmaddubsw`, whose 16-bit pair sums can saturate (ONNX Runtime's and
+OpenVINO's documented caveat); `reduce_range=True` quantizes weights to 7 bits so they cannot, and the accuracy-drop
+warning suggests it on such CPUs.
 
 A stem convolution with a tiny reduction (in_channels x kh x kw < 32, e.g. a 3x3 conv on 1-channel images) is kept in
 fp32 with the pooling right after it: its int8 kernel measured 5x slower than the fp32 one here (12 ms vs 2.2 ms per
@@ -59,6 +62,7 @@ class QuantizeConfig(TechniqueConfig):
     activation_type: str = "uint8"  # uint8 (U8S8: VNNI's native form) | int8 (S8S8)
     calibrate_method: str = "minmax"  # minmax | entropy | percentile (ORT calibrators)
     keep_stem_fp32: bool = True  # keep a tiny-reduction first conv (+ its pooling) in fp32: faster on CPU
+    reduce_range: bool = False  # 7-bit weights: avoids uint8 x int8 saturation on x86 CPUs without VNNI/AMX
     finetune_epochs: int = 1  # qat: epochs of fake-quant fine-tuning
     learning_rate: float | None = None  # qat: fine-tuning peak learning rate; None = 0.1x the source run's
 
@@ -138,9 +142,10 @@ def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path:
                       "percentile": CalibrationMethod.Percentile}[config.calibrate_method]
             quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=activation, calibrate_method=method,
-                            nodes_to_exclude=excluded or None)
-            record.update(weights="int8 symmetric, per output channel", activations=f"{config.activation_type} "
-                          "per tensor", calibration_size=len(calibration), calibrate_method=config.calibrate_method,
+                            nodes_to_exclude=excluded or None, reduce_range=config.reduce_range)
+            weights = "int8 symmetric, per output channel" + (", 7-bit range" if config.reduce_range else "")
+            record.update(weights=weights, activations=f"{config.activation_type} per tensor",
+                          calibration_size=len(calibration), calibrate_method=config.calibrate_method,
                           fp32_nodes=excluded, session=NO_PROPAGATION if excluded else {})
     record["coverage"] = graph_coverage(out_path, record["session"])
     return record
