@@ -42,9 +42,9 @@ def int8_cpu_reason(cpu: dict | None) -> str | None:
     if not cpu or "cpu_int8" not in cpu or cpu["cpu_int8"] is not None:
         return None
     isa = f"{cpu['cpu_isa']} only" if cpu.get("cpu_isa") else "no int8 extensions"
-    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {isa}), so ONNX Runtime's int8 "
-            "convolutions do about as much work as fp32 ones: here int8 buys a 4x smaller file, not speed (a CPU with "
-            "VNNI or AMX gains more)")
+    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {isa}): its int8 kernels take several "
+            "instructions per multiply-add where VNNI takes one, so int8 gains less here, and at this model's size the "
+            "quantize/dequantize steps and layout changes cost the rest (a CPU with VNNI or AMX gains more)")
 
 
 def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, float]:
