@@ -298,5 +298,7 @@ def test_int8_accuracy_drop_on_a_cpu_without_vnni_suggests_reduce_range():
     assert "try quantize:mode=int8,reduce_range=true (7-bit weights)" in step_warning(step, before)
     step["onnxruntime"]["cpu"]["cpu_int8"] = "AVX-512 VNNI"
     assert "reduce_range" not in step_warning(step, before)
+    step["onnxruntime"]["cpu"]["cpu_int8"], step["quantization"] = None, {"reduce_range": True}  # already 7-bit
+    assert "reduce_range" not in step_warning(step, before)
     config = parse_technique("quantize:mode=int8,reduce_range=true")
     assert config.reduce_range is True and "reduce_range=true" in config.spec()

@@ -122,7 +122,8 @@ def step_warning(step: dict[str, Any], before: dict[str, Any]) -> str | None:
     elif name == "quantize":
         fix = ("use more calibration images (`calibration_size`), or quantize:mode=qat with finetune_epochs=2")
         cpu = (step.get("onnxruntime") or {}).get("cpu") or {}
-        if "cpu_int8" in cpu and cpu["cpu_int8"] is None and not config.get("reduce_range"):
+        applied = (step.get("quantization") or {}).get("reduce_range", config.get("reduce_range"))
+        if "cpu_int8" in cpu and cpu["cpu_int8"] is None and not applied:
             fix += ("; this CPU has no VNNI/AMX, where ONNX Runtime's uint8 x int8 products can saturate: try "
                     "quantize:mode=int8,reduce_range=true (7-bit weights)")
     else:

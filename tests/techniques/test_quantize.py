@@ -105,3 +105,38 @@ def test_graph_coverage_of_fp32_model(tmp_path):
     path = export_onnx(create_model("compact"), (1, 28, 28), tmp_path / "fp32.onnx")
     coverage = graph_coverage(path)
     assert coverage["int8"] == {"conv": 0, "dense": 0} and coverage["fp32"]["conv"] == 4
+
+
+def test_reduce_range_gives_7_bit_weights_and_is_on_by_default_without_vnni(tmp_path, monkeypatch):
+    import numpy as np
+    from onnx import numpy_helper
+
+    from leanvision.techniques import quantize
+    from leanvision.techniques.qat import fake_quant_weight
+    from leanvision.techniques.quantize import QuantizeConfig, quantize_onnx
+
+    monkeypatch.setattr(quantize.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(quantize, "cpu_features", lambda: {"cpu_isa": "AVX2", "cpu_int8": None, "cpu_bf16": None})
+    assert quantize.reduce_range(QuantizeConfig()) is True
+    assert quantize.reduce_range(QuantizeConfig(reduce_range=False)) is False
+    monkeypatch.setattr(quantize, "cpu_features", lambda: {"cpu_isa": "AVX512", "cpu_int8": "AVX-512 VNNI",
+                                                           "cpu_bf16": None})
+    assert quantize.reduce_range(QuantizeConfig()) is False and quantize.reduce_range(QuantizeConfig(reduce_range=True))
+    monkeypatch.setattr(quantize.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(quantize, "cpu_features", lambda: {"cpu_isa": None, "cpu_int8": None, "cpu_bf16": None})
+    assert quantize.reduce_range(QuantizeConfig()) is False  # the saturation is an x86 (vpmaddubsw) matter
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3),
+                                torch.nn.Flatten(), torch.nn.Linear(16 * 12 * 12, 10)).eval()
+    calibration = torch.randn(64, 3, 16, 16)
+    widest = {}
+    for reduce in (False, True):
+        path = tmp_path / f"rr{reduce}.onnx"
+        record = quantize_onnx(model, (3, 16, 16), path, QuantizeConfig(reduce_range=reduce), calibration)
+        assert record["reduce_range"] is reduce and ("7-bit" in record["weights"]) is reduce
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == 3]
+        widest[reduce] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.size > 1)
+    assert widest[False] == 127 and widest[True] <= 64
+    w = torch.randn(4, 3, 3, 3)
+    assert fake_quant_weight(w, 64).div(w.abs().amax((1, 2, 3), keepdim=True) / 64).round().abs().max() <= 64

@@ -50,25 +50,26 @@ class ActivationFakeQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, self.quant_min, self.quant_max)
 
 
-def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 fake quantization of a weight, levels -127..127 (ORT's int8 weights)."""
+def fake_quant_weight(weight: torch.Tensor, levels: int = 127) -> torch.Tensor:
+    """Per-output-channel symmetric int8 fake quantization of a weight, levels -127..127 (ORT's int8 weights; -64..64
+    with `levels=64`, ORT's `reduce_range`)."""
     absmax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())))
-    scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax)).float()
+    scale = torch.where(absmax > 0, absmax / levels, torch.ones_like(absmax)).float()
     zero_point = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -127, 127)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -levels, levels)
 
 
 class FakeQuantLayer(nn.Module):
     """A Conv2d or Linear with fake-quantized input and weight (and output, for the classifier)."""
 
-    def __init__(self, layer: nn.Module, dtype: str, quantize_output: bool = False):
+    def __init__(self, layer: nn.Module, dtype: str, quantize_output: bool = False, weight_levels: int = 127):
         super().__init__()
-        self.layer = layer
+        self.layer, self.weight_levels = layer, weight_levels
         self.input_quant = ActivationFakeQuant(dtype)
         self.output_quant = ActivationFakeQuant(dtype) if quantize_output else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w, layer = self.input_quant(x), fake_quant_weight(self.layer.weight), self.layer
+        x, w, layer = self.input_quant(x), fake_quant_weight(self.layer.weight, self.weight_levels), self.layer
         if isinstance(layer, nn.Conv2d):
             y = F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
         else:
@@ -90,8 +91,9 @@ def _layers_in_call_order(model: nn.Module, input_shape: tuple[int, ...]) -> lis
 
 
 def prepare_(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "uint8",
-             keep_stem_fp32: bool = True) -> list[str]:
-    """Wrap the quantizable layers of a folded model in `FakeQuantLayer`s in place; returns the wrapped names."""
+             keep_stem_fp32: bool = True, reduce_range: bool = False) -> list[str]:
+    """Wrap the quantizable layers of a folded model in `FakeQuantLayer`s in place (7-bit weights with
+    `reduce_range`, as ORT will convert them); returns the wrapped names."""
     order = _layers_in_call_order(model, input_shape)
     if keep_stem_fp32 and order:
         first = model.get_submodule(order[0])
@@ -101,7 +103,8 @@ def prepare_(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "uint8
     for index, name in enumerate(order):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, FakeQuantLayer(getattr(parent, child), dtype, quantize_output=index == len(order) - 1))
+        setattr(parent, child, FakeQuantLayer(getattr(parent, child), dtype, quantize_output=index == len(order) - 1,
+                                                   weight_levels=64 if reduce_range else 127))
     return order
 
 

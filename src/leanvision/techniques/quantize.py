@@ -7,8 +7,10 @@ Activations are uint8 (asymmetric) by default: x86 VNNI's `vpdpbusd` multiplies 
 signed 8-bit weights natively (U8S8), both types ran at the same speed on an AVX-512 VNNI CPU here, and a uint8
 range spends all 256 levels on the non-negative post-ReLU values where int8 would waste half of them. On x86 CPUs
 without VNNI or AMX, ORT multiplies U8S8 with `vpmaddubsw`, whose 16-bit pair sums can saturate (ONNX Runtime's and
-OpenVINO's documented caveat); `reduce_range=True` quantizes weights to 7 bits so they cannot, and the accuracy-drop
-warning suggests it on such CPUs.
+OpenVINO's documented caveat; whitenet on CIFAR-10 lost 8.3 pp that way on an AVX2 EPYC, 0.1 pp on a VNNI Xeon):
+`reduce_range` quantizes weights to 7 bits so the sums cannot saturate. Its default (None) turns it on when the CPU
+that quantizes (and measures) has no int8 dot-product instructions, which is where leanvision expects the model to
+run; `reduce_range=false` forces 8-bit weights, and QAT fake-quantizes with the same range it will be converted to.
 
 A stem convolution with a tiny reduction (in_channels x kh x kw < 32, e.g. a 3x3 conv on 1-channel images) is kept in
 fp32 with the pooling right after it: its int8 kernel measured 5x slower than the fp32 one here (12 ms vs 2.2 ms per
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,7 @@ from torch import nn
 
 from ..data.normalize import normalizer
 from ..errors import LeanvisionError
+from ..measure.env import cpu_features
 from ..runtimes.export import export_onnx
 from ..runtimes.graph import spatial_means_to_global_pool
 from ..runtimes.onnx_model import OnnxModule
@@ -62,7 +66,7 @@ class QuantizeConfig(TechniqueConfig):
     activation_type: str = "uint8"  # uint8 (U8S8: VNNI's native form) | int8 (S8S8)
     calibrate_method: str = "minmax"  # minmax | entropy | percentile (ORT calibrators)
     keep_stem_fp32: bool = True  # keep a tiny-reduction first conv (+ its pooling) in fp32: faster on CPU
-    reduce_range: bool = False  # 7-bit weights: avoids uint8 x int8 saturation on x86 CPUs without VNNI/AMX
+    reduce_range: bool | None = None  # 7-bit weights against uint8 x int8 saturation; None: on CPUs without VNNI/AMX
     finetune_epochs: int = 1  # qat: epochs of fake-quant fine-tuning
     learning_rate: float | None = None  # qat: fine-tuning peak learning rate; None = 0.1x the source run's
 
@@ -99,6 +103,13 @@ def _quiet():
         logger.setLevel(level)
 
 
+def reduce_range(config: QuantizeConfig) -> bool:
+    """The `reduce_range` to apply: the config's, else True on an x86 CPU without int8 dot-product instructions."""
+    if config.reduce_range is not None:
+        return config.reduce_range
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") and cpu_features()["cpu_int8"] is None
+
+
 def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path: Path, config: QuantizeConfig,
                   calibration: torch.Tensor | None) -> dict[str, Any]:
     """Export `model` (fp32, folded) and write its int8 ONNX model to `out_path`; returns the quantization record."""
@@ -113,6 +124,7 @@ def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path:
         quantize_static,
     )
 
+    reduce = reduce_range(config)
     with tempfile.TemporaryDirectory(prefix="leanvision-quant-") as tmp, _quiet():
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
         export_onnx(model, input_shape, fp32)
@@ -142,11 +154,11 @@ def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path:
                       "percentile": CalibrationMethod.Percentile}[config.calibrate_method]
             quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=activation, calibrate_method=method,
-                            nodes_to_exclude=excluded or None, reduce_range=config.reduce_range)
-            weights = "int8 symmetric, per output channel" + (", 7-bit range" if config.reduce_range else "")
+                            nodes_to_exclude=excluded or None, reduce_range=reduce)
+            weights = "int8 symmetric, per output channel" + (", 7-bit range (reduce_range)" if reduce else "")
             record.update(weights=weights, activations=f"{config.activation_type} per tensor",
                           calibration_size=len(calibration), calibrate_method=config.calibrate_method,
-                          fp32_nodes=excluded, session=NO_PROPAGATION if excluded else {})
+                          fp32_nodes=excluded, session=NO_PROPAGATION if excluded else {}, reduce_range=reduce)
     record["coverage"] = graph_coverage(out_path, record["session"])
     return record
 
@@ -160,6 +172,9 @@ def coverage_note(record: dict[str, Any]) -> str:
         text += "; dynamic int8 covers only the Dense (MatMul/Gemm) layer(s), convolutions stay fp32"
     elif record.get("fp32_nodes"):
         text += " (the tiny-reduction stem conv is kept fp32 on purpose: its int8 kernel is slower)"
+    if record.get("reduce_range"):
+        text += ("; 7-bit weights (reduce_range): on CPUs without VNNI/AMX 8-bit uint8 x int8 products can saturate "
+                 "(quantize:reduce_range=false forces 8-bit)")
     return text
 
 
@@ -180,7 +195,8 @@ def quantize_(model: nn.Module, config: QuantizeConfig, ctx: Context) -> nn.Modu
     calibration = None if config.mode == "int8-dynamic" else calibration_images(ctx.dataset, config.calibration_size)
     fake_quant = None
     if config.mode == "qat":
-        qat.prepare_(model, ctx.input_shape, config.activation_type, keep_stem_fp32=config.keep_stem_fp32)
+        qat.prepare_(model, ctx.input_shape, config.activation_type, keep_stem_fp32=config.keep_stem_fp32,
+                     reduce_range=reduce_range(config))
         qat.calibrate_(model, calibration)
         finetune_(model, ctx, config.finetune_epochs, "qat", config.learning_rate)
         qat.calibrate_(model, calibration)  # the final ranges: the same MinMax over the same images as ORT's
