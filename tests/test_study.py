@@ -136,7 +136,9 @@ def test_builtin_colour_plan_loads_with_recipes_and_compression():
     assert cfg["train"]["batch_size"] == 512 and cfg["train"]["lookahead"] is True  # the recipe's, not the plan's
     seed = variant_config({**plan, "default_epochs": 3}, variants["seed-baseline"], (3, 32, 32), None, None, "cpu")
     assert seed["train"]["optimizer"] == "adam" and seed["train"]["epochs"] == 3
-    assert seed["train"]["precision"] == "bf16"
+    from leanvision.recipes import fast_precision
+
+    assert seed["train"]["precision"] == fast_precision("cpu")  # plan's "auto": bf16 only where it is native
 
 
 def test_variant_config_precedence():

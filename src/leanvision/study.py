@@ -43,7 +43,7 @@ from .measure import (
     wilson_interval,
 )
 from .optimize import optimize_variant, order_chain
-from .recipes import RECIPES, resolve_recipe
+from .recipes import RECIPES, fast_precision, resolve_recipe
 from .registry import did_you_mean
 from .report import write_report
 from .results import Result
@@ -117,7 +117,7 @@ def variant_config(plan_data: dict[str, Any], variant: dict[str, Any], input_sha
 
     Precedence: an explicit study-wide `epochs`/`precision` > the variant's `train` > its `recipe` > the study-wide
     `recipe` (its training settings only: the variant keeps its model) > the plan's `train` > defaults (epochs:
-    `default_epochs`; precision: fp32).
+    `default_epochs`; precision: fp32; "auto" in a plan: the `fast` recipes' rule, bf16 only where it is native).
     """
     model, model_kwargs, recipe_train = variant.get("model"), dict(variant.get("model_kwargs") or {}), {}
     if variant.get("recipe") is not None:
@@ -133,6 +133,8 @@ def variant_config(plan_data: dict[str, Any], variant: dict[str, Any], input_sha
     if precision is not None:
         train["precision"] = precision
     train.setdefault("epochs", plan_data.get("default_epochs"))
+    if train.get("precision") == "auto":  # a plan's "auto": bf16 where the hardware has native bf16, else fp32
+        train["precision"] = fast_precision(device)
     return {"model": str(model), "model_kwargs": model_kwargs, "train": {**train, "device": device}}
 
 
