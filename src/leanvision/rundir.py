@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,7 @@ from .models import create_model
 from .results import Result
 from .runtimes.onnx_model import OnnxModule, is_onnx  # is_onnx: re-exported, its home is runtimes
 from .techniques import restore_structure_
+from .techniques.quantize import saturation_warning
 
 MODEL_FORMAT = "leanvision-model/1"
 CUSTOM_PREFIX = "custom:"  # model name of a run trained from a user's own nn.Module (class recorded, never imported)
@@ -369,6 +371,9 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     meta = validate_run(path, weights, model=model)
     if meta.get("runtime") == "onnxruntime":  # an int8 model from `leanvision optimize`: runs in ONNX Runtime (CPU)
         session = (meta.get("quantization") or {}).get("session")
+        risk = saturation_warning(meta.get("quantization"))
+        if risk:
+            warnings.warn(f"{path}: {risk}", stacklevel=2)
         return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)
     if model is None:
         model = rebuild_model(meta)

@@ -1,3 +1,8 @@
+import json
+import shutil
+import warnings
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
@@ -140,3 +145,22 @@ def test_reduce_range_gives_7_bit_weights_and_is_on_by_default_without_vnni(tmp_
     assert widest[False] == 127 and widest[True] <= 64
     w = torch.randn(4, 3, 3, 3)
     assert fake_quant_weight(w, 64).div(w.abs().amax((1, 2, 3), keepdim=True) / 64).round().abs().max() <= 64
+
+
+def test_loading_an_8_bit_int8_model_on_a_cpu_that_saturates_warns(int8_run, monkeypatch, tmp_path):
+    from leanvision.techniques import quantize
+
+    out = Path(shutil.copytree(int8_run[0], tmp_path / "int8"))
+    monkeypatch.setattr(quantize, "reduce_range", lambda config: True)  # as on an x86 CPU without VNNI/AMX
+    assert quantize.saturation_warning({"mode": "int8", "reduce_range": True}) is None
+    assert quantize.saturation_warning({"mode": "int8-dynamic"}) is None
+    assert "8-bit weights and this CPU has no VNNI/AMX" in quantize.saturation_warning({"mode": "qat"})  # older runs
+    meta = json.loads((out / "model.json").read_text())
+    meta["quantization"]["reduce_range"] = False
+    (out / "model.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"8-bit weights and this CPU has no VNNI/AMX.*re-quantize on this machine"):
+        load_run(out)
+    monkeypatch.setattr(quantize, "reduce_range", lambda config: False)  # a VNNI/AMX or non-x86 CPU: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_run(out)

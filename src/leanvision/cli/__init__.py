@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from .. import __version__
 from ..cliparse import as_flags, command_list, explain, unknown_command
@@ -46,8 +47,13 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "export": cmd_export, "bench": cmd_bench, "search": cmd_search}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _one_line_warning  # a CLI user sees "warning: ...", not the source line that warned
     parser = build_parser()
     if not argv:  # bare `leanvision`: the command list, exit 0
         print(command_list(parser))

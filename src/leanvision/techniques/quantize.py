@@ -110,6 +110,20 @@ def reduce_range(config: QuantizeConfig) -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") and cpu_features()["cpu_int8"] is None
 
 
+def saturation_warning(record: dict[str, Any] | None) -> str | None:
+    """A warning when an int8 model with 8-bit weights (quantized where the CPU has VNNI/AMX, or with
+    reduce_range=false, or before leanvision recorded it) is loaded on an x86 CPU without int8 dot-product
+    instructions, where its uint8 x int8 products can saturate and its accuracy can fall below what was measured."""
+    if not record or record.get("mode") not in ("int8", "qat") or record.get("reduce_range") is True:
+        return None
+    if not reduce_range(QuantizeConfig()):  # this CPU does not saturate (or is not x86)
+        return None
+    return ("this int8 model has 8-bit weights and this CPU has no VNNI/AMX, where ONNX Runtime's uint8 x int8 "
+            "products can saturate: its accuracy here may be below what was measured when it was quantized; check "
+            "with `leanvision evaluate`, or re-quantize on this machine (leanvision optimize SOURCE_RUN --quantize "
+            "int8 uses 7-bit weights here)")
+
+
 def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path: Path, config: QuantizeConfig,
                   calibration: torch.Tensor | None) -> dict[str, Any]:
     """Export `model` (fp32, folded) and write its int8 ONNX model to `out_path`; returns the quantization record."""
