@@ -302,3 +302,12 @@ def test_int8_accuracy_drop_on_a_cpu_without_vnni_suggests_reduce_range():
     assert "reduce_range" not in step_warning(step, before)
     config = parse_technique("quantize:mode=int8,reduce_range=true")
     assert config.reduce_range is True and "reduce_range=true" in config.spec()
+
+
+def test_resume_check_treats_a_tuple_and_its_stored_list_as_the_same_value():
+    from leanvision.config import config_diff
+
+    stored = {"model": "whitenet", "model_kwargs": {"widths": [32, 128, 128]}, "train": {"epochs": 6}}
+    assert config_diff(stored, {**stored, "model_kwargs": {"widths": (32, 128, 128)}}) == []
+    assert config_diff(stored, {**stored, "model_kwargs": {"widths": (64, 256, 256)}}) == [
+        "model_kwargs {'widths': [32, 128, 128]} -> {'widths': (64, 256, 256)}"]

@@ -311,6 +311,14 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict) and key != "model_kwargs":
             lines += config_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
+        elif _plain(a) != _plain(b):  # a tuple given and a list stored (JSON has no tuples) are the same value
             lines.append(f"{prefix}{key} {a!r} -> {b!r}")
     return lines
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -58,7 +58,8 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
     out: list[str] = []
     last = history[-1]
     epochs = len(history)
-    steps = f", {steps_per_epoch * epochs} optimizer steps" if steps_per_epoch else ""
+    n = (steps_per_epoch or 0) * epochs
+    steps = f", {n} optimizer step{'s' * (n != 1)}" if steps_per_epoch else ""
     lr = f", now {learning_rate:g}" if learning_rate else ""
     val, train = last.get("val_accuracy"), last.get("train_accuracy")
     chance = 1.0 / max(1, num_classes)

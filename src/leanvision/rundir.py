@@ -371,7 +371,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device: str | torch.dev
     meta = validate_run(path, weights, model=model)
     if meta.get("runtime") == "onnxruntime":  # an int8 model from `leanvision optimize`: runs in ONNX Runtime (CPU)
         session = (meta.get("quantization") or {}).get("session")
-        risk = saturation_warning(meta.get("quantization"))
+        risk = saturation_warning(meta.get("quantization"), meta.get("optimized_from"))
         if risk:
             warnings.warn(f"{path}: {risk}", stacklevel=2)
         return Run(path=path, model=OnnxModule(path / meta.get("onnx_file", "model.onnx"), session).eval(), meta=meta)

@@ -185,8 +185,13 @@ def test_empty_folder_and_mismatched_classes(tmp_path):
     with pytest.raises(DataError, match=r"No images found under .*empty: expected .*<class>/\*\.png\|jpg"):
         load_dataset(str(tmp_path / "empty"))
     # Links copied as text (what a copy tool without symlink support leaves): named, never followed.
-    _rgb_folder(tmp_path / "train_jpg")
     (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "test").write_text("../nowhere")
+    with pytest.raises(DataError, match=r"test \('\.\./nowhere'\) is a small file holding a path.*Fix: point "
+                       r"--dataset at a folder whose train/ and test/ are real folders .*nowhere does not exist"):
+        load_dataset(str(tmp_path / "copied"))
+    _rgb_folder(tmp_path / "train_jpg")
+    _rgb_folder(tmp_path / "test_jpg")
     (tmp_path / "copied" / "train").write_text("../train_jpg")
     (tmp_path / "copied" / "test").write_text("../test_jpg\n")
     with pytest.raises(DataError, match=r"test \('\.\./test_jpg'\), train \('\.\./train_jpg'\) are small files "

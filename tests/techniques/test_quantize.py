@@ -154,11 +154,14 @@ def test_loading_an_8_bit_int8_model_on_a_cpu_that_saturates_warns(int8_run, mon
     monkeypatch.setattr(quantize, "reduce_range", lambda config: True)  # as on an x86 CPU without VNNI/AMX
     assert quantize.saturation_warning({"mode": "int8", "reduce_range": True}) is None
     assert quantize.saturation_warning({"mode": "int8-dynamic"}) is None
-    assert "8-bit weights and this CPU has no VNNI/AMX" in quantize.saturation_warning({"mode": "qat"})  # older runs
+    assert "measured on an unrecorded CPU, but this CPU has no VNNI/AMX" in quantize.saturation_warning({"mode": "qat"})
+    here = {"cpu_isa": "AVX2", "cpu_int8": None, "cpu_bf16": None}  # 8 bits forced on such a CPU: measured there
+    assert quantize.saturation_warning({"mode": "int8", "reduce_range": False, "cpu": here}) is None
     meta = json.loads((out / "model.json").read_text())
-    meta["quantization"]["reduce_range"] = False
+    meta["quantization"].update(reduce_range=False, cpu={**here, "cpu_int8": "AMX"})
     (out / "model.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match=r"8-bit weights and this CPU has no VNNI/AMX.*re-quantize on this machine"):
+    with pytest.warns(UserWarning, match=r"8-bit weights and was measured by AMX, but this CPU has no VNNI/AMX.*"
+                                         r"re-quantize here \(leanvision optimize .*compact --quantize int8"):
         load_run(out)
     monkeypatch.setattr(quantize, "reduce_range", lambda config: False)  # a VNNI/AMX or non-x86 CPU: silent
     with warnings.catch_warnings():

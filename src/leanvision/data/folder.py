@@ -78,9 +78,12 @@ def _no_images_error(directory: Path) -> DataError:
         name, text = links[0]
         target = (directory / text).resolve()
         are = "is a small file" if len(links) == 1 else "are small files"
-        return DataError(f"No images found under {directory}: {names} {are} holding a path, not a folder: a symbolic link copied as plain text? Expected folders of "
-                         f"images. Fix: make a root of your own with real links (mkdir -p myroot && ln -s {target} "
-                         f"myroot/{name}, the same for each) and pass --dataset myroot.")
+        fix = (f"make a root of your own with real links (mkdir -p myroot && ln -s {target} myroot/{name}, the same "
+               "for each) and pass --dataset myroot" if target.is_dir() else
+               f"point --dataset at a folder whose train/ and test/ are real folders of class folders ({target} "
+               "does not exist here either)")
+        return DataError(f"No images found under {directory}: {names} {are} holding a path, not a folder: a symbolic "
+                         f"link copied as plain text? Expected folders of images. Fix: {fix}.")
     return DataError(f"No images found under {directory}: expected {directory}/<class>/*.{_PATTERN} "
                      f"(optionally inside train/, val/, test/ folders). Put each class's images in its own folder.")
 

@@ -110,18 +110,21 @@ def reduce_range(config: QuantizeConfig) -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") and cpu_features()["cpu_int8"] is None
 
 
-def saturation_warning(record: dict[str, Any] | None) -> str | None:
-    """A warning when an int8 model with 8-bit weights (quantized where the CPU has VNNI/AMX, or with
-    reduce_range=false, or before leanvision recorded it) is loaded on an x86 CPU without int8 dot-product
-    instructions, where its uint8 x int8 products can saturate and its accuracy can fall below what was measured."""
+def saturation_warning(record: dict[str, Any] | None, source: str | None = None) -> str | None:
+    """A warning when an int8 model with 8-bit weights, quantized (and measured) on a CPU with VNNI/AMX or before
+    leanvision recorded the CPU, is loaded on an x86 CPU without int8 dot-product instructions, where its uint8 x
+    int8 products can saturate and its accuracy can fall below what was measured."""
     if not record or record.get("mode") not in ("int8", "qat") or record.get("reduce_range") is True:
         return None
     if not reduce_range(QuantizeConfig()):  # this CPU does not saturate (or is not x86)
         return None
-    return ("this int8 model has 8-bit weights and this CPU has no VNNI/AMX, where ONNX Runtime's uint8 x int8 "
-            "products can saturate: its accuracy here may be below what was measured when it was quantized; check "
-            "with `leanvision evaluate`, or re-quantize on this machine (leanvision optimize SOURCE_RUN --quantize "
-            "int8 uses 7-bit weights here)")
+    if "cpu" in record and record["cpu"].get("cpu_int8") is None:  # quantized and measured on such a CPU already
+        return None
+    where = (f"by {record['cpu']['cpu_int8']}" if record.get("cpu") else "on an unrecorded CPU")
+    return (f"this int8 model has 8-bit weights and was measured {where}, but this CPU has no VNNI/AMX, where ONNX "
+            "Runtime's uint8 x int8 products can saturate: its accuracy here may be lower than recorded; measure it "
+            f"here (leanvision evaluate), or re-quantize here (leanvision optimize {source or 'SOURCE_RUN'} "
+            "--quantize int8 uses 7-bit weights on this CPU)")
 
 
 def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path: Path, config: QuantizeConfig,
@@ -172,7 +175,8 @@ def quantize_onnx(model: nn.Module, input_shape: tuple[int, int, int], out_path:
             weights = "int8 symmetric, per output channel" + (", 7-bit range (reduce_range)" if reduce else "")
             record.update(weights=weights, activations=f"{config.activation_type} per tensor",
                           calibration_size=len(calibration), calibrate_method=config.calibrate_method,
-                          fp32_nodes=excluded, session=NO_PROPAGATION if excluded else {}, reduce_range=reduce)
+                          fp32_nodes=excluded, session=NO_PROPAGATION if excluded else {}, reduce_range=reduce,
+                          cpu=cpu_features())
     record["coverage"] = graph_coverage(out_path, record["session"])
     return record
 
@@ -187,8 +191,11 @@ def coverage_note(record: dict[str, Any]) -> str:
     elif record.get("fp32_nodes"):
         text += " (the tiny-reduction stem conv is kept fp32 on purpose: its int8 kernel is slower)"
     if record.get("reduce_range"):
-        text += ("; 7-bit weights (reduce_range): on CPUs without VNNI/AMX 8-bit uint8 x int8 products can saturate "
-                 "(quantize:reduce_range=false forces 8-bit)")
+        text += ("; weights in 7 bits (reduce_range), because 8-bit uint8 x int8 products can saturate on CPUs "
+                 "without VNNI/AMX such as this one (quantize:reduce_range=false forces 8 bits)")
+    elif record.get("mode") != "int8-dynamic" and (record.get("cpu") or {"cpu_int8": "?"})["cpu_int8"] is None:
+        text += ("; 8-bit weights on a CPU without VNNI/AMX: products can saturate, so check the accuracy change above "
+                 "(quantize:reduce_range=true avoids it)")
     return text
 
 
