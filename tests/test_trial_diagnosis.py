@@ -258,6 +258,7 @@ def test_int8_not_faster_on_a_cpu_without_vnni_or_amx_says_why():
     text = " ".join(diagnose_variant(q, base, no_vnni))
     assert "NOT measurably faster" in text and "no int8 dot-product instructions" in text
     assert "no int8 dot-product" not in " ".join(diagnose_variant(q, base, {**no_vnni, "cpu_int8": "AMX"}))
+    assert "no int8 dot-product" not in " ".join(diagnose_variant(q, base, {**no_vnni, "cpu_isa": "SVE256"}))  # ARM
     study = diagnose(_study(base, q))  # the study's recorded environment is what the reason reads
     assert "dot-product" not in " ".join(study["variants"][1]["diagnosis"])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .health import near_chance
+from .measure.env import x86_without_int8_dot
 
 NOISE_FLOOR = 0.10  # relative: latency differences under 10% between separately timed variants are not claimed
 DISTURBED_MACS_FACTOR = 3.0  # a speed-up this many times the MAC ratio is suspicious ...
@@ -39,10 +40,9 @@ def _overlap(a: dict, b: dict) -> bool:
 def int8_cpu_reason(cpu: dict | None) -> str | None:
     """Why int8 cannot gain much on this CPU, from `measure.env.cpu_features` as recorded when it was measured; None
     when the CPU has int8 dot-product instructions (or nothing was recorded)."""
-    if not cpu or "cpu_int8" not in cpu or cpu["cpu_int8"] is not None:
+    if not x86_without_int8_dot(cpu):
         return None
-    isa = f"{cpu['cpu_isa']} only" if cpu.get("cpu_isa") else "no int8 extensions"
-    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {isa}): its int8 kernels take several "
+    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {cpu['cpu_isa']} only): its int8 kernels take several "
             "instructions per multiply-add where VNNI takes one, so int8 gains less here, and at this model's size the "
             "quantize/dequantize steps and layout changes cost the rest (a CPU with VNNI or AMX gains more)")
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .measure.env import x86_without_int8_dot
+
 NEAR_CHANCE = 0.10  # fraction of the way from chance to 100% still counted as "near chance"
 VAL_GAP = 0.30  # train - val accuracy (fraction) above which validation is called collapsed
 SPIKE_FACTOR = 3.0
@@ -122,9 +124,8 @@ def step_warning(step: dict[str, Any], before: dict[str, Any]) -> str | None:
                "`epochs`) or lower `alpha`")
     elif name == "quantize":
         fix = ("use more calibration images (`calibration_size`), or quantize:mode=qat with finetune_epochs=2")
-        cpu = (step.get("onnxruntime") or {}).get("cpu") or {}
         applied = (step.get("quantization") or {}).get("reduce_range", config.get("reduce_range"))
-        if "cpu_int8" in cpu and cpu["cpu_int8"] is None and not applied:
+        if x86_without_int8_dot((step.get("onnxruntime") or {}).get("cpu")) and not applied:
             fix += ("; this CPU has no VNNI/AMX, where ONNX Runtime's uint8 x int8 products can saturate: try "
                     "quantize:mode=int8,reduce_range=true (7-bit weights)")
     else:

@@ -72,6 +72,13 @@ def cpu_features(flags: set[str] | None = None) -> dict[str, str | None]:
     return {"cpu_isa": isa, "cpu_int8": first(INT8_FLAGS), "cpu_bf16": first(BF16_FLAGS)}
 
 
+def x86_without_int8_dot(cpu: dict[str, Any] | None) -> bool:
+    """True for a recorded x86 CPU (AVX2/AVX-512 kernels) without int8 dot-product instructions: there ONNX Runtime
+    multiplies uint8 x int8 with `vpmaddubsw` (several instructions per multiply-add; 16-bit sums that can
+    saturate). False when unknown, when the CPU has VNNI/AMX, and off x86 (ARM's dot products do not saturate)."""
+    return bool(cpu) and "cpu_int8" in cpu and cpu["cpu_int8"] is None and cpu.get("cpu_isa") in ("AVX2", "AVX512")
+
+
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from torch import nn
 
 from ..data.normalize import normalizer
 from ..errors import LeanvisionError
-from ..measure.env import cpu_features
+from ..measure.env import cpu_features, x86_without_int8_dot
 from ..runtimes.export import export_onnx
 from ..runtimes.graph import spatial_means_to_global_pool
 from ..runtimes.onnx_model import OnnxModule
@@ -107,7 +106,7 @@ def reduce_range(config: QuantizeConfig) -> bool:
     """The `reduce_range` to apply: the config's, else True on an x86 CPU without int8 dot-product instructions."""
     if config.reduce_range is not None:
         return config.reduce_range
-    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") and cpu_features()["cpu_int8"] is None
+    return x86_without_int8_dot(cpu_features())
 
 
 def saturation_warning(record: dict[str, Any] | None, source: str | None = None) -> str | None:
@@ -118,7 +117,7 @@ def saturation_warning(record: dict[str, Any] | None, source: str | None = None)
         return None
     if not reduce_range(QuantizeConfig()):  # this CPU does not saturate (or is not x86)
         return None
-    if "cpu" in record and record["cpu"].get("cpu_int8") is None:  # quantized and measured on such a CPU already
+    if x86_without_int8_dot(record.get("cpu")):  # quantized and measured on such a CPU already
         return None
     where = (f"by {record['cpu']['cpu_int8']}" if record.get("cpu") else "on an unrecorded CPU")
     return (f"this int8 model has 8-bit weights and was measured {where}, but this CPU has no VNNI/AMX, where ONNX "
@@ -193,7 +192,7 @@ def coverage_note(record: dict[str, Any]) -> str:
     if record.get("reduce_range"):
         text += ("; weights in 7 bits (reduce_range), because 8-bit uint8 x int8 products can saturate on CPUs "
                  "without VNNI/AMX such as this one (quantize:reduce_range=false forces 8 bits)")
-    elif record.get("mode") != "int8-dynamic" and (record.get("cpu") or {"cpu_int8": "?"})["cpu_int8"] is None:
+    elif record.get("mode") != "int8-dynamic" and x86_without_int8_dot(record.get("cpu")):
         text += ("; 8-bit weights on a CPU without VNNI/AMX: products can saturate, so check the accuracy change above "
                  "(quantize:reduce_range=true avoids it)")
     return text
