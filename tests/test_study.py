@@ -130,7 +130,7 @@ def test_builtin_colour_plan_loads_with_recipes_and_compression():
     assert variants["whitenet-accurate-int8"]["techniques"] == ["quantize:mode=int8"]
     from leanvision.study import variant_config
 
-    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-accurate-prune50"], (3, 32, 32), None,
+    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-accurate-int8"], (3, 32, 32), None,
                          None, "cpu")
     assert cfg["model"] == "whitenet" and cfg["model_kwargs"] == {"widths": (64, 256, 256)}
     assert cfg["train"]["batch_size"] == 512 and cfg["train"]["lookahead"] is True  # the recipe's, not the plan's
