@@ -127,12 +127,12 @@ def test_builtin_colour_plan_loads_with_recipes_and_compression():
     variants = {v["name"]: v for v in plan["variants"]}
     assert [v["model"] for v in plan["variants"][:4]] == ["seed-baseline", "seed-shallow", "seed-l2", "seed-dropout"]
     assert "resnet8" in variants and variants["whitenet-fast"]["recipe"] == "fast"
-    assert variants["whitenet-accurate-int8"]["techniques"] == ["quantize:mode=int8"]
+    assert variants["whitenet-fast-int8"]["techniques"] == ["quantize:mode=int8"]
     from leanvision.study import variant_config
 
-    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-accurate-int8"], (3, 32, 32), None,
+    cfg = variant_config({**plan, "default_epochs": 3}, variants["whitenet-fast-prune-half"], (3, 32, 32), None,
                          None, "cpu")
-    assert cfg["model"] == "whitenet" and cfg["model_kwargs"] == {"widths": (64, 256, 256)}
+    assert cfg["model"] == "whitenet" and cfg["model_kwargs"] == {"widths": (32, 128, 128)}
     assert cfg["train"]["batch_size"] == 512 and cfg["train"]["lookahead"] is True  # the recipe's, not the plan's
     seed = variant_config({**plan, "default_epochs": 3}, variants["seed-baseline"], (3, 32, 32), None, None, "cpu")
     assert seed["train"]["optimizer"] == "adam" and seed["train"]["epochs"] == 3
@@ -179,3 +179,22 @@ def test_study_api_returns_a_typed_study(tiny_study):
     stored = json.loads(study.report_files["json"].read_text())
     assert [v["name"] for v in stored["variants"]] == [v.name for v in study.variants]
     assert study.to_dict()["variants"][0]["accuracy"] == stored["variants"][0]["accuracy"]
+
+
+def test_identical_training_is_found_when_the_config_holds_tuples(tmp_path):
+    # recipes give tuples (whitenet widths); config.json stores lists: the colour plan's compression variants must
+    # still reuse their base's training instead of training it again
+    from leanvision.config import RunConfig, TrainConfig
+    from leanvision.rundir import write_config
+    from leanvision.study import _same_run
+
+    cfg = RunConfig(model="whitenet", model_kwargs={"widths": (32, 128, 128)}, train=TrainConfig(epochs=6))
+    base = tmp_path / "variants" / "whitenet-fast" / "seed0"
+    base.mkdir(parents=True)
+    write_config(base, {"config": cfg.to_dict()})
+    assert json.loads((base / "config.json").read_text())["config"]["model_kwargs"]["widths"] == [32, 128, 128]
+    assert _same_run(tmp_path, "seed0", cfg) is None  # no result.json: not finished
+    (base / "result.json").write_text("{}")
+    assert _same_run(tmp_path, "seed0", cfg) == base
+    other = RunConfig(model="whitenet", model_kwargs={"widths": (64, 256, 256)}, train=TrainConfig(epochs=6))
+    assert _same_run(tmp_path, "seed0", other) is None

@@ -316,6 +316,11 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return lines
 
 
+def same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Two config dicts hold the same values (a stored JSON list equals the tuple it was written from)."""
+    return _plain(old) == _plain(new)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

@@ -75,7 +75,8 @@ def training_warnings(history: list[dict[str, Any]], num_classes: int, *, steps_
                 fix = f"it is under-trained; train more epochs (`epochs`, now {epochs})"
                 if batchnorm:
                     fix += " (with this few steps the BatchNorm running statistics have not settled either)"
-            out.append(f"validation accuracy {_pct(val)} after {epochs} epoch{'s' * (epochs != 1)}{steps} is near "
+            where = "near" if val >= chance else "below"
+            out.append(f"validation accuracy {_pct(val)} after {epochs} epoch{'s' * (epochs != 1)}{steps} is {where} "
                        f"chance ({_pct(chance)}): the model has not learned yet; {fix}.")
         elif train is not None and train - val > VAL_GAP:
             out.append(f"validation accuracy {_pct(val)} is far below training accuracy {_pct(train)} at the last "

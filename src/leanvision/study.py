@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 import yaml
 
-from .config import DataConfig, RunConfig, StudyConfig, TrainConfig, config_diff
+from .config import DataConfig, RunConfig, StudyConfig, TrainConfig, config_diff, same_config
 from .data import load_dataset
 from .data.normalize import normalizer
 from .device import resolve_device
@@ -407,11 +407,11 @@ def _train_seed(variant, data_cfg, config, ds, seed: int, out: Path, progress, c
         shutil.copytree(twin, run_dir)
         console.print(f"{variant['name']}: seed {seed} uses the identical training of {twin.parent.name}")
     if (run_dir / "result.json").exists() and (run_dir / "config.json").exists() and \
-            read_json(run_dir / "config.json")["config"] == cfg.to_dict():
+            same_config(read_json(run_dir / "config.json")["config"], cfg.to_dict()):
         result = read_json(run_dir / "result.json")
     else:
         resume = (run_dir / "checkpoint.safetensors").exists()
-        if resume and read_json(run_dir / "config.json")["config"] != cfg.to_dict():
+        if resume and not same_config(read_json(run_dir / "config.json")["config"], cfg.to_dict()):
             raise LeanvisionError(f"{run_dir} holds a run with another config; delete it or use another `out`.")
         result = train_run(cfg, run_dir, resume=resume, progress=progress, dataset=ds)
     if variant.get("techniques"):  # compress the trained run into seed<k>-optimized; that model is measured
@@ -454,7 +454,7 @@ def _same_run(out: Path, seed_dir: str, cfg: RunConfig) -> Path | None:
     """A finished run of this study (any variant) trained with exactly `cfg`, or None."""
     for candidate in sorted((out / "variants").glob(f"*/{seed_dir}")):
         try:
-            same = read_json(candidate / "config.json")["config"] == cfg.to_dict()
+            same = same_config(read_json(candidate / "config.json")["config"], cfg.to_dict())
         except (LeanvisionError, KeyError, TypeError):
             continue
         if same and (candidate / "result.json").exists():

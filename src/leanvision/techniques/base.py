@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import LeanvisionError
 from ..io import load_weights
-from ..registry import Registry
+from ..registry import Registry, did_you_mean
 from ..train import fit
 
 
@@ -33,9 +33,17 @@ class TechniqueConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
 
+    def unused(self) -> frozenset[str]:
+        """Fields this config's other choices make irrelevant (e.g. QAT-only fields of a static int8 config)."""
+        return frozenset()
+
     def spec(self) -> str:
-        """The spec string that parses back to this config, e.g. `prune:ratio=0.5,method=l1`."""
-        args = ",".join(f"{k}={_format(v)}" for k, v in dataclasses.asdict(self).items() if v is not None)
+        """The spec string that parses back to this config, e.g. `prune:ratio=0.5,method=l1`; fields that do not
+        apply and keep their defaults are left out."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        skip = self.unused()
+        args = ",".join(f"{k}={_format(v)}" for k, v in dataclasses.asdict(self).items()
+                        if v is not None and not (k in skip and v == defaults.get(k)))
         return f"{self.name}:{args}" if args else self.name
 
 
@@ -151,7 +159,7 @@ def _cast(technique: str, key: str, value: Any, hint: Any) -> Any:
             return {name.strip(): float(ratio) for name, _, ratio in pairs}
     except ValueError:
         pass
-    expected = getattr(kind, "__name__", str(kind))
+    expected = "true or false (also yes/no, 1/0)" if kind is bool else getattr(kind, "__name__", str(kind))
     raise LeanvisionError(f"Invalid value for `{key}` of technique {technique!r}. Expected {expected}. "
                           f"Received: {key}={value!r}")
 
@@ -174,7 +182,7 @@ def check_range(technique: str, key: str, value: float, low: float, high: float,
 def check_choice(technique: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise LeanvisionError(f"Invalid `{key}` for {technique}: expected one of {', '.join(choices)}. "
-                              f"Received: {key}={value!r}")
+                              f"Received: {key}={value!r}.{did_you_mean(value, choices)}")
 
 
 def finetune_(model: nn.Module, ctx: Context, epochs: int, tag: str, learning_rate: float | None = None,

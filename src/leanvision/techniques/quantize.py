@@ -76,6 +76,8 @@ class QuantizeConfig(TechniqueConfig):
         check_range("quantize", "calibration_size", self.calibration_size, 1, 1_000_000)
         check_range("quantize", "finetune_epochs", self.finetune_epochs, 0, 10_000)
 
+    def unused(self) -> frozenset[str]:
+        return frozenset() if self.mode == "qat" else frozenset({"finetune_epochs", "learning_rate"})
 
 
 
