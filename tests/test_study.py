@@ -198,3 +198,24 @@ def test_identical_training_is_found_when_the_config_holds_tuples(tmp_path):
     assert _same_run(tmp_path, "seed0", cfg) == base
     other = RunConfig(model="whitenet", model_kwargs={"widths": (64, 256, 256)}, train=TrainConfig(epochs=6))
     assert _same_run(tmp_path, "seed0", other) is None
+
+
+def test_diagnosis_says_more_macs_not_a_fraction_fewer():
+    from leanvision.diagnose import _fewer_more
+
+    assert _fewer_more(15_730_048, 66_132_544, "MACs") == "4.20x more MACs"  # not "0.24x fewer MACs"
+    assert _fewer_more(66_132_544, 29_806_848, "MACs") == "2.22x fewer MACs"
+    assert _fewer_more(10, 10, "parameters") == "the same parameters"
+
+
+def test_technique_errors_suggest_the_close_choice_and_name_bool_spellings():
+    from leanvision.techniques.base import parse_technique
+
+    with pytest.raises(LeanvisionError, match=r"mode='int9'\. Did you mean 'int8'\?"):
+        parse_technique("quantize:mode=int9")
+    with pytest.raises(LeanvisionError, match="Expected true or false"):
+        parse_technique("quantize:keep_stem_fp32=maybe")
+    static = parse_technique("quantize:mode=int8")
+    assert "finetune_epochs" not in static.spec() and parse_technique(static.spec()) == static  # QAT-only: left out
+    qat = parse_technique("quantize:mode=qat")
+    assert "finetune_epochs=1" in qat.spec() and parse_technique(qat.spec()) == qat

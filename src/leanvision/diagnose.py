@@ -32,6 +32,15 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def _fewer_more(base: float, value: float, what: str) -> str:
+    """'2.22x fewer MACs' or '4.20x more MACs' (never '0.24x fewer'); 'the same MACs' when equal."""
+    if not base or not value:
+        return f"n/a {what}"
+    if base == value:
+        return f"the same {what}"
+    return f"{base / value:.2f}x fewer {what}" if value < base else f"{value / base:.2f}x more {what}"
+
+
 def _overlap(a: dict, b: dict) -> bool:
     (lo1, hi1), (lo2, hi2) = a["accuracy_ci95"], b["accuracy_ci95"]
     return lo1 <= hi2 and lo2 <= hi1
@@ -116,8 +125,8 @@ def diagnose_variant(v: dict, base: dict, env: dict | None = None) -> list[str]:
         out.append(f"Same parameters ({v['params']:,}) and MACs ({v['macs']:,}) as {base['name']}: this technique "
                    "changes training only, so it cannot change inference cost.")
     else:
-        out.append(f"{_ratio(base['params'], v['params'])} fewer parameters ({v['params']:,} vs {base['params']:,}), "
-                   f"{_ratio(base['macs'], v['macs'])} fewer MACs ({v['macs']:,} vs {base['macs']:,}).")
+        out.append(f"{_fewer_more(base['params'], v['params'], 'parameters')} ({v['params']:,} vs {base['params']:,}), "
+                   f"{_fewer_more(base['macs'], v['macs'], 'MACs')} ({v['macs']:,} vs {base['macs']:,}).")
     for runtime in v["runtimes"]:
         verdict, ratio = latency_verdict(v, base, runtime)
         lat = v["runtimes"][runtime]["latency_b1_median_ms"]

@@ -429,7 +429,7 @@ def _measure_record(variant, config, ds, out: Path, runtimes, repeats, results, 
     if variant.get("techniques"):  # one line per step, e.g. "prune 50%: 33,338 -> 8,610 params, ..."
         record.update(techniques=list(results[0]["techniques"]), steps=results[0]["steps"],
                       technique_steps=[step["summary"] for step in results[0]["steps"][1:]])
-        record["diagnosis"] = list(record["technique_steps"])
+        record["diagnosis"] = [s if s.endswith(".") else s + "." for s in record["technique_steps"]]  # sentences
     first = results[0]
     mean, std = mean_std(accuracies)
     record.update(

@@ -286,11 +286,12 @@ def cmd_study(ns: Any) -> int:
         _print_json(study)
         return 1 if failed else 0
     print(f"{study['title']}: {len(ok)}/{len(study['variants'])} variants ok in {study['wall_time_s']:.0f} s")
-    print(f"{'variant':<16}{'accuracy (%)':>14}{'params':>10}{'MACs':>13}{'latency b1 (ms)':>17}"
+    width = max([16, *(len(v["name"]) + 2 for v in ok)])  # long names (whitenet-fast-prune40-r16) stay aligned
+    print(f"{'variant':<{width}}{'accuracy (%)':>14}{'params':>10}{'MACs':>13}{'latency b1 (ms)':>17}"
           f"{'throughput b256 (img/s)':>25}")
     for v in sorted(ok, key=lambda v: -v["accuracy"]):
         mark = "*" if v.get("headline_runtime", "torch") != "torch" else ""  # e.g. an int8 ONNX variant
-        print(f"{v['name'] + mark:<16}{100 * v['accuracy']:>14.2f}{v['params']:>10,}{v['macs']:>13,}"
+        print(f"{v['name'] + mark:<{width}}{100 * v['accuracy']:>14.2f}{v['params']:>10,}{v['macs']:>13,}"
               f"{v['latency_b1_median_ms']:>17.3f}{v['throughput_images_per_s']:>25,.0f}")
     print("(latency: median of batch-1 calls, torch eager fp32 on " + study["settings"]["device"] + ", "
           f"{study['environment'].get('torch_threads')} threads)")
