@@ -52,9 +52,13 @@ class TorchRuntime(Runtime):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, split, mean, std, device: torch.device, *, batch_size: int = 1000,
+def predict_logits(model: nn.Module, split, mean, std, device: torch.device, *, batch_size: int | None = None,
                    precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, K) and labels (N,) of a whole split, in eval mode, on CPU."""
+    """Logits (N, K) and labels (N,) of a whole split, in eval mode, on CPU. `batch_size` None: 256 on a CPU (its
+    activations stay in cache: 1.2-1.9x the images/s of batch 1000 for whitenet, fastnet, resnet8 and seed-baseline
+    on 2 cores), 1000 on accelerators."""
+    if batch_size is None:
+        batch_size = 256 if torch.device(device).type == "cpu" else 1000
     normalize = normalizer(mean, std, device)
     was_training = model.training
     model.eval()
