@@ -176,3 +176,19 @@ def test_model_errors_are_one_line():
         with pytest.raises(LeanvisionError) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_cpu_dropout_keeps_nn_dropout_semantics():
+    from leanvision.models.layers import Dropout
+
+    torch.manual_seed(0)
+    layer = Dropout(0.3).train()
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = layer(x)
+    kept = y > 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # keep probability 1 - p
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))  # inverted-dropout scale
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.7)  # gradient flows through kept elements only
+    layer.eval()
+    assert torch.equal(layer(x), x) and isinstance(layer, torch.nn.Dropout)

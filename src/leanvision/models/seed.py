@@ -13,7 +13,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ..errors import ModelSpecError
-from .layers import check_model_args, keras_init_
+from .layers import Dropout, check_model_args, keras_init_
 from .registry_api import MODELS
 
 
@@ -29,7 +29,7 @@ def _seed_net(
         layers[f"relu{i + 1}"] = nn.ReLU()
     layers["flatten"] = nn.Flatten()  # (N, C * (H - 2k) * (W - 2k))
     if drop_rate > 0:
-        layers["dropout"] = nn.Dropout(drop_rate)  # before the classifier, never after it
+        layers["dropout"] = Dropout(drop_rate)  # before the classifier, never after it
     layers["fc"] = nn.Linear(channels[-1] * (height - 2 * num_convs) * (width - 2 * num_convs), num_classes)
     if l2:
         layers["fc"].kernel_regularizer = {"l2": l2}  # Keras kernel_regularizer=l2(l2); see regularization_loss

@@ -31,6 +31,7 @@ from .layers import (
     ACTIVATION_ALIASES,
     ACTIVATIONS,
     AvgPool2dSame,
+    Dropout,
     GlobalAvgPool,
     GlobalMaxPool,
     check_model_args,
@@ -346,7 +347,7 @@ def _build_layer(index: int, layer: dict, shape: torch.Size, num_classes: int) -
         norm = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
         module = norm(channels, eps=layer["epsilon"], momentum=1.0 - layer["momentum"])
     elif kind == "dropout":
-        module = nn.Dropout(layer["rate"])
+        module = Dropout(layer["rate"])
     elif kind == "flatten":
         module = nn.Flatten()
     elif kind == "global_avg_pool":
