@@ -248,7 +248,8 @@ def test_int8_not_faster_on_a_cpu_without_vnni_or_amx_says_why():
     step = _int8_step(0.10, 0.094, 16_226, 17_000)
     step["onnxruntime"]["cpu"] = no_vnni
     line = summarize(step, before)
-    assert "NOT faster than fp32 here: this CPU has no int8 dot-product instructions (no VNNI or AMX; AVX2 only)" in line
+    assert ("NOT faster than fp32 here: this CPU has no int8 dot-product instructions (no VNNI or AMX; AVX2 only)"
+            in line)
     step["onnxruntime"]["cpu"] = {**no_vnni, "cpu_int8": "AVX-512 VNNI"}
     assert "dot-product" not in summarize(step, before) and "for a model this small" in summarize(step, before)
     base = _variant("fp32", 0.95, 0.50, 0.52, 100_000, 5_000_000)

@@ -28,10 +28,6 @@ def _pp(a: float, b: float) -> str:
     return f"{(a - b) * 100:+.2f} pp"
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
-
-
 def _fewer_more(base: float, value: float, what: str) -> str:
     """'2.22x fewer MACs' or '4.20x more MACs' (never '0.24x fewer'); 'the same MACs' when equal."""
     if not base or not value:
@@ -51,9 +47,10 @@ def int8_cpu_reason(cpu: dict | None) -> str | None:
     when the CPU has int8 dot-product instructions (or nothing was recorded)."""
     if not x86_without_int8_dot(cpu):
         return None
-    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {cpu['cpu_isa']} only): its int8 kernels take several "
-            "instructions per multiply-add where VNNI takes one, so int8 gains less here, and at this model's size the "
-            "quantize/dequantize steps and layout changes cost the rest (a CPU with VNNI or AMX gains more)")
+    return (f"this CPU has no int8 dot-product instructions (no VNNI or AMX; {cpu['cpu_isa']} only): its int8 kernels "
+            "take several instructions per multiply-add where VNNI takes one, so int8 gains less here, and at this "
+            "model's size the quantize/dequantize steps and layout changes cost the rest (a CPU with VNNI or AMX gains "
+            "more)")
 
 
 def latency_verdict(v: dict, base: dict, runtime: str = "torch") -> tuple[str, float]:

@@ -200,7 +200,8 @@ def summarize(step: dict[str, Any], before: dict[str, Any]) -> str:
         text += (f", int8 vs fp32 ONNX Runtime (cpu): batch-256 throughput {fp32['throughput_images_per_s']:,.0f} -> "
                  f"{int8['throughput_images_per_s']:,.0f} img/s ({_verdict_text(*b256)}; "
                  f"{speed['throughput_speedup_streams']:.2f}x in throughput mode, {int8['streams']} single-thread "
-                 f"sessions; {_best_mode_ratio(fp32, int8):.2f}x each in its faster mode), batch-1 latency {fp32['latency_b1_median_ms']:.3f} -> "
+                 f"sessions; {_best_mode_ratio(fp32, int8):.2f}x each in its faster mode), batch-1 latency "
+                 f"{fp32['latency_b1_median_ms']:.3f} -> "
                  f"{int8['latency_b1_median_ms']:.3f} ms median ({_verdict_text(*b1)})")
         if b256[0] != "faster" and config["mode"] == "int8-dynamic":
             text += " - NOT faster than fp32: the convolutions, which hold most of the MACs, stay fp32"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
-from .config import RunConfig, config_diff
+from .config import RunConfig, config_diff, same_config
 from .data import load_dataset
 from .device import check_train_device
 from .errors import LeanvisionError
@@ -121,7 +121,7 @@ def _train_run(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool,
     if log is not None and main:
         log(run_summary(cfg, dataset, device, recipe=recipe, resume=resume))
     out.mkdir(parents=True, exist_ok=True)
-    if stored is not None and main and stored["config"] != cfg.to_dict():  # e.g. --epochs extends the run
+    if stored is not None and main and not same_config(stored["config"], cfg.to_dict()):  # e.g. --epochs
         write_config(out, {**stored, "config": cfg.to_dict()})
     if not resume and main:
         write_config(out, {"config": cfg.to_dict(), "dataset_notes": dataset.notes, "environment": environment(device)})

@@ -78,8 +78,8 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.device.type != "cpu" or self.inplace or not 0.0 < self.p < 1.0:
             return super().forward(x)
-        keep = torch.rand(x.shape, device=x.device) >= self.p
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        mask = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * mask
 
 
 class ConvBnAct(nn.Sequential):
